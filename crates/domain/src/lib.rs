@@ -1,0 +1,19 @@
+//! Pure business rules of reelgate: typed ids and entities, request validation,
+//! the price catalog and job states.
+//!
+//! Nothing here performs I/O or knows about HTTP, SQL or async runtimes, so every
+//! rule can be unit-tested in isolation and shared by every storage backend.
+
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod job;
+pub mod keys;
+pub mod model;
+pub mod validation;
+
+pub use catalog::{Catalog, CatalogError, ModelSpec, PriceOverrides};
+pub use job::{JobStatus, WebhookEvent, WebhookStatus};
+pub use keys::{ApiKeySecret, KeyDigest};
+pub use model::{AccountId, ApiKeyId, ApiKeyStatus, Duration, JobId, ModelId, Resolution};
+pub use validation::{GenerateRequest, ImageRef, ValidationErrors};
