@@ -1,1 +1,299 @@
-//! placeholder
+//! The storage interface of reelgate: the [`Store`] trait, the records it returns and
+//! [`StoreError`].
+//!
+//! The trait speaks domain types only; each backend keeps its row types private. Every
+//! credit movement a backend makes must be a ledger row written in the same
+//! transaction as the balance change, and no operation may acknowledge a write before
+//! it is durable.
+
+#![forbid(unsafe_code)]
+
+use async_trait::async_trait;
+use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, ModelId, WebhookStatus};
+use serde_json::Value;
+
+/// What can go wrong in a backend, by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named row does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A uniqueness or state rule refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or is shutting down; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or corrupt data.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A customer account (Apiframe's team).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Id.
+    pub id: AccountId,
+    /// Display name.
+    pub name: String,
+    /// Current balance; always equals the sum of the account's ledger.
+    pub credits: i64,
+    /// Plan label shown in `/v2/me`.
+    pub plan: String,
+    /// Jobs allowed in PROCESSING at once.
+    pub max_concurrent_jobs: u32,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// An API key as stored: never the secret, only its digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Id.
+    pub id: ApiKeyId,
+    /// Owning account.
+    pub account_id: AccountId,
+    /// Label given at creation.
+    pub name: String,
+    /// Contact e-mail shown as the `/v2/me` user.
+    pub email: String,
+    /// Public prefix (`afk_` + 8 characters).
+    pub prefix: String,
+    /// SHA-256 of the key.
+    pub digest: KeyDigest,
+    /// Active, disabled or revoked.
+    pub status: ApiKeyStatus,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// Input for [`Store::create_api_key`].
+#[derive(Clone, Debug)]
+pub struct NewApiKey {
+    /// Attach to this account, or create one when `None`.
+    pub account_id: Option<AccountId>,
+    /// Name for the key (and for a new account).
+    pub name: String,
+    /// Contact e-mail.
+    pub email: String,
+    /// Public prefix.
+    pub prefix: String,
+    /// SHA-256 of the key.
+    pub digest: KeyDigest,
+    /// Credits granted to a newly created account (ledger row `grant`).
+    pub initial_credits: i64,
+    /// Plan label for a new account.
+    pub plan: String,
+    /// Concurrency cap for a new account.
+    pub max_concurrent_jobs: u32,
+}
+
+/// The kind of a ledger row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LedgerKind {
+    /// Credits added by an operator.
+    Grant,
+    /// A job's cost taken at submission (negative amount).
+    Charge,
+    /// A failed or cancelled job's cost given back.
+    Refund,
+}
+
+impl LedgerKind {
+    /// Stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Charge => "charge",
+            Self::Refund => "refund",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "grant" => Self::Grant,
+            "charge" => Self::Charge,
+            "refund" => Self::Refund,
+            _ => return None,
+        })
+    }
+}
+
+/// One append-only ledger row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Monotonic row id.
+    pub id: i64,
+    /// Account moved.
+    pub account_id: AccountId,
+    /// Grant, charge or refund.
+    pub kind: LedgerKind,
+    /// Signed amount: positive adds credits.
+    pub amount: i64,
+    /// The job a charge or refund belongs to.
+    pub job_id: Option<JobId>,
+    /// Free text (grant reason).
+    pub note: Option<String>,
+    /// Time, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// Idempotency data attached to a submission.
+#[derive(Clone, Debug)]
+pub struct IdempotencyClaim {
+    /// The client's `Idempotency-Key`.
+    pub key: String,
+    /// SHA-256 of the canonical request body.
+    pub fingerprint: [u8; 32],
+    /// Replays older than this (unix ms) are forgotten.
+    pub not_before_ms: i64,
+}
+
+/// A job to insert together with its charge.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// Id chosen by the caller.
+    pub id: JobId,
+    /// Paying account.
+    pub account_id: AccountId,
+    /// Key that submitted it.
+    pub api_key_id: ApiKeyId,
+    /// Model.
+    pub model: ModelId,
+    /// Credits to charge.
+    pub cost: i64,
+    /// The request as submitted, returned as `input`.
+    pub input: Value,
+    /// Webhook destination.
+    pub webhook_url: Option<String>,
+    /// Subscribed webhook events (wire spellings); `None` means the default set.
+    pub webhook_events: Option<Vec<String>>,
+    /// Idempotency key, when the client sent one.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// How a submission ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// A new job was inserted and charged.
+    Created {
+        /// The job.
+        job_id: JobId,
+        /// Its status (QUEUED).
+        status: JobStatus,
+    },
+    /// The idempotency key matched an earlier identical request: nothing was written.
+    Replayed {
+        /// The original job.
+        job_id: JobId,
+        /// Its current status.
+        status: JobStatus,
+    },
+    /// The balance does not cover the cost: nothing was written.
+    InsufficientCredits {
+        /// The cost.
+        required: i64,
+        /// The balance.
+        available: i64,
+    },
+    /// The idempotency key was used with a different body: nothing was written.
+    IdempotencyMismatch,
+}
+
+/// A job as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    /// Id.
+    pub id: JobId,
+    /// Owner.
+    pub account_id: AccountId,
+    /// Submitting key.
+    pub api_key_id: ApiKeyId,
+    /// Model id as stored (an Apiframe model id).
+    pub model: String,
+    /// Public status.
+    pub status: JobStatus,
+    /// 0..=100.
+    pub progress: Option<i64>,
+    /// Result object (`{"videoUrl": ...}`) when completed.
+    pub result: Option<Value>,
+    /// Failure reason.
+    pub error: Option<String>,
+    /// Credits currently charged (0 after a refund).
+    pub credit_cost: i64,
+    /// Webhook delivery state, `None` without a webhook.
+    pub webhook_status: Option<WebhookStatus>,
+    /// The request as submitted.
+    pub input: Value,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: i64,
+    /// Terminal time, unix milliseconds.
+    pub completed_at_ms: Option<i64>,
+    /// Whether the result files were purged.
+    pub expired: bool,
+}
+
+/// Keyset position in the `(created_at desc, id desc)` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobCursor {
+    /// Creation time of the last job seen.
+    pub created_at_ms: i64,
+    /// Id of the last job seen.
+    pub id: JobId,
+}
+
+/// Filters for [`Store::list_jobs`].
+#[derive(Clone, Debug)]
+pub struct JobQuery {
+    /// Only this account's jobs (always set: listing is never cross-account).
+    pub account_id: AccountId,
+    /// Only jobs submitted with this key (Apiframe's default `scope=user`).
+    pub api_key_id: Option<ApiKeyId>,
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// Only this model id.
+    pub model: Option<String>,
+    /// Only this job id.
+    pub job_id: Option<JobId>,
+    /// Start after this position.
+    pub after: Option<JobCursor>,
+    /// Page size (1..=100).
+    pub limit: u32,
+}
+
+/// The storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an API key, and its account when `account_id` is `None`.
+    async fn create_api_key(&self, new: NewApiKey) -> Result<(Account, ApiKeyRecord)>;
+    /// Every key, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Changes a key's status. Revoked keys cannot come back.
+    async fn set_api_key_status(&self, id: ApiKeyId, status: ApiKeyStatus) -> Result<ApiKeyRecord>;
+    /// Looks a key up by digest.
+    async fn find_api_key(&self, digest: &KeyDigest) -> Result<Option<ApiKeyRecord>>;
+
+    /// An account by id.
+    async fn get_account(&self, id: AccountId) -> Result<Option<Account>>;
+    /// Adds credits with a `grant` ledger row; returns the account after.
+    async fn grant_credits(&self, id: AccountId, amount: i64, note: Option<String>) -> Result<Account>;
+    /// The account's ledger, oldest first.
+    async fn ledger(&self, id: AccountId) -> Result<Vec<LedgerEntry>>;
+
+    /// Charges and inserts a job in one durable transaction, honouring idempotency.
+    async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome>;
+    /// A job, only if it belongs to `account_id`.
+    async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<JobRecord>>;
+    /// One page of jobs, newest first; returns at most `limit + 1` rows so the caller
+    /// can tell whether more exist.
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>>;
+    /// Distinct model ids among an account's jobs (for `include_models`).
+    async fn job_models(&self, account_id: AccountId, api_key_id: Option<ApiKeyId>) -> Result<Vec<String>>;
+
+    /// Finishes queued writes and releases the database; later calls fail with `Unavailable`.
+    async fn close(&self);
+}

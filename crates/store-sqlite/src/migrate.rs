@@ -1,0 +1,43 @@
+//! Embedded schema migrations for SQLite.
+//!
+//! Each file under `migrations/sqlite/` is compiled in and applied once, in name order,
+//! inside its own transaction together with its `schema_migration` row, so a crash
+//! mid-migration leaves the database at the previous version. Applied files are never
+//! edited; a change is a new file.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use store::Result;
+
+use crate::map_err;
+
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_front_door", include_str!("../../../migrations/sqlite/0001_front_door.sql"))];
+
+/// Applies pending migrations; returns the names applied now.
+pub(crate) fn apply(conn: &mut Connection) -> Result<Vec<String>> {
+    conn.execute_batch(
+        "create table if not exists schema_migration (name text primary key, applied_at integer not null)",
+    )
+    .map_err(map_err)?;
+    let mut applied_now = Vec::new();
+    for (name, sql) in MIGRATIONS {
+        // `begin immediate` takes the write lock first, so two processes starting together
+        // cannot both decide a migration is pending.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_err)?;
+        let done: Option<String> = tx
+            .query_row("select name from schema_migration where name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(map_err)?;
+        if done.is_none() {
+            tx.execute_batch(sql).map_err(map_err)?;
+            tx.execute(
+                "insert into schema_migration (name, applied_at) values (?1, ?2)",
+                params![name, crate::writer::wall_clock_ms()],
+            )
+            .map_err(map_err)?;
+            applied_now.push(name.to_string());
+        }
+        tx.commit().map_err(map_err)?;
+    }
+    Ok(applied_now)
+}

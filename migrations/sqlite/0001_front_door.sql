@@ -1,0 +1,84 @@
+-- The front door: accounts, API keys, the credit ledger, jobs and idempotency keys.
+-- Times are UTC unix milliseconds; ids are canonical UUID text.
+
+create table account (
+    account_id          text primary key,
+    name                text not null,
+    -- Kept equal to sum(ledger_entry.amount) by writing both in one transaction.
+    credits             integer not null check (credits >= 0),
+    plan                text not null,
+    max_concurrent_jobs integer not null check (max_concurrent_jobs > 0),
+    created_at          integer not null,
+    updated_at          integer not null
+);
+
+create table api_key (
+    api_key_id  text primary key,
+    account_id  text not null references account (account_id),
+    name        text not null,
+    email       text not null,
+    prefix      text not null,
+    -- SHA-256 of the key; the plaintext is never stored.
+    key_digest  blob not null unique check (length(key_digest) = 32),
+    status      text not null check (status in ('active', 'disabled', 'revoked')),
+    created_at  integer not null,
+    updated_at  integer not null
+);
+create index api_key_account on api_key (account_id);
+
+-- Append-only: every credit movement is one row, never updated or deleted.
+create table ledger_entry (
+    ledger_entry_id integer primary key autoincrement,
+    account_id      text not null references account (account_id),
+    kind            text not null check (kind in ('grant', 'charge', 'refund')),
+    amount          integer not null,
+    job_id          text,
+    note            text,
+    created_at      integer not null,
+    check ((kind = 'grant') = (job_id is null)),
+    check ((kind = 'charge' and amount <= 0) or (kind <> 'charge' and amount >= 0))
+);
+create index ledger_entry_account on ledger_entry (account_id, ledger_entry_id);
+-- A job is charged at most once and refunded at most once.
+create unique index ledger_entry_one_charge on ledger_entry (job_id) where kind = 'charge';
+create unique index ledger_entry_one_refund on ledger_entry (job_id) where kind = 'refund';
+
+create trigger ledger_entry_no_update before update on ledger_entry
+begin
+    select raise(abort, 'ledger_entry is append-only');
+end;
+create trigger ledger_entry_no_delete before delete on ledger_entry
+begin
+    select raise(abort, 'ledger_entry is append-only');
+end;
+
+create table job (
+    job_id          text primary key,
+    account_id      text not null references account (account_id),
+    api_key_id      text not null references api_key (api_key_id),
+    model           text not null,
+    status          text not null check (status in ('QUEUED', 'PROCESSING', 'COMPLETED', 'FAILED', 'CANCELLED')),
+    progress        integer check (progress between 0 and 100),
+    result          text,
+    error           text,
+    credit_cost     integer not null check (credit_cost >= 0),
+    webhook_url     text,
+    webhook_events  text,
+    webhook_status  text check (webhook_status in ('pending', 'delivered', 'failed')),
+    input           text not null,
+    created_at      integer not null,
+    completed_at    integer,
+    expired         integer not null default 0,
+    updated_at      integer not null
+);
+-- Serves GET /v2/jobs: newest first within an account, keyset-paged.
+create index job_account_created on job (account_id, created_at desc, job_id desc);
+
+create table idempotency_key (
+    account_id      text not null references account (account_id),
+    idempotency_key text not null,
+    fingerprint     blob not null,
+    job_id          text not null references job (job_id),
+    created_at      integer not null,
+    primary key (account_id, idempotency_key)
+);
