@@ -1,0 +1,81 @@
+//! The HTTP API: one router per resource, merged here, plus request ids, fallbacks,
+//! `/healthz` and the OpenAPI document.
+
+pub mod dto;
+pub mod error;
+pub mod extract;
+
+mod account;
+mod jobs;
+mod models;
+mod videos;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+pub use models::catalog_entries;
+
+use crate::api::error::{ApiError, ErrorCause};
+use crate::state::AppState;
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(videos::router())
+        .merge(jobs::router())
+        .merge(account::router())
+        .merge(models::router())
+        .route("/v2/openapi.json", get(get_openapi))
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .fallback(|| async { ApiError::NotFound("No such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn get_openapi(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi.as_str().to_owned()).into_response()
+}
+
+/// Gives every response an `x-request-id` (the client's, if it sent a sane one) and
+/// logs server errors once, with that id.
+async fn request_id(req: Request, next: Next) -> Response {
+    let incoming = req
+        .headers()
+        .get("x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
+        .cloned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let id = incoming.unwrap_or_else(next_request_id);
+    let mut response = next.run(req).await;
+    if let Some(ErrorCause(cause)) = response.extensions_mut().remove::<ErrorCause>() {
+        tracing::error!(
+            request.id = id.to_str().unwrap_or(""),
+            http.method = %method,
+            http.path = %path,
+            http.status = response.status().as_u16(),
+            error = %cause,
+            "request failed"
+        );
+    }
+    response.headers_mut().insert("x-request-id", id);
+    response
+}
+
+/// A process-unique id: a random per-process prefix and a counter. Cheaper than a UUID
+/// per request and just as good for correlating logs.
+fn next_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u32);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("req_{prefix:08x}{n:012x}")).expect("hex digits are a valid header value")
+}

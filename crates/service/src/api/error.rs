@@ -1,0 +1,132 @@
+//! The API's error type and its single mapping to HTTP.
+//!
+//! Policy: every layer has its own error enum (`ValidationErrors` in the domain,
+//! `StoreError` in storage); handlers convert them into [`ApiError`] with `?`, and only
+//! `ApiError` knows HTTP. One `match` below picks every status and body, always in
+//! Apiframe's envelope: `{"error": "..."}`, plus `details` for validation and the credit
+//! numbers for 402. On a 5xx the client gets a generic message while the full cause
+//! travels in an [`ErrorCause`] response extension to the request-id middleware, which
+//! logs it once together with the request id.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::ValidationErrors;
+use serde_json::json;
+use store::StoreError;
+
+/// The hidden cause of a 5xx, handed to the logging middleware.
+#[derive(Clone, Debug)]
+pub struct ErrorCause(pub String);
+
+/// Shorthand for handler results.
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or query failed validation: 400 with per-path details.
+    #[error("{message}")]
+    Validation {
+        /// Summary.
+        message: String,
+        /// Problems by JSON path (or parameter name).
+        details: ValidationErrors,
+    },
+    /// A malformed path or header: 400 without details.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No X-API-Key header.
+    #[error("API key is required")]
+    MissingKey,
+    /// Unknown or revoked key.
+    #[error("Invalid API key")]
+    InvalidKey,
+    /// Disabled key.
+    #[error("API key is inactive")]
+    InactiveKey,
+    /// Missing, or owned by another account.
+    #[error("{0}")]
+    NotFound(String),
+    /// Wrong method on a known path.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// State conflict (idempotency key reused with another body).
+    #[error("{0}")]
+    Conflict(String),
+    /// Body over the limit.
+    #[error("Request body too large: the limit is {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Balance below the job's cost.
+    #[error("Insufficient credits")]
+    InsufficientCredits {
+        /// Cost.
+        required: i64,
+        /// Balance.
+        available: i64,
+    },
+    /// The store is unavailable; retry later.
+    #[error("Service temporarily unavailable, retry shortly")]
+    Unavailable(String),
+    /// A bug or corrupt data.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 with details for the given path.
+    pub fn invalid(path: &str, message: impl Into<String>) -> Self {
+        let mut details = ValidationErrors::default();
+        details.add(path, message);
+        Self::Validation { message: "Invalid request".into(), details }
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(details: ValidationErrors) -> Self {
+        Self::Validation { message: "Invalid request body".into(), details }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::NotFound(format!("Not found: {what}")),
+            StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::Unavailable(why) => Self::Unavailable(why),
+            StoreError::Internal(why) => Self::Internal(why),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, body) = match &self {
+            Self::Validation { details, .. } => {
+                (StatusCode::BAD_REQUEST, json!({"error": message, "details": details.0}))
+            }
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, json!({"error": message})),
+            Self::MissingKey | Self::InvalidKey => (StatusCode::UNAUTHORIZED, json!({"error": message})),
+            Self::InactiveKey => (StatusCode::FORBIDDEN, json!({"error": message})),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, json!({"error": message})),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message})),
+            Self::Conflict(_) => (StatusCode::CONFLICT, json!({"error": message})),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": message})),
+            Self::InsufficientCredits { required, available } => (
+                StatusCode::PAYMENT_REQUIRED,
+                json!({"error": message, "creditsRequired": required, "creditsAvailable": available}),
+            ),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": message})),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": message})),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Self::Unavailable(cause) | Self::Internal(cause) = self {
+            response.extensions_mut().insert(ErrorCause(cause));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

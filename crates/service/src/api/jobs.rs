@@ -1,0 +1,149 @@
+//! `GET /v2/jobs/{id}` and `GET /v2/jobs`: reading jobs, only ever within the caller's account.
+//!
+//! Listing is keyset-paginated on `(createdAt desc, id desc)`. The cursor names the
+//! last row returned, so a page never depends on how many rows came before it: jobs
+//! inserted while a client pages land before its position and cannot shift or repeat
+//! the rows it has yet to see.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use domain::{JobId, JobStatus, ValidationErrors};
+use serde_json::{json, Value};
+use store::{JobCursor, JobQuery};
+
+use crate::api::dto::job_json;
+use crate::api::error::{ApiError, Result};
+use crate::api::extract::Caller;
+use crate::state::AppState;
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+const CURSOR_VERSION: &str = "v1";
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/v2/jobs", get(list_jobs)).route("/v2/jobs/{id}", get(get_job))
+}
+
+async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id: JobId = id.parse().map_err(|_| ApiError::BadRequest("Invalid job id: expected a UUID".into()))?;
+    // Another account's job is indistinguishable from a missing one.
+    let job = state.store.get_job(key.account_id, id).await?.ok_or_else(job_not_found)?;
+    Ok(Json(job_json(&job, true)))
+}
+
+fn job_not_found() -> ApiError {
+    ApiError::NotFound("Job not found".into())
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>> {
+    let mut errors = ValidationErrors::default();
+    let param = |name: &str| params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+
+    let status = param("status").and_then(|s| {
+        JobStatus::parse(s).or_else(|| {
+            errors.add("status", "Expected one of QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED");
+            None
+        })
+    });
+    let model = param("model").and_then(|m| {
+        if m.is_empty() || m.len() > 100 {
+            errors.add("model", "Expected a model id");
+            None
+        } else {
+            Some(m.to_string())
+        }
+    });
+    let limit = match param("limit") {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                errors.add("limit", format!("Expected an integer from 1 to {MAX_LIMIT}"));
+                DEFAULT_LIMIT
+            }
+        },
+    };
+    let after = param("cursor").and_then(|c| {
+        decode_cursor(c).or_else(|| {
+            errors.add("cursor", "Invalid cursor; pass nextCursor from a previous page unchanged");
+            None
+        })
+    });
+    // Every key is its account's admin here, so `scope=team` is allowed; the default
+    // `user` scope lists the jobs submitted with the calling key, as Apiframe does.
+    let api_key_id = match param("scope").unwrap_or("user") {
+        "user" => Some(key.id),
+        "team" => None,
+        _ => {
+            errors.add("scope", "Expected 'user' or 'team'");
+            None
+        }
+    };
+    let job_id = param("search").and_then(|s| {
+        s.parse::<JobId>().ok().or_else(|| {
+            errors.add("search", "Expected a job id (UUID)");
+            None
+        })
+    });
+    let include_models = match param("include_models") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            errors.add("include_models", "Expected 'true' or 'false'");
+            false
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation { message: "Invalid query parameters".into(), details: errors });
+    }
+
+    let query = JobQuery { account_id: key.account_id, api_key_id, status, model, job_id, after, limit };
+    let mut rows = state.store.list_jobs(&query).await?;
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if has_more { rows.last().map(|j| encode_cursor(j.created_at_ms, j.id)) } else { None };
+    let jobs: Vec<Value> = rows.iter().map(|j| job_json(j, false)).collect();
+    let mut body = json!({"jobs": jobs, "nextCursor": next_cursor, "hasMore": has_more});
+    if include_models {
+        body["models"] = json!(state.store.job_models(key.account_id, api_key_id).await?);
+    }
+    Ok(Json(body))
+}
+
+fn encode_cursor(created_at_ms: i64, id: JobId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_VERSION}:{created_at_ms}:{id}"))
+}
+
+fn decode_cursor(raw: &str) -> Option<JobCursor> {
+    let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut parts = text.splitn(3, ':');
+    if parts.next()? != CURSOR_VERSION {
+        return None;
+    }
+    let created_at_ms = parts.next()?.parse().ok()?;
+    let id = parts.next()?.parse().ok()?;
+    Some(JobCursor { created_at_ms, id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = JobId::new();
+        let c = decode_cursor(&encode_cursor(1234, id)).unwrap();
+        assert_eq!((c.created_at_ms, c.id), (1234, id));
+        for bad in ["", "!!!", "djE6eA", &URL_SAFE_NO_PAD.encode(format!("v2:1:{id}"))] {
+            assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
+}

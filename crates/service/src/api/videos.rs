@@ -1,0 +1,97 @@
+//! `POST /v2/videos/generate`: validate, price, then charge and insert in one write.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use domain::validation::{fingerprint, parse_generate};
+use domain::JobId;
+use serde_json::json;
+use store::{IdempotencyClaim, NewJob, SubmitOutcome};
+
+use crate::api::error::{ApiError, Result};
+use crate::api::extract::{Caller, JsonBody};
+use crate::state::AppState;
+
+/// Longest `Idempotency-Key` accepted (the spec's maxLength).
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/v2/videos/generate", post(create_video))
+}
+
+async fn create_video(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response> {
+    let idempotency_key = idempotency_key(&headers)?;
+    let request = parse_generate(&body)?;
+    let cost = state
+        .catalog
+        .price(request.model, request.resolution, request.duration)
+        .ok_or_else(|| ApiError::invalid("hailuoParams", "This resolution and duration are not offered"))?;
+
+    let idempotency = idempotency_key.map(|key| IdempotencyClaim {
+        key,
+        fingerprint: fingerprint(&body),
+        not_before_ms: now_ms() - i64::from(state.config.limits.idempotency_ttl_hours) * 3_600_000,
+    });
+    let job = NewJob {
+        id: JobId::new(),
+        account_id: key.account_id,
+        api_key_id: key.id,
+        model: request.model,
+        cost: i64::from(cost),
+        input: body,
+        webhook_url: request.webhook_url,
+        webhook_events: request
+            .webhook_events
+            .map(|events| events.iter().map(|e| e.as_str().to_string()).collect()),
+        idempotency,
+    };
+    match state.store.submit_job(job).await? {
+        SubmitOutcome::Created { job_id, status } => Ok(accepted(job_id, status.as_str(), false)),
+        SubmitOutcome::Replayed { job_id, status } => Ok(accepted(job_id, status.as_str(), true)),
+        SubmitOutcome::InsufficientCredits { required, available } => {
+            Err(ApiError::InsufficientCredits { required, available })
+        }
+        SubmitOutcome::IdempotencyMismatch => Err(ApiError::Conflict(
+            "Idempotency-Key was already used with a different request body".into(),
+        )),
+    }
+}
+
+fn accepted(job_id: JobId, status: &str, replayed: bool) -> Response {
+    let mut response =
+        (StatusCode::ACCEPTED, Json(json!({"jobId": job_id.to_string(), "status": status}))).into_response();
+    if replayed {
+        // Lets a client tell a replay from a fresh submission without changing the body shape.
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let path = "Idempotency-Key";
+    let value = raw.to_str().map_err(|_| ApiError::invalid(path, "Must be printable ASCII"))?;
+    if value.is_empty() {
+        return Err(ApiError::invalid(path, "Must not be empty"));
+    }
+    if value.len() > IDEMPOTENCY_KEY_MAX {
+        return Err(ApiError::invalid(path, format!("Must be at most {IDEMPOTENCY_KEY_MAX} characters")));
+    }
+    Ok(Some(value.to_string()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
