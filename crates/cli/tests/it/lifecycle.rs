@@ -1,0 +1,135 @@
+//! The real binary: admin commands and graceful shutdown on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn reelgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_reelgate")).args(args).output().expect("run reelgate");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn field_after<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines().find_map(|l| l.strip_prefix(label)).unwrap().split_whitespace().next().unwrap()
+}
+
+#[test]
+fn admin_cli_creates_keys_grants_and_shows_credits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Acme", "--credits", "50", "--data-dir", d]);
+    assert!(ok, "{err}");
+    let key = out.lines().last().unwrap();
+    assert!(key.starts_with("afk_") && key.len() >= 36 && key[4..].chars().all(|c| c.is_ascii_alphanumeric()), "{key}");
+    let account = field_after(&out, "account: ").to_string();
+    let key_id = field_after(&out, "key id:  ").to_string();
+
+    // The database holds the digest, never the key.
+    let db = std::fs::read(dir.path().join("reelgate.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("reelgate.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "plaintext key found on disk");
+    }
+
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Second", "--account", &account, "--data-dir", d]);
+    assert!(ok, "{err}");
+    assert_eq!(field_after(&out, "account: "), account);
+    let (ok, _, _) = reelgate(&["keys", "create", "--name", "Nope", "--account", &uuid::Uuid::new_v4().to_string(), "--data-dir", d]);
+    assert!(!ok, "attaching to a missing account must fail");
+
+    let (ok, out, _) = reelgate(&["keys", "list", "--data-dir", d]);
+    assert!(ok);
+    assert!(out.contains(&key_id) && out.contains(&key[..12]) && !out.contains(key));
+    assert_eq!(out.lines().count(), 3, "header and two keys: {out}");
+
+    let (ok, out, err) = reelgate(&["credits", "grant", "--account", &account, "--amount", "25", "--data-dir", d]);
+    assert!(ok, "{err}");
+    assert!(out.contains("75 credits"), "{out}");
+    let (ok, _, _) = reelgate(&["credits", "grant", "--account", &account, "--amount", "-5", "--data-dir", d]);
+    assert!(!ok);
+    let (ok, out, _) = reelgate(&["credits", "show", "--account", &account, "--data-dir", d]);
+    assert!(ok);
+    assert!(out.contains("credits: 75") && out.contains("sum 75"), "{out}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "load", "--credits", "100000", "--data-dir", &d]);
+    assert!(ok, "{err}");
+    let key = out.lines().last().unwrap().to_string();
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_reelgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &d])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 16 clients submit as fast as they can; SIGTERM lands in the middle.
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (http, base, key) = (http.clone(), base.clone(), key.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                let body = json!({"model": "hailuo-2.3", "prompt": format!("client {c} clip {i}")});
+                match http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await {
+                    Ok(r) if r.status() == 202 => acked.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string()),
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => break, // the server stopped accepting
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.wait().unwrap();
+        let mut log = String::new();
+        std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut log).unwrap();
+        (status, log)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "exit status {:?}; log:\n{}", status.0, status.1);
+    assert!(status.1.contains("listening on http://127.0.0.1:"), "{}", status.1);
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.extend(c.await.unwrap());
+    }
+    assert!(acked.len() > 10, "load should have been acknowledged before the signal ({})", acked.len());
+
+    // Reopen the data directory: every acknowledged job is there and paid for exactly once.
+    let mut config = service::Config::defaults();
+    config.data_dir = dir.path().to_path_buf();
+    let store = service::open_store(&config).unwrap();
+    let keys = store.list_api_keys().await.unwrap();
+    let account = keys[0].account_id;
+    for id in &acked {
+        let job = store.get_job(account, id.parse().unwrap()).await.unwrap();
+        assert!(job.is_some(), "acknowledged job {id} was lost");
+    }
+    let acct = store.get_account(account).await.unwrap().unwrap();
+    let ledger = store.ledger(account).await.unwrap();
+    let charges = ledger.iter().filter(|e| e.kind == store::LedgerKind::Charge).count();
+    assert!(charges >= acked.len());
+    assert_eq!(acct.credits, ledger.iter().map(|e| e.amount).sum::<i64>());
+    assert_eq!(acct.credits, 100_000 - 5 * charges as i64);
+    store.close().await;
+}

@@ -1,0 +1,11 @@
+//! reelgate's integration tests: the real server on an ephemeral port with a fresh data
+//! directory, spoken to over real HTTP, and the real binary for the CLI and signals.
+
+mod helpers;
+
+mod account;
+mod auth;
+mod generate;
+mod jobs;
+mod lifecycle;
+mod spec;
