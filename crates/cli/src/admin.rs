@@ -172,7 +172,14 @@ pub async fn credits(cmd: CreditsCommand) -> anyhow::Result<()> {
             println!("ledger ({} rows, sum {}):", ledger.len(), ledger.iter().map(|e| e.amount).sum::<i64>());
             for e in ledger {
                 let job = e.job_id.map(|j| j.to_string()).unwrap_or_default();
-                println!("  #{:<6} {:<6} {:>8}  {}  {}", e.id, e.kind.as_str(), e.amount, job, e.note.unwrap_or_default());
+                println!(
+                    "  #{:<6} {:<6} {:>8}  {}  {}",
+                    e.id,
+                    e.kind.as_str(),
+                    e.amount,
+                    job,
+                    e.note.unwrap_or_default()
+                );
             }
         }
     }
@@ -193,10 +200,8 @@ pub fn migrate(data: DataArgs) -> anyhow::Result<()> {
 }
 
 fn slug(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     let s = s.trim_matches('-').to_string();
     if s.is_empty() {
         "key".into()

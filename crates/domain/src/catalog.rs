@@ -17,11 +17,8 @@ use crate::validation::PROMPT_MAX_CHARS;
 pub type Variant = (Resolution, Duration);
 
 /// The variants Hailuo offers, cheapest first.
-pub const VARIANTS: [Variant; 3] = [
-    (Resolution::P768, Duration::Six),
-    (Resolution::P768, Duration::Ten),
-    (Resolution::P1080, Duration::Six),
-];
+pub const VARIANTS: [Variant; 3] =
+    [(Resolution::P768, Duration::Six), (Resolution::P768, Duration::Ten), (Resolution::P1080, Duration::Six)];
 
 /// Apiframe's name for a variant, e.g. `768p-6s`.
 pub fn variant_name((resolution, duration): Variant) -> String {
@@ -155,10 +152,8 @@ impl Catalog {
         for (model, table) in &overrides.prices {
             let id = ModelId::parse(model).ok_or_else(|| CatalogError::UnknownModel(model.clone()))?;
             for (variant, credits) in table {
-                let v = parse_variant(variant).ok_or_else(|| CatalogError::UnknownVariant {
-                    model: model.clone(),
-                    variant: variant.clone(),
-                })?;
+                let v = parse_variant(variant)
+                    .ok_or_else(|| CatalogError::UnknownVariant { model: model.clone(), variant: variant.clone() })?;
                 parsed.entry(id).or_default().insert(v, *credits);
             }
         }
@@ -179,7 +174,8 @@ impl Catalog {
                 ModelSpec {
                     id: ModelId::Hailuo23,
                     label: "Hailuo 2.3",
-                    description: "MiniMax Hailuo 2.3: text-to-video and image-to-video, 6 or 10 s at 768p, 6 s at 1080p.",
+                    description:
+                        "MiniMax Hailuo 2.3: text-to-video and image-to-video, 6 or 10 s at 768p, 6 s at 1080p.",
                     prices: h23,
                 },
                 ModelSpec {

@@ -20,13 +20,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// All statuses in lifecycle order.
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Queued,
-        JobStatus::Processing,
-        JobStatus::Completed,
-        JobStatus::Failed,
-        JobStatus::Cancelled,
-    ];
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Queued, JobStatus::Processing, JobStatus::Completed, JobStatus::Failed, JobStatus::Cancelled];
 
     /// The wire (and stored) spelling.
     pub fn as_str(self) -> &'static str {

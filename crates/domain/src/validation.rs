@@ -133,7 +133,8 @@ pub fn parse_generate(body: &Value) -> Result<GenerateRequest, ValidationErrors>
             } else if s.trim().is_empty() {
                 errors.add("prompt", "Prompt must not be blank");
             } else if chars > PROMPT_MAX_CHARS {
-                errors.add("prompt", format!("Prompt must contain at most {PROMPT_MAX_CHARS} characters (got {chars})"));
+                errors
+                    .add("prompt", format!("Prompt must contain at most {PROMPT_MAX_CHARS} characters (got {chars})"));
             }
             Some(s.clone())
         }
@@ -435,14 +436,38 @@ mod tests {
             (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": []}), "hailuoParams"),
             (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"duration": 8}}), "hailuoParams.duration"),
             (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"duration": "6"}}), "hailuoParams.duration"),
-            (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "720p"}}), "hailuoParams.resolution"),
-            (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "1080p", "duration": 10}}), "hailuoParams.duration"),
-            (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "ftp://x/y.png"}}), "hailuoParams.image"),
-            (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "data:text/plain;base64,aGk="}}), "hailuoParams.image"),
-            (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "data:image/png;base64,@@@"}}), "hailuoParams.image"),
-            (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "https://e.com/a.png", "end_image": "https://e.com/b.png"}}), "hailuoParams.end_image"),
-            (json!({"model": "hailuo-02", "prompt": "x", "hailuoParams": {"end_image": "https://e.com/b.png"}}), "hailuoParams.end_image"),
-            (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"prompt_optimizer": "yes"}}), "hailuoParams.prompt_optimizer"),
+            (
+                json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "720p"}}),
+                "hailuoParams.resolution",
+            ),
+            (
+                json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "1080p", "duration": 10}}),
+                "hailuoParams.duration",
+            ),
+            (
+                json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "ftp://x/y.png"}}),
+                "hailuoParams.image",
+            ),
+            (
+                json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "data:text/plain;base64,aGk="}}),
+                "hailuoParams.image",
+            ),
+            (
+                json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "data:image/png;base64,@@@"}}),
+                "hailuoParams.image",
+            ),
+            (
+                json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "https://e.com/a.png", "end_image": "https://e.com/b.png"}}),
+                "hailuoParams.end_image",
+            ),
+            (
+                json!({"model": "hailuo-02", "prompt": "x", "hailuoParams": {"end_image": "https://e.com/b.png"}}),
+                "hailuoParams.end_image",
+            ),
+            (
+                json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"prompt_optimizer": "yes"}}),
+                "hailuoParams.prompt_optimizer",
+            ),
             (json!({"model": "hailuo-2.3-fast", "prompt": "x"}), "hailuoParams.image"),
             (json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": "not a url"}), "webhookUrl"),
             (json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": "https://"}), "webhookUrl"),
@@ -472,8 +497,14 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_key_order_but_not_values() {
-        let a: Value = serde_json::from_str(r#"{"model":"hailuo-2.3","prompt":"x","hailuoParams":{"duration":6,"resolution":"768p"}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"hailuoParams":{"resolution":"768p","duration":6},"prompt":"x","model":"hailuo-2.3"}"#).unwrap();
+        let a: Value = serde_json::from_str(
+            r#"{"model":"hailuo-2.3","prompt":"x","hailuoParams":{"duration":6,"resolution":"768p"}}"#,
+        )
+        .unwrap();
+        let b: Value = serde_json::from_str(
+            r#"{"hailuoParams":{"resolution":"768p","duration":6},"prompt":"x","model":"hailuo-2.3"}"#,
+        )
+        .unwrap();
         let c: Value = serde_json::from_str(r#"{"model":"hailuo-2.3","prompt":"y"}"#).unwrap();
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));

@@ -47,11 +47,8 @@ async fn get_openapi(State(state): State<AppState>) -> Response {
 /// Gives every response an `x-request-id` (the client's, if it sent a sane one) and
 /// logs server errors once, with that id.
 async fn request_id(req: Request, next: Next) -> Response {
-    let incoming = req
-        .headers()
-        .get("x-request-id")
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
-        .cloned();
+    let incoming =
+        req.headers().get("x-request-id").filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok()).cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let id = incoming.unwrap_or_else(next_request_id);

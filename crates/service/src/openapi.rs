@@ -57,8 +57,17 @@ fn job_properties(with_input: bool) -> Value {
 }
 
 fn schemas(catalog: &Catalog) -> Value {
-    let required_job = json!(["id", "status", "model", "progress", "error", "creditCost", "webhookStatus",
-                              "createdAt", "completedAt"]);
+    let required_job = json!([
+        "id",
+        "status",
+        "model",
+        "progress",
+        "error",
+        "creditCost",
+        "webhookStatus",
+        "createdAt",
+        "completedAt"
+    ]);
     let mut required_list_item = required_job.clone();
     required_list_item.as_array_mut().expect("literal array").push(json!("expired"));
     json!({

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use store::{
-    Account, ApiKeyRecord, JobQuery, JobRecord, LedgerEntry, LedgerKind, NewApiKey, NewJob, Result,
-    StoreError, SubmitOutcome,
+    Account, ApiKeyRecord, JobQuery, JobRecord, LedgerEntry, LedgerKind, NewApiKey, NewJob, Result, StoreError,
+    SubmitOutcome,
 };
 
 use crate::rows::{account_from_row, job_from_row, key_from_row, ACCOUNT_COLUMNS, JOB_COLUMNS, KEY_COLUMNS};
@@ -271,7 +271,8 @@ impl store::Store for SqliteStore {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         self.read(|c| {
-            let mut s = c.prepare_cached(&format!("select {KEY_COLUMNS} from api_key order by created_at, api_key_id"))?;
+            let mut s =
+                c.prepare_cached(&format!("select {KEY_COLUMNS} from api_key order by created_at, api_key_id"))?;
             let rows = s.query_map([], key_from_row)?;
             rows.collect()
         })
@@ -280,7 +281,9 @@ impl store::Store for SqliteStore {
     async fn set_api_key_status(&self, id: ApiKeyId, status: ApiKeyStatus) -> Result<ApiKeyRecord> {
         self.writer
             .write(move |ctx| {
-                let key = load_key(ctx.conn, id).map_err(map_err)?.ok_or_else(|| StoreError::NotFound(format!("API key {id}")))?;
+                let key = load_key(ctx.conn, id)
+                    .map_err(map_err)?
+                    .ok_or_else(|| StoreError::NotFound(format!("API key {id}")))?;
                 if key.status == ApiKeyStatus::Revoked && status != ApiKeyStatus::Revoked {
                     return Err(StoreError::Conflict(format!("API key {id} is revoked for good")));
                 }
@@ -314,7 +317,9 @@ impl store::Store for SqliteStore {
         }
         self.writer
             .write(move |ctx| {
-                load_account(ctx.conn, id).map_err(map_err)?.ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+                load_account(ctx.conn, id)
+                    .map_err(map_err)?
+                    .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
                 grant_in_tx(ctx, id, amount, note.as_deref())?;
                 Ok(load_account(ctx.conn, id).map_err(map_err)?.expect("checked above"))
             })

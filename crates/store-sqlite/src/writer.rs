@@ -76,9 +76,7 @@ impl Writer {
             });
             (ok, reply)
         });
-        self.tx
-            .send(Command::Write(op))
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        self.tx.send(Command::Write(op)).map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
     }
 
@@ -164,8 +162,5 @@ fn clone_err(e: &StoreError) -> StoreError {
 }
 
 pub(crate) fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

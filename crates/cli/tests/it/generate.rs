@@ -21,18 +21,42 @@ async fn each_validation_refusal_names_its_path_and_changes_nothing() {
         (json!({"model": "hailuo-2.3", "prompt": "x".repeat(2001)}), "prompt"),
         (json!({"model": "hailuo-2.3", "prompt": 5}), "prompt"),
         (json!({"model": "hailuo-2.3", "prompt": "x", "seed": 7}), "seed"),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"aspect_ratio": "16:9"}}), "hailuoParams.aspect_ratio"),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"aspect_ratio": "16:9"}}),
+            "hailuoParams.aspect_ratio",
+        ),
         (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"duration": 5}}), "hailuoParams.duration"),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "4k"}}), "hailuoParams.resolution"),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "1080p", "duration": 10}}), "hailuoParams.duration"),
-        (json!({"model": "hailuo-02", "prompt": "x", "hailuoParams": {"resolution": "1080p", "duration": 10}}), "hailuoParams.duration"),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "4k"}}),
+            "hailuoParams.resolution",
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"resolution": "1080p", "duration": 10}}),
+            "hailuoParams.duration",
+        ),
+        (
+            json!({"model": "hailuo-02", "prompt": "x", "hailuoParams": {"resolution": "1080p", "duration": 10}}),
+            "hailuoParams.duration",
+        ),
         (json!({"model": "hailuo-2.3-fast", "prompt": "x"}), "hailuoParams.image"),
         (json!({"model": "hailuo-2.3-fast", "prompt": "x", "hailuoParams": {"duration": 6}}), "hailuoParams.image"),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": IMG, "end_image": IMG}}), "hailuoParams.end_image"),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": IMG, "end_image": IMG}}),
+            "hailuoParams.end_image",
+        ),
         (json!({"model": "hailuo-02", "prompt": "x", "hailuoParams": {"end_image": IMG}}), "hailuoParams.end_image"),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "file:///etc/passwd"}}), "hailuoParams.image"),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "data:image/gif;base64,R0lGOD=="}}), "hailuoParams.image"),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"prompt_optimizer": 1}}), "hailuoParams.prompt_optimizer"),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "file:///etc/passwd"}}),
+            "hailuoParams.image",
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": "data:image/gif;base64,R0lGOD=="}}),
+            "hailuoParams.image",
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"prompt_optimizer": 1}}),
+            "hailuoParams.prompt_optimizer",
+        ),
         (json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": "mailto:a@b.c"}), "webhookUrl"),
         (json!({"model": "hailuo-2.3", "prompt": "x", "webhookEvents": []}), "webhookEvents"),
         (json!({"model": "hailuo-2.3", "prompt": "x", "webhookEvents": ["done"]}), "webhookEvents.0"),
@@ -143,12 +167,24 @@ async fn accepted_jobs_are_queued_charged_at_catalog_price_and_readable() {
         (json!({"model": "hailuo-2.3", "prompt": "a", "hailuoParams": {"resolution": "1080p"}}), 10),
         (json!({"model": "hailuo-2.3", "prompt": "a", "hailuoParams": {"resolution": "1080p", "duration": 6}}), 10),
         (json!({"model": "hailuo-02", "prompt": "a"}), 5),
-        (json!({"model": "hailuo-02", "prompt": "a", "hailuoParams": {"duration": 10, "image": IMG, "end_image": IMG}}), 8),
+        (
+            json!({"model": "hailuo-02", "prompt": "a", "hailuoParams": {"duration": 10, "image": IMG, "end_image": IMG}}),
+            8,
+        ),
         (json!({"model": "hailuo-02", "prompt": "a", "hailuoParams": {"resolution": "1080p"}}), 10),
         (json!({"model": "hailuo-2.3-fast", "prompt": "a", "hailuoParams": {"image": IMG}}), 5),
-        (json!({"model": "hailuo-2.3-fast", "prompt": "a", "hailuoParams": {"image": "data:image/png;base64,iVBORw0KGgo=", "duration": 10}}), 10),
-        (json!({"model": "hailuo-2.3-fast", "prompt": "a", "hailuoParams": {"image": IMG, "resolution": "1080p", "prompt_optimizer": true}}), 10),
-        (json!({"model": "hailuo-2.3", "prompt": "a", "webhookUrl": "https://hooks.example.com/r", "webhookEvents": ["completed"]}), 5),
+        (
+            json!({"model": "hailuo-2.3-fast", "prompt": "a", "hailuoParams": {"image": "data:image/png;base64,iVBORw0KGgo=", "duration": 10}}),
+            10,
+        ),
+        (
+            json!({"model": "hailuo-2.3-fast", "prompt": "a", "hailuoParams": {"image": IMG, "resolution": "1080p", "prompt_optimizer": true}}),
+            10,
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "a", "webhookUrl": "https://hooks.example.com/r", "webhookEvents": ["completed"]}),
+            5,
+        ),
     ];
     let mut spent = 0;
     for (body, cost) in cases {
@@ -183,7 +219,8 @@ async fn a_catalog_file_changes_prices() {
     std::fs::write(&file, "[prices.\"hailuo-2.3-fast\"]\n\"768p-6s\" = 3\n").unwrap();
     let app = TestApp::spawn_with(|c| c.catalog_file = Some(file.clone())).await;
     let key = app.create_key(10).await;
-    let r = app.generate(&key, &json!({"model": "hailuo-2.3-fast", "prompt": "a", "hailuoParams": {"image": IMG}})).await;
+    let r =
+        app.generate(&key, &json!({"model": "hailuo-2.3-fast", "prompt": "a", "hailuoParams": {"image": IMG}})).await;
     let job = app.get_job(&key, r.body["jobId"].as_str().unwrap()).await;
     assert_eq!(job.body["creditCost"], 3);
     let models = app.call(Method::GET, "/v2/models", "/v2/models", None, None, &[]).await;
@@ -263,8 +300,10 @@ async fn idempotency_key_replays_the_original_job_and_refuses_a_different_body()
     let first = app.generate_idem(&key, &body, "order-1").await;
     assert_eq!(first.status, 202);
     // Same content, keys in another order: still the same request.
-    let reordered: Value =
-        serde_json::from_str(r#"{"hailuoParams":{"resolution":"768p","duration":6},"prompt":"same","model":"hailuo-2.3"}"#).unwrap();
+    let reordered: Value = serde_json::from_str(
+        r#"{"hailuoParams":{"resolution":"768p","duration":6},"prompt":"same","model":"hailuo-2.3"}"#,
+    )
+    .unwrap();
     let again = app.generate_idem(&key, &reordered, "order-1").await;
     assert_eq!(again.status, 202);
     assert_eq!(again.body["jobId"], first.body["jobId"]);
@@ -310,7 +349,14 @@ async fn twenty_racing_identical_requests_make_one_job_and_one_charge() {
         let url = app.url("/v2/videos/generate");
         let (k, b) = (key.key.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let resp = http.post(url).header("X-API-Key", k).header("Idempotency-Key", "race-1").json(&b).send().await.unwrap();
+            let resp = http
+                .post(url)
+                .header("X-API-Key", k)
+                .header("Idempotency-Key", "race-1")
+                .json(&b)
+                .send()
+                .await
+                .unwrap();
             (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
         }));
     }

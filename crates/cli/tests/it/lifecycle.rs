@@ -7,7 +7,11 @@ use serde_json::{json, Value};
 
 fn reelgate(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_reelgate")).args(args).output().expect("run reelgate");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn field_after<'a>(text: &'a str, label: &str) -> &'a str {
@@ -35,7 +39,16 @@ fn admin_cli_creates_keys_grants_and_shows_credits() {
     let (ok, out, err) = reelgate(&["keys", "create", "--name", "Second", "--account", &account, "--data-dir", d]);
     assert!(ok, "{err}");
     assert_eq!(field_after(&out, "account: "), account);
-    let (ok, _, _) = reelgate(&["keys", "create", "--name", "Nope", "--account", &uuid::Uuid::new_v4().to_string(), "--data-dir", d]);
+    let (ok, _, _) = reelgate(&[
+        "keys",
+        "create",
+        "--name",
+        "Nope",
+        "--account",
+        &uuid::Uuid::new_v4().to_string(),
+        "--data-dir",
+        d,
+    ]);
     assert!(!ok, "attaching to a missing account must fail");
 
     let (ok, out, _) = reelgate(&["keys", "list", "--data-dir", d]);
@@ -87,8 +100,11 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
             let mut acked = Vec::new();
             for i in 0.. {
                 let body = json!({"model": "hailuo-2.3", "prompt": format!("client {c} clip {i}")});
-                match http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await {
-                    Ok(r) if r.status() == 202 => acked.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string()),
+                match http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await
+                {
+                    Ok(r) if r.status() == 202 => {
+                        acked.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string())
+                    }
                     Ok(r) => panic!("unexpected status {}", r.status()),
                     Err(_) => break, // the server stopped accepting
                 }

@@ -79,7 +79,10 @@ async fn our_openapi_document_is_compatible_with_the_reference_spec() {
                 let our_s = resolve(&ours, &our_resp["content"]["application/json"]["schema"]);
                 assert_eq!(names(&our_s["required"]), names(&ref_s["required"]), "{method} {path} {status} required");
                 for prop in names(&ref_s["properties"]) {
-                    assert!(our_s["properties"][&prop].is_object(), "{method} {path} {status}: property {prop} missing");
+                    assert!(
+                        our_s["properties"][&prop].is_object(),
+                        "{method} {path} {status}: property {prop} missing"
+                    );
                 }
             }
         }
@@ -109,12 +112,20 @@ async fn our_openapi_document_is_compatible_with_the_reference_spec() {
 #[tokio::test]
 async fn responses_validate_against_the_reference_schemas() {
     if ReferenceSpec::get().doc().is_none() {
-        eprintln!("SKIP: reference spec absent at {}; run from a checkout with ../shared", ReferenceSpec::path().display());
+        eprintln!(
+            "SKIP: reference spec absent at {}; run from a checkout with ../shared",
+            ReferenceSpec::path().display()
+        );
         return;
     }
     let app = TestApp::spawn().await;
     let key = app.create_key(20).await;
-    let job = app.generate(&key, &serde_json::json!({"model": "hailuo-02", "prompt": "spec", "webhookUrl": "https://h.example.com/x"})).await;
+    let job = app
+        .generate(
+            &key,
+            &serde_json::json!({"model": "hailuo-02", "prompt": "spec", "webhookUrl": "https://h.example.com/x"}),
+        )
+        .await;
     let id = job.body["jobId"].as_str().unwrap();
     app.get_job(&key, id).await;
     app.list_jobs(&key, "?limit=1&include_models=true").await;

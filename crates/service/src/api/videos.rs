@@ -47,9 +47,7 @@ async fn create_video(
         cost: i64::from(cost),
         input: body,
         webhook_url: request.webhook_url,
-        webhook_events: request
-            .webhook_events
-            .map(|events| events.iter().map(|e| e.as_str().to_string()).collect()),
+        webhook_events: request.webhook_events.map(|events| events.iter().map(|e| e.as_str().to_string()).collect()),
         idempotency,
     };
     match state.store.submit_job(job).await? {
@@ -58,9 +56,9 @@ async fn create_video(
         SubmitOutcome::InsufficientCredits { required, available } => {
             Err(ApiError::InsufficientCredits { required, available })
         }
-        SubmitOutcome::IdempotencyMismatch => Err(ApiError::Conflict(
-            "Idempotency-Key was already used with a different request body".into(),
-        )),
+        SubmitOutcome::IdempotencyMismatch => {
+            Err(ApiError::Conflict("Idempotency-Key was already used with a different request body".into()))
+        }
     }
 }
 
@@ -90,8 +88,5 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
