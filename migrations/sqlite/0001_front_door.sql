@@ -82,3 +82,5 @@ create table idempotency_key (
     created_at      integer not null,
     primary key (account_id, idempotency_key)
 );
+-- Lets the periodic purge drop keys older than the replay window without a scan.
+create index idempotency_key_created on idempotency_key (created_at);

@@ -68,11 +68,36 @@ pub async fn run(
     let openapi = Arc::new(openapi::document(&catalog).to_string());
     let state = AppState { store: store.clone(), keys, catalog, config: Arc::new(config), openapi };
 
+    let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.idempotency_ttl_hours));
+
     let addr = listener.local_addr()?;
     tracing::info!(listen.addr = %addr, data_dir = %state.config.data_dir.display(), "reelgate listening on http://{addr}");
     let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await;
+    housekeeping.abort();
     // Every acknowledged write is already committed; closing drains anything still queued.
     store.close().await;
     tracing::info!("reelgate stopped");
     served.map_err(RunError::Serve)
+}
+
+/// How often expired idempotency keys are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Deletes idempotency keys older than the replay window, now and then every
+/// [`PURGE_INTERVAL`], so the table holds about one window of keys. Expired keys are
+/// already ignored on lookup; this only reclaims space.
+async fn purge_idempotency_keys(store: Arc<dyn Store>, ttl_hours: u32) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        match store.purge_idempotency_keys(now_ms - i64::from(ttl_hours) * 3_600_000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(idempotency.purged = n, "forgot expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "could not purge expired idempotency keys"),
+        }
+    }
 }

@@ -392,6 +392,18 @@ impl store::Store for SqliteStore {
         })
     }
 
+    async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64> {
+        self.writer
+            .write(move |ctx| {
+                ctx.conn
+                    .prepare_cached("delete from idempotency_key where created_at < ?1")
+                    .and_then(|mut s| s.execute([before_ms]))
+                    .map(|n| n as u64)
+                    .map_err(map_err)
+            })
+            .await
+    }
+
     async fn close(&self) {
         self.writer.close().await;
         if let Ok(mut pool) = self.readers.lock() {

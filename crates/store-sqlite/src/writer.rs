@@ -11,18 +11,20 @@
 //! Each operation is a closure over the open transaction. Its result is held back until
 //! the commit: if the commit fails, every caller in the batch gets `Unavailable`.
 
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use store::{Result, StoreError};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::map_err;
 
 /// Upper bound on operations sharing one commit; keeps a single batch's latency bounded.
 const MAX_BATCH: usize = 512;
+/// Operations waiting for the writer. When full, callers wait (backpressure) instead of
+/// queueing without bound in memory.
+const QUEUE_CAPACITY: usize = 8192;
 
 /// What an operation sees: the connection inside the batch's transaction and the
 /// batch's timestamp.
@@ -50,7 +52,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn start(conn: Connection) -> Self {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run(conn, rx))
@@ -76,14 +78,14 @@ impl Writer {
             });
             (ok, reply)
         });
-        self.tx.send(Command::Write(op)).map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        self.tx.send(Command::Write(op)).await.map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
     }
 
     /// Finishes every queued write, then stops the thread.
     pub(crate) async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Close(tx)).is_ok() {
+        if self.tx.send(Command::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
         let handle = self.thread.lock().expect("writer handle lock poisoned").take();
@@ -93,15 +95,15 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Command>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Command>) {
     let mut last_ms = 0i64;
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
-        match rx.recv() {
-            Ok(Command::Write(op)) => batch.push(op),
-            Ok(Command::Close(done)) => closing = Some(done),
-            Err(_) => break,
+        match rx.blocking_recv() {
+            Some(Command::Write(op)) => batch.push(op),
+            Some(Command::Close(done)) => closing = Some(done),
+            None => break,
         }
         while closing.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {

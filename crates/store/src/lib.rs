@@ -294,6 +294,9 @@ pub trait Store: Send + Sync + 'static {
     /// Distinct model ids among an account's jobs (for `include_models`).
     async fn job_models(&self, account_id: AccountId, api_key_id: Option<ApiKeyId>) -> Result<Vec<String>>;
 
+    /// Forgets idempotency keys created before `before_ms`; returns how many.
+    async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64>;
+
     /// Finishes queued writes and releases the database; later calls fail with `Unavailable`.
     async fn close(&self);
 }
