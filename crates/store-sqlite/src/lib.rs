@@ -419,3 +419,109 @@ fn grant_in_tx(ctx: &WriteCtx<'_>, id: AccountId, amount: i64, note: Option<&str
         .map_err(map_err)?;
     insert_ledger(ctx, id, LedgerKind::Grant, amount, None, note).map_err(map_err)
 }
+
+#[cfg(test)]
+mod tests {
+    use domain::{ApiKeySecret, ModelId};
+    use serde_json::json;
+    use store::{IdempotencyClaim, Store};
+
+    use super::*;
+
+    async fn store_with_account(credits: i64) -> (tempfile::TempDir, SqliteStore, ApiKeyRecord) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let secret = ApiKeySecret::generate();
+        let (_, key) = store
+            .create_api_key(NewApiKey {
+                account_id: None,
+                name: "t".into(),
+                email: "t@reelgate.local".into(),
+                prefix: secret.prefix,
+                digest: secret.digest,
+                initial_credits: credits,
+                plan: "p".into(),
+                max_concurrent_jobs: 1,
+            })
+            .await
+            .unwrap();
+        (dir, store, key)
+    }
+
+    fn job(key: &ApiKeyRecord, cost: i64, idem: Option<(&str, i64)>) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            account_id: key.account_id,
+            api_key_id: key.id,
+            model: ModelId::Hailuo23,
+            cost,
+            input: json!({"model": "hailuo-2.3", "prompt": "x"}),
+            webhook_url: None,
+            webhook_events: None,
+            idempotency: idem.map(|(k, not_before_ms)| IdempotencyClaim {
+                key: k.into(),
+                fingerprint: [7; 32],
+                not_before_ms,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ledger_is_append_only_and_balances_cannot_go_negative() {
+        let (dir, store, key) = store_with_account(10).await;
+        let raw = Connection::open(dir.path().join("t.db")).unwrap();
+        assert!(raw.execute("update ledger_entry set amount = 1000", []).is_err());
+        assert!(raw.execute("delete from ledger_entry", []).is_err());
+        assert!(raw.execute("update account set credits = -1", []).is_err());
+        assert_eq!(store.ledger_sum(key.account_id).unwrap(), 10);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn one_failing_operation_in_a_batch_does_not_undo_the_others() {
+        let (_dir, store, key) = store_with_account(100).await;
+        let store = std::sync::Arc::new(store);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (store, key) = (store.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    store.submit_job(job(&key, 5, None)).await
+                } else {
+                    // Not an account: NotFound inside the batch, rolled back to its savepoint.
+                    let mut bad = job(&key, 5, None);
+                    bad.account_id = AccountId::new();
+                    store.submit_job(bad).await
+                }
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(SubmitOutcome::Created { .. }) => created += 1,
+                Err(StoreError::NotFound(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(created, 10);
+        let acct = store.get_account(key.account_id).await.unwrap().unwrap();
+        assert_eq!(acct.credits, 50);
+        assert_eq!(store.ledger_sum(key.account_id).unwrap(), 50);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn expired_idempotency_keys_are_reusable_and_purged() {
+        let (_dir, store, key) = store_with_account(100).await;
+        let first = store.submit_job(job(&key, 5, Some(("k", 0)))).await.unwrap();
+        let replay = store.submit_job(job(&key, 5, Some(("k", 0)))).await.unwrap();
+        let SubmitOutcome::Created { job_id, .. } = first else { panic!("{first:?}") };
+        assert_eq!(replay, SubmitOutcome::Replayed { job_id, status: JobStatus::Queued });
+        // Outside the window (not_before in the future), the key is free again.
+        let later = store.submit_job(job(&key, 5, Some(("k", i64::MAX)))).await.unwrap();
+        assert!(matches!(later, SubmitOutcome::Created { job_id: j, .. } if j != job_id));
+        assert_eq!(store.purge_idempotency_keys(i64::MAX).await.unwrap(), 1);
+        assert_eq!(store.purge_idempotency_keys(i64::MAX).await.unwrap(), 0);
+        store.close().await;
+    }
+}
