@@ -24,7 +24,7 @@ use store::{
     SubmitOutcome,
 };
 
-use crate::rows::{account_from_row, job_from_row, key_from_row, ACCOUNT_COLUMNS, JOB_COLUMNS, KEY_COLUMNS};
+use crate::rows::{account_columns, account_from_row, job_columns, job_from_row, key_columns, key_from_row};
 use crate::writer::{WriteCtx, Writer};
 
 /// Idle read connections kept open; more are opened on demand under load.
@@ -131,13 +131,13 @@ fn insert_ledger(
 }
 
 fn load_account(conn: &Connection, id: AccountId) -> rusqlite::Result<Option<Account>> {
-    conn.prepare_cached(&format!("select {ACCOUNT_COLUMNS} from account where account_id = ?1"))?
+    conn.prepare_cached(concat!("select ", account_columns!(), " from account where account_id = ?1"))?
         .query_row([id.to_string()], account_from_row)
         .optional()
 }
 
 fn load_key(conn: &Connection, id: ApiKeyId) -> rusqlite::Result<Option<ApiKeyRecord>> {
-    conn.prepare_cached(&format!("select {KEY_COLUMNS} from api_key where api_key_id = ?1"))?
+    conn.prepare_cached(concat!("select ", key_columns!(), " from api_key where api_key_id = ?1"))?
         .query_row([id.to_string()], key_from_row)
         .optional()
 }
@@ -272,7 +272,7 @@ impl store::Store for SqliteStore {
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         self.read(|c| {
             let mut s =
-                c.prepare_cached(&format!("select {KEY_COLUMNS} from api_key order by created_at, api_key_id"))?;
+                c.prepare_cached(concat!("select ", key_columns!(), " from api_key order by created_at, api_key_id"))?;
             let rows = s.query_map([], key_from_row)?;
             rows.collect()
         })
@@ -299,7 +299,7 @@ impl store::Store for SqliteStore {
     async fn find_api_key(&self, digest: &KeyDigest) -> Result<Option<ApiKeyRecord>> {
         let digest = *digest;
         self.read(|c| {
-            c.prepare_cached(&format!("select {KEY_COLUMNS} from api_key where key_digest = ?1"))?
+            c.prepare_cached(concat!("select ", key_columns!(), " from api_key where key_digest = ?1"))?
                 .query_row([&digest.0[..]], key_from_row)
                 .optional()
         })
@@ -343,28 +343,38 @@ impl store::Store for SqliteStore {
 
     async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<JobRecord>> {
         self.read(|c| {
-            c.prepare_cached(&format!("select {JOB_COLUMNS} from job where job_id = ?1 and account_id = ?2"))?
+            c.prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1 and account_id = ?2"))?
                 .query_row([id.to_string(), account_id.to_string()], job_from_row)
                 .optional()
         })
     }
 
     async fn list_jobs(&self, q: &JobQuery) -> Result<Vec<JobRecord>> {
-        // One statement for every filter combination: a NULL parameter disables its filter,
-        // so the prepared-statement cache holds a single plan.
-        let sql = format!(
-            "select {JOB_COLUMNS} from job
-             where account_id = ?1
-               and (?2 is null or api_key_id = ?2)
-               and (?3 is null or status = ?3)
-               and (?4 is null or model = ?4)
-               and (?5 is null or job_id = ?5)
-               and (?6 is null or created_at < ?6 or (created_at = ?6 and job_id < ?7))
-             order by created_at desc, job_id desc
-             limit ?8"
-        );
+        // A NULL parameter disables its filter, so two cached plans serve every combination.
+        // The keyset condition is a row-value comparison in its own statement: inside an
+        // `?6 is null or ...` it would stop SQLite from seeking in the index, and deep
+        // pages would rescan every newer job.
+        macro_rules! list_sql {
+            ($keyset:literal) => {
+                concat!(
+                    "select ",
+                    job_columns!(),
+                    " from job
+                     where account_id = ?1
+                       and (?2 is null or api_key_id = ?2)
+                       and (?3 is null or status = ?3)
+                       and (?4 is null or model = ?4)
+                       and (?5 is null or job_id = ?5) ",
+                    $keyset,
+                    " order by created_at desc, job_id desc limit ?8"
+                )
+            };
+        }
+        const FIRST_PAGE: &str = list_sql!("and ?6 is null and ?7 is null");
+        const NEXT_PAGE: &str = list_sql!("and (created_at, job_id) < (?6, ?7)");
+        let sql = if q.after.is_some() { NEXT_PAGE } else { FIRST_PAGE };
         self.read(|c| {
-            let mut s = c.prepare_cached(&sql)?;
+            let mut s = c.prepare_cached(sql)?;
             let rows = s.query_map(
                 params![
                     q.account_id.to_string(),

@@ -6,10 +6,25 @@ use rusqlite::types::Type;
 use rusqlite::Row;
 use store::{Account, ApiKeyRecord, JobRecord, LedgerEntry, LedgerKind};
 
-pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, name, credits, plan, max_concurrent_jobs, created_at";
-pub(crate) const KEY_COLUMNS: &str = "api_key_id, account_id, name, email, prefix, key_digest, status, created_at";
-pub(crate) const JOB_COLUMNS: &str = "job_id, account_id, api_key_id, model, status, progress, result, error, \
-     credit_cost, webhook_status, input, created_at, completed_at, expired";
+// Column lists are macros so queries are assembled with `concat!` at compile time: the
+// hot read paths then hand SQLite's statement cache a static string, with no formatting.
+macro_rules! account_columns {
+    () => {
+        "account_id, name, credits, plan, max_concurrent_jobs, created_at"
+    };
+}
+macro_rules! key_columns {
+    () => {
+        "api_key_id, account_id, name, email, prefix, key_digest, status, created_at"
+    };
+}
+macro_rules! job_columns {
+    () => {
+        "job_id, account_id, api_key_id, model, status, progress, result, error, \
+         credit_cost, webhook_status, input, created_at, completed_at, expired"
+    };
+}
+pub(crate) use {account_columns, job_columns, key_columns};
 
 fn bad(col: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, format!("invalid {what}").into())
