@@ -20,7 +20,8 @@ use store::{ApiKeyRecord, Store, StoreError};
 const MAX_ENTRIES: usize = 100_000;
 
 struct Entry {
-    key: Option<ApiKeyRecord>,
+    // Shared, so a cache hit costs a reference count, not a copy of the record's strings.
+    key: Option<Arc<ApiKeyRecord>>,
     fetched_at: Instant,
 }
 
@@ -38,7 +39,7 @@ impl KeyCache {
     }
 
     /// The key with this digest, at most `ttl` old.
-    pub async fn lookup(&self, digest: &KeyDigest) -> Result<Option<ApiKeyRecord>, StoreError> {
+    pub async fn lookup(&self, digest: &KeyDigest) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
         {
             let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
             if let Some(e) = entries.get(digest) {
@@ -48,7 +49,7 @@ impl KeyCache {
             }
         }
         let fetched_at = Instant::now();
-        let key = self.store.find_api_key(digest).await?;
+        let key = self.store.find_api_key(digest).await?.map(Arc::new);
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_ENTRIES {
             entries.clear();

@@ -3,6 +3,8 @@
 //! Authentication lives in an extractor so a handler cannot forget it: a handler that
 //! takes a `Caller` only runs for an active key.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_LENGTH;
@@ -20,7 +22,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The key (and through it the account) making the request.
 #[derive(Clone, Debug)]
-pub struct Caller(pub ApiKeyRecord);
+pub struct Caller(pub Arc<ApiKeyRecord>);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
