@@ -1,5 +1,64 @@
-//! `reelgate bench`: placeholder replaced below.
+//! `reelgate bench`: measures the real API against a bare axum baseline, in one process.
+//!
+//! It owns the whole run: a throwaway data directory with bench accounts, the real
+//! server started through [`service::run`], about a thousand seeded jobs, a bare axum
+//! router whose responses are the same size as the real ones, closed-loop load on each
+//! endpoint, and the report (a table, the issue's goals, one JSON line).
+//!
+//! The figure to read is the ratio to the bare route, not raw req/s: servers, baseline
+//! and load generator all share this process's tokio runtime and this machine's CPUs,
+//! so whatever the machine, the ratio says how much of axum's own speed the API keeps
+//! once it authenticates, validates and touches the database. The load generator is the
+//! hand-written client in [`client`], because a general-purpose HTTP client would eat the
+//! CPU both servers need and flatten that ratio.
 
+mod client;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use store::NewApiKey;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use self::client::Connection;
+
+/// Accounts (one key each) the clients are spread over, round-robin.
+const ACCOUNTS: usize = 8;
+/// Jobs created before the read benchmark, which then reads them over and over.
+const SEEDED_JOBS: usize = 1000;
+/// Credits per bench account: enough that no run can drain it.
+const BENCH_CREDITS: i64 = 1_000_000_000_000;
+/// Width of the zero-padded counter ending each prompt. A fixed width keeps every
+/// request (and every job's stored input) the same size.
+const COUNTER_DIGITS: usize = 10;
+
+/// The issue's goal for `POST /v2/videos/generate`: this share of the bare POST's req/s…
+const GENERATE_MIN_RATIO: f64 = 0.4;
+/// …with a p99 latency below this.
+const GENERATE_MAX_P99_MS: f64 = 10.0;
+/// The issue's goal for `GET /v2/jobs/{id}`: this share of the bare GET's req/s.
+const JOB_READ_MIN_RATIO: f64 = 0.6;
+
+const GENERATE: &str = "POST /v2/videos/generate";
+const GET_JOB: &str = "GET /v2/jobs/{id}";
+const BARE_POST: &str = "POST /bare";
+const BARE_GET: &str = "GET /bare/{id}";
+
+/// Options of `bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Seconds per measured endpoint.
@@ -8,8 +67,577 @@ pub struct BenchArgs {
     /// Concurrent closed-loop clients.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Unmeasured seconds before each endpoint's measurement, to warm connections and caches.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_seconds: u64,
 }
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("bench is not built yet")
+/// Runs the benchmark and prints its report; fails if any request failed.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    ensure!(args.seconds > 0, "--seconds must be at least 1");
+    ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let plan = LoadPlan {
+        concurrency: args.concurrency,
+        warmup: Duration::from_secs(args.warmup_seconds),
+        measure: Duration::from_secs(args.seconds),
+    };
+
+    let data_dir = tempfile::Builder::new().prefix("reelgate-bench-").tempdir().context("cannot create a data directory")?;
+    let mut config = service::Config::defaults();
+    config.data_dir = data_dir.path().to_path_buf();
+    let keys = create_keys(&config).await.context("cannot create the bench API keys")?;
+
+    let real = spawn_server(|listener, shutdown| async move { Ok(service::run(config, listener, shutdown).await?) })
+        .await
+        .context("cannot start reelgate")?;
+    let seeded = seed_jobs(real.addr, &keys).await.context("cannot seed jobs")?;
+    eprintln!(
+        "bench: {} accounts, {} seeded jobs; real responses are {} B (generate) and {} B (job)",
+        keys.len(),
+        seeded.jobs.len(),
+        seeded.generate_body_len,
+        seeded.job_body_len
+    );
+
+    // Real routes first, then the baseline, always in this order: the baseline's
+    // response sizes come from the real server's sample responses.
+    let host = real.addr.to_string();
+    let generate = measure(real.addr, GENERATE, 202, &plan, |i| {
+        Requests::Numbered(generate_request(&host, "/v2/videos/generate", &keys[i % keys.len()], i))
+    })
+    .await?;
+    let job_reads = Arc::new(seeded.get_requests(&host, "/v2/jobs", &keys));
+    let get_job = measure(real.addr, GET_JOB, 200, &plan, |i| Requests::cycle(&job_reads, i, plan.concurrency)).await?;
+
+    let replies = BareReplies { post: padded_json(seeded.generate_body_len), get: padded_json(seeded.job_body_len) };
+    let bare = spawn_server(|listener, shutdown| async move {
+        Ok(axum::serve(listener, bare_router(replies)).with_graceful_shutdown(shutdown).await?)
+    })
+    .await
+    .context("cannot start the bare baseline")?;
+    let bare_host = bare.addr.to_string();
+    let bare_post = measure(bare.addr, BARE_POST, 202, &plan, |i| {
+        Requests::Numbered(generate_request(&bare_host, "/bare", &keys[i % keys.len()], i))
+    })
+    .await?;
+    let bare_reads = Arc::new(seeded.get_requests(&bare_host, "/bare", &keys));
+    let bare_get = measure(bare.addr, BARE_GET, 200, &plan, |i| Requests::cycle(&bare_reads, i, plan.concurrency)).await?;
+
+    bare.stop().await.context("the bare baseline failed")?;
+    real.stop().await.context("reelgate failed")?;
+    data_dir.close().context("cannot remove the bench data directory")?;
+
+    let rows = [
+        Row::compared(generate, &bare_post),
+        Row::compared(get_job, &bare_get),
+        Row::baseline(bare_post),
+        Row::baseline(bare_get),
+    ];
+    report(&args, &rows)
+}
+
+// ---------------------------------------------------------------------------------
+// Setup: keys, servers, seeded jobs.
+
+/// Creates one key per bench account, through the store directly: the server is not
+/// running yet and opens its own store.
+async fn create_keys(config: &service::Config) -> anyhow::Result<Vec<String>> {
+    let store = service::open_store(config)?;
+    let created = async {
+        let mut keys = Vec::with_capacity(ACCOUNTS);
+        for n in 0..ACCOUNTS {
+            let secret = domain::ApiKeySecret::generate();
+            store
+                .create_api_key(NewApiKey {
+                    account_id: None,
+                    name: format!("bench-{n}"),
+                    email: format!("bench-{n}@reelgate.local"),
+                    prefix: secret.prefix.clone(),
+                    digest: secret.digest,
+                    initial_credits: BENCH_CREDITS,
+                    plan: "bench".into(),
+                    max_concurrent_jobs: 10,
+                })
+                .await?;
+            keys.push(secret.plaintext);
+        }
+        anyhow::Ok(keys)
+    }
+    .await;
+    store.close().await;
+    created
+}
+
+/// A server running on a task of this runtime.
+struct RunningServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Asks for a graceful shutdown and waits for the server to finish.
+    async fn stop(self) -> anyhow::Result<()> {
+        // An error here means the server already stopped; the join below reports why.
+        let _ = self.stop.send(());
+        self.task.await.context("the server task panicked")?
+    }
+}
+
+/// Resolves when a server should shut down gracefully.
+type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Binds an ephemeral loopback port and spawns `serve` on it with a shutdown future.
+async fn spawn_server<F, Fut>(serve: F) -> anyhow::Result<RunningServer>
+where
+    F: FnOnce(TcpListener, Shutdown) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port")?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    // A dropped sender means stop too: a server must not outlive its bench.
+    let shutdown: Shutdown = Box::pin(async move {
+        let _ = stopped.await;
+    });
+    let task = tokio::spawn(serve(listener, shutdown));
+    Ok(RunningServer { addr, stop, task })
+}
+
+/// The seeded jobs and the real servers' response sizes, which the baseline copies.
+struct Seeded {
+    /// `(index of the owner's key, job id)`, accounts interleaved.
+    jobs: Vec<(usize, String)>,
+    generate_body_len: usize,
+    job_body_len: usize,
+}
+
+impl Seeded {
+    /// One pre-formatted `GET {prefix}/{id}` per seeded job, each with its owner's key.
+    fn get_requests(&self, host: &str, prefix: &str, keys: &[String]) -> Vec<Vec<u8>> {
+        self.jobs.iter().map(|(key, id)| get_request(host, &format!("{prefix}/{id}"), &keys[*key])).collect()
+    }
+}
+
+/// Creates [`SEEDED_JOBS`] jobs through the API, one connection per account at once,
+/// and samples the size of a job read.
+async fn seed_jobs(addr: SocketAddr, keys: &[String]) -> anyhow::Result<Seeded> {
+    let per_account = SEEDED_JOBS.div_ceil(keys.len());
+    let host = addr.to_string();
+    let mut tasks = Vec::with_capacity(keys.len());
+    for (k, key) in keys.iter().enumerate() {
+        // Clients in the measured run use indexes below the concurrency; seeding uses
+        // its own so no prompt repeats.
+        let mut request = generate_request(&host, "/v2/videos/generate", key, 1_000_000 + k);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::open(addr).await?;
+            let mut ids = Vec::with_capacity(per_account);
+            let mut body_len = 0;
+            for _ in 0..per_account {
+                let response = conn.send(request.next()).await?;
+                let body: Value = serde_json::from_slice(response.body).context("generate answered with bad JSON")?;
+                ensure!(response.status == 202, "seeding: generate answered {}: {body}", response.status);
+                let id = body["jobId"].as_str().with_context(|| format!("generate answered without a jobId: {body}"))?;
+                ids.push(id.to_owned());
+                body_len = response.body.len();
+            }
+            anyhow::Ok((ids, body_len))
+        }));
+    }
+    let mut per_key = Vec::with_capacity(keys.len());
+    let mut generate_body_len = 0;
+    for task in tasks {
+        let (ids, len) = task.await.context("a seeding task panicked")??;
+        per_key.push(ids);
+        generate_body_len = len;
+    }
+    // Interleave accounts so that consecutive reads go to different accounts.
+    let jobs: Vec<(usize, String)> = (0..per_account)
+        .flat_map(|n| per_key.iter().enumerate().map(move |(k, ids)| (k, ids[n].clone())))
+        .take(SEEDED_JOBS)
+        .collect();
+
+    let (key, id) = &jobs[0];
+    let mut conn = Connection::open(addr).await?;
+    let response = conn.send(&get_request(&host, &format!("/v2/jobs/{id}"), &keys[*key])).await?;
+    ensure!(
+        response.status == 200,
+        "seeding: reading job {id} answered {}: {}",
+        response.status,
+        String::from_utf8_lossy(response.body)
+    );
+    Ok(Seeded { job_body_len: response.body.len(), jobs, generate_body_len })
+}
+
+// ---------------------------------------------------------------------------------
+// The bare baseline.
+
+/// The fixed bodies the bare routes answer with.
+#[derive(Clone)]
+struct BareReplies {
+    post: Bytes,
+    get: Bytes,
+}
+
+/// The baseline: the same methods and paths shapes as the measured routes, with nothing
+/// behind them but axum.
+fn bare_router(replies: BareReplies) -> Router {
+    Router::new().route("/bare", post(bare_post)).route("/bare/{id}", get(bare_get)).with_state(replies)
+}
+
+async fn bare_post(State(replies): State<BareReplies>, body: Bytes) -> Response {
+    // The `Bytes` extractor has already read the whole body, as the real route must
+    // before it can parse it; answering without reading would flatter the baseline.
+    drop(body);
+    json_reply(StatusCode::ACCEPTED, replies.post)
+}
+
+async fn bare_get(State(replies): State<BareReplies>, Path(_id): Path<String>) -> Response {
+    json_reply(StatusCode::OK, replies.get)
+}
+
+fn json_reply(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// A JSON object of exactly `len` bytes (or the smallest possible one, if `len` is smaller).
+fn padded_json(len: usize) -> Bytes {
+    const EMPTY: &str = r#"{"pad":""}"#;
+    let pad = "x".repeat(len.saturating_sub(EMPTY.len()));
+    Bytes::from(format!(r#"{{"pad":"{pad}"}}"#))
+}
+
+// ---------------------------------------------------------------------------------
+// Requests: formatted once, before the clock starts.
+
+/// A POST whose prompt ends in a fixed-width counter that is rewritten in place, so each
+/// request is unique without formatting anything while measuring.
+struct NumberedRequest {
+    bytes: Vec<u8>,
+    counter: Range<usize>,
+    next: u64,
+}
+
+impl NumberedRequest {
+    /// The request bytes with the next counter value.
+    fn next(&mut self) -> &[u8] {
+        let mut n = self.next;
+        for digit in self.bytes[self.counter.clone()].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.next += 1;
+        &self.bytes
+    }
+}
+
+/// A generate request for `path` as sent by client number `client` with `key`.
+fn generate_request(host: &str, path: &str, key: &str, client: usize) -> NumberedRequest {
+    let before = format!(r#"{{"model":"hailuo-2.3","prompt":"bench clip {client}-"#);
+    let after = r#"","hailuoParams":{"duration":6,"resolution":"768p"}}"#;
+    let body_len = before.len() + COUNTER_DIGITS + after.len();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
+    );
+    let counter_at = head.len() + before.len();
+    let mut bytes = Vec::with_capacity(head.len() + body_len);
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.extend_from_slice(before.as_bytes());
+    bytes.resize(counter_at + COUNTER_DIGITS, b'0');
+    bytes.extend_from_slice(after.as_bytes());
+    NumberedRequest { bytes, counter: counter_at..counter_at + COUNTER_DIGITS, next: 0 }
+}
+
+fn get_request(host: &str, path: &str, key: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n\r\n").into_bytes()
+}
+
+/// What one client sends, request after request.
+enum Requests {
+    Numbered(NumberedRequest),
+    /// Walks a shared set of requests in order, wrapping around.
+    Cycle { all: Arc<Vec<Vec<u8>>>, next: usize },
+}
+
+impl Requests {
+    /// Client `client` of `clients` walking `all`, starting at its own share of the set
+    /// so the clients spread over it.
+    fn cycle(all: &Arc<Vec<Vec<u8>>>, client: usize, clients: usize) -> Self {
+        Self::Cycle { all: all.clone(), next: client * all.len() / clients }
+    }
+
+    fn next(&mut self) -> &[u8] {
+        match self {
+            Self::Numbered(request) => request.next(),
+            Self::Cycle { all, next } => {
+                let i = *next % all.len();
+                *next = i + 1;
+                &all[i]
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Load and measurement.
+
+/// How hard and how long to drive each endpoint.
+struct LoadPlan {
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct ClientStats {
+    /// Latency of each measured request with the expected status, in microseconds.
+    latencies_us: Vec<u32>,
+    /// Responses with another status, warmup included.
+    errors: u64,
+    /// The first unexpected response: status and the start of its body.
+    first_error: Option<(u16, String)>,
+}
+
+impl ClientStats {
+    fn merge(&mut self, other: ClientStats) {
+        self.latencies_us.extend_from_slice(&other.latencies_us);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One endpoint's figures.
+struct Measurement {
+    endpoint: &'static str,
+    requests: usize,
+    rps: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    errors: u64,
+    first_error: Option<(u16, String)>,
+}
+
+/// Drives `endpoint` with closed-loop clients, each on its own connection and sending
+/// what `requests_for(client index)` yields, and measures it after the warmup.
+async fn measure(
+    addr: SocketAddr,
+    endpoint: &'static str,
+    expected_status: u16,
+    plan: &LoadPlan,
+    mut requests_for: impl FnMut(usize) -> Requests,
+) -> anyhow::Result<Measurement> {
+    eprintln!(
+        "bench: {endpoint}: {} clients, {} s warmup + {} s",
+        plan.concurrency,
+        plan.warmup.as_secs(),
+        plan.measure.as_secs()
+    );
+    // Connections are opened before the clock starts: connecting is not what is measured.
+    let mut clients = Vec::with_capacity(plan.concurrency);
+    for i in 0..plan.concurrency {
+        clients.push((Connection::open(addr).await?, requests_for(i)));
+    }
+    let window = Window { from: Instant::now() + plan.warmup, until: Instant::now() + plan.warmup + plan.measure };
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(conn, requests)| tokio::spawn(drive(conn, requests, expected_status, window)))
+        .collect();
+    let mut stats = ClientStats::default();
+    for task in tasks {
+        stats.merge(task.await.context("a bench client panicked")?.with_context(|| format!("a client of {endpoint} failed"))?);
+    }
+
+    let mut latencies = stats.latencies_us;
+    latencies.sort_unstable();
+    Ok(Measurement {
+        endpoint,
+        requests: latencies.len(),
+        rps: latencies.len() as f64 / plan.measure.as_secs_f64(),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        errors: stats.errors,
+        first_error: stats.first_error,
+    })
+}
+
+/// The measured part of a run: requests sent at or after `from` and answered by `until`.
+#[derive(Clone, Copy)]
+struct Window {
+    from: Instant,
+    until: Instant,
+}
+
+/// One closed-loop client: sends the next request as soon as the previous response has
+/// been read, until the window closes.
+async fn drive(
+    mut conn: Connection,
+    mut requests: Requests,
+    expected_status: u16,
+    window: Window,
+) -> anyhow::Result<ClientStats> {
+    let mut stats = ClientStats { latencies_us: Vec::with_capacity(1 << 14), ..ClientStats::default() };
+    loop {
+        let sent = Instant::now();
+        if sent >= window.until {
+            return Ok(stats);
+        }
+        let response = conn.send(requests.next()).await?;
+        let answered = Instant::now();
+        if response.status != expected_status {
+            stats.errors += 1;
+            if stats.first_error.is_none() {
+                let body = String::from_utf8_lossy(&response.body[..response.body.len().min(300)]).into_owned();
+                stats.first_error = Some((response.status, body));
+            }
+        } else if sent >= window.from && answered <= window.until {
+            let micros = answered.duration_since(sent).as_micros();
+            stats.latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+/// The nearest-rank percentile `p` (0..=1) of sorted microsecond latencies, in ms.
+fn percentile_ms(sorted_us: &[u32], p: f64) -> Option<f64> {
+    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len().max(1));
+    sorted_us.get(rank - 1).map(|&us| f64::from(us) / 1000.0)
+}
+
+// ---------------------------------------------------------------------------------
+// Report.
+
+/// A line of the report: a measurement and, for real routes, how it compares to its baseline.
+struct Row {
+    m: Measurement,
+    baseline: Option<&'static str>,
+    ratio: Option<f64>,
+}
+
+impl Row {
+    fn compared(m: Measurement, baseline: &Measurement) -> Self {
+        let ratio = (baseline.rps > 0.0).then(|| m.rps / baseline.rps);
+        Self { m, baseline: Some(baseline.endpoint), ratio }
+    }
+
+    fn baseline(m: Measurement) -> Self {
+        Self { m, baseline: None, ratio: None }
+    }
+}
+
+/// A goal from the issue and whether this run met it.
+struct Goal {
+    text: String,
+    met: bool,
+    observed: String,
+}
+
+fn goals(rows: &[Row]) -> Vec<Goal> {
+    let find = |endpoint: &str| rows.iter().find(|r| r.m.endpoint == endpoint);
+    let mut goals = Vec::new();
+    if let Some(r) = find(GENERATE) {
+        let ratio = r.ratio.unwrap_or(0.0);
+        let p99 = r.m.p99_ms.unwrap_or(f64::INFINITY);
+        goals.push(Goal {
+            text: format!("{GENERATE} >= {GENERATE_MIN_RATIO}x {BARE_POST} with p99 < {GENERATE_MAX_P99_MS} ms"),
+            met: ratio >= GENERATE_MIN_RATIO && p99 < GENERATE_MAX_P99_MS && r.m.errors == 0,
+            observed: format!("{ratio:.2}x, p99 {p99:.2} ms"),
+        });
+    }
+    if let Some(r) = find(GET_JOB) {
+        let ratio = r.ratio.unwrap_or(0.0);
+        goals.push(Goal {
+            text: format!("{GET_JOB} >= {JOB_READ_MIN_RATIO}x {BARE_GET}"),
+            met: ratio >= JOB_READ_MIN_RATIO && r.m.errors == 0,
+            observed: format!("{ratio:.2}x"),
+        });
+    }
+    goals
+}
+
+/// Prints the table, the goals and the JSON line; fails when any request failed.
+fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+    println!();
+    println!(
+        "reelgate bench: {} clients, {} s per endpoint after {} s warmup, {cpus} CPUs",
+        args.concurrency, args.seconds, args.warmup_seconds
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}  vs",
+        "endpoint", "requests", "req/s", "p50 ms", "p99 ms", "ratio", "errors"
+    );
+    for r in rows {
+        let ratio = r.ratio.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
+        println!(
+            "{:<26} {:>10} {:>10.0} {:>9} {:>9} {:>7} {:>7}  {}",
+            r.m.endpoint,
+            r.m.requests,
+            r.m.rps,
+            ms(r.m.p50_ms),
+            ms(r.m.p99_ms),
+            ratio,
+            r.m.errors,
+            r.baseline.unwrap_or("(baseline)")
+        );
+    }
+
+    let goals = goals(rows);
+    println!();
+    println!("Goals (from the issue):");
+    for g in &goals {
+        println!("  [{}] {}: {}", if g.met { "MET" } else { "NOT MET" }, g.text, g.observed);
+    }
+
+    let errors: u64 = rows.iter().map(|r| r.m.errors).sum();
+    if errors > 0 {
+        let banner = format!("!!! {errors} REQUESTS FAILED: the figures above are not valid !!!");
+        println!();
+        println!("{banner}");
+        eprintln!("{banner}");
+        for r in rows.iter().filter(|r| r.m.errors > 0) {
+            let (status, body) = r.m.first_error.clone().unwrap_or_default();
+            let line = format!("  {}: {} errors, first: {status} {body}", r.m.endpoint, r.m.errors);
+            println!("{line}");
+            eprintln!("{line}");
+        }
+    }
+
+    let round = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+    let results: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "endpoint": r.m.endpoint,
+                "requests": r.m.requests,
+                "rps": round(r.m.rps, 1),
+                "p50_ms": r.m.p50_ms.map(|v| round(v, 3)),
+                "p99_ms": r.m.p99_ms.map(|v| round(v, 3)),
+                "baseline": r.baseline,
+                "ratio": r.ratio.map(|v| round(v, 3)),
+                "errors": r.m.errors,
+            })
+        })
+        .collect();
+    let goals: Vec<Value> = goals.iter().map(|g| json!({"goal": g.text, "met": g.met, "observed": g.observed})).collect();
+    println!();
+    println!(
+        "{}",
+        json!({
+            "bench": "reelgate",
+            "seconds": args.seconds,
+            "warmup_seconds": args.warmup_seconds,
+            "concurrency": args.concurrency,
+            "cpus": cpus,
+            "results": results,
+            "goals": goals,
+            "errors": errors,
+        })
+    );
+    if errors > 0 {
+        bail!("{errors} requests failed; see above");
+    }
+    Ok(())
 }
