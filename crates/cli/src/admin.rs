@@ -80,6 +80,28 @@ pub enum CreditsCommand {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the layered configuration and print it.
+    Check {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
+    let ConfigCommand::Check { data } = cmd;
+    let config = data.load()?;
+    let catalog = config.catalog()?;
+    // The configuration holds no secrets yet; when it does, they print redacted.
+    println!("{config:#?}");
+    for model in catalog.models() {
+        println!("{}: {}", model.id, model.price_table());
+    }
+    println!("configuration is valid");
+    Ok(())
+}
+
 fn open(data: &DataArgs) -> anyhow::Result<(service::Config, std::sync::Arc<dyn Store>)> {
     let config = data.load()?;
     let store = service::open_store(&config).context("opening the database")?;

@@ -54,6 +54,9 @@ enum Command {
     Credits(admin::CreditsCommand),
     /// Apply pending database migrations and exit.
     Migrate(DataArgs),
+    /// Load and validate the configuration, then print the effective settings.
+    #[command(subcommand)]
+    Config(admin::ConfigCommand),
     /// Measure the API against a bare axum baseline on this machine.
     Bench(bench::BenchArgs),
 }
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             Command::Keys(cmd) => admin::keys(cmd).await,
             Command::Credits(cmd) => admin::credits(cmd).await,
             Command::Migrate(args) => admin::migrate(args),
+            Command::Config(cmd) => admin::config(cmd),
             Command::Bench(args) => bench::run(args).await,
         }
     })

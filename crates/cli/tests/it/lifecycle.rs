@@ -149,3 +149,22 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     assert_eq!(acct.credits, 100_000 - 5 * charges as i64);
     store.close().await;
 }
+
+#[test]
+fn config_check_accepts_the_defaults_and_refuses_bad_files() {
+    let (ok, out, err) = reelgate(&["config", "check"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("configuration is valid"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    for text in ["listen = 5", "no_such_setting = true", "[auth]\nkey_cache_ttl_ms = 5000"] {
+        std::fs::write(&bad, text).unwrap();
+        let (ok, _, err) = reelgate(&["config", "check", "--config", bad.to_str().unwrap()]);
+        assert!(!ok, "{text:?} should be refused");
+        assert!(err.contains("invalid configuration"), "{text:?}: {err}");
+    }
+    // serve refuses to start on a bad configuration, before binding anything.
+    let (ok, _, err) = reelgate(&["serve", "--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(err.contains("key_cache_ttl_ms"), "{err}");
+}
