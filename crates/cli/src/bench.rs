@@ -82,7 +82,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         measure: Duration::from_secs(args.seconds),
     };
 
-    let data_dir = tempfile::Builder::new().prefix("reelgate-bench-").tempdir().context("cannot create a data directory")?;
+    let data_dir =
+        tempfile::Builder::new().prefix("reelgate-bench-").tempdir().context("cannot create a data directory")?;
     let mut config = service::Config::defaults();
     config.data_dir = data_dir.path().to_path_buf();
     let keys = create_keys(&config).await.context("cannot create the bench API keys")?;
@@ -121,7 +122,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     })
     .await?;
     let bare_reads = Arc::new(seeded.get_requests(&bare_host, "/bare", &keys));
-    let bare_get = measure(bare.addr, BARE_GET, 200, &plan, |i| Requests::cycle(&bare_reads, i, plan.concurrency)).await?;
+    let bare_get =
+        measure(bare.addr, BARE_GET, 200, &plan, |i| Requests::cycle(&bare_reads, i, plan.concurrency)).await?;
 
     bare.stop().await.context("the bare baseline failed")?;
     real.stop().await.context("reelgate failed")?;
@@ -237,7 +239,8 @@ async fn seed_jobs(addr: SocketAddr, keys: &[String]) -> anyhow::Result<Seeded> 
                 let response = conn.send(request.next()).await?;
                 let body: Value = serde_json::from_slice(response.body).context("generate answered with bad JSON")?;
                 ensure!(response.status == 202, "seeding: generate answered {}: {body}", response.status);
-                let id = body["jobId"].as_str().with_context(|| format!("generate answered without a jobId: {body}"))?;
+                let id =
+                    body["jobId"].as_str().with_context(|| format!("generate answered without a jobId: {body}"))?;
                 ids.push(id.to_owned());
                 body_len = response.body.len();
             }
@@ -356,7 +359,10 @@ fn get_request(host: &str, path: &str, key: &str) -> Vec<u8> {
 enum Requests {
     Numbered(NumberedRequest),
     /// Walks a shared set of requests in order, wrapping around.
-    Cycle { all: Arc<Vec<Vec<u8>>>, next: usize },
+    Cycle {
+        all: Arc<Vec<Vec<u8>>>,
+        next: usize,
+    },
 }
 
 impl Requests {
@@ -440,14 +446,17 @@ async fn measure(
     for i in 0..plan.concurrency {
         clients.push((Connection::open(addr).await?, requests_for(i)));
     }
-    let window = Window { from: Instant::now() + plan.warmup, until: Instant::now() + plan.warmup + plan.measure };
+    let from = Instant::now() + plan.warmup;
+    let window = Window { from, until: from + plan.measure };
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|(conn, requests)| tokio::spawn(drive(conn, requests, expected_status, window)))
         .collect();
     let mut stats = ClientStats::default();
     for task in tasks {
-        stats.merge(task.await.context("a bench client panicked")?.with_context(|| format!("a client of {endpoint} failed"))?);
+        stats.merge(
+            task.await.context("a bench client panicked")?.with_context(|| format!("a client of {endpoint} failed"))?,
+        );
     }
 
     let mut latencies = stats.latencies_us;
@@ -510,19 +519,19 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> Option<f64> {
 
 /// A line of the report: a measurement and, for real routes, how it compares to its baseline.
 struct Row {
-    m: Measurement,
+    measured: Measurement,
     baseline: Option<&'static str>,
     ratio: Option<f64>,
 }
 
 impl Row {
-    fn compared(m: Measurement, baseline: &Measurement) -> Self {
-        let ratio = (baseline.rps > 0.0).then(|| m.rps / baseline.rps);
-        Self { m, baseline: Some(baseline.endpoint), ratio }
+    fn compared(measured: Measurement, baseline: &Measurement) -> Self {
+        let ratio = (baseline.rps > 0.0).then(|| measured.rps / baseline.rps);
+        Self { measured, baseline: Some(baseline.endpoint), ratio }
     }
 
-    fn baseline(m: Measurement) -> Self {
-        Self { m, baseline: None, ratio: None }
+    fn baseline(measured: Measurement) -> Self {
+        Self { measured, baseline: None, ratio: None }
     }
 }
 
@@ -534,14 +543,14 @@ struct Goal {
 }
 
 fn goals(rows: &[Row]) -> Vec<Goal> {
-    let find = |endpoint: &str| rows.iter().find(|r| r.m.endpoint == endpoint);
+    let find = |endpoint: &str| rows.iter().find(|r| r.measured.endpoint == endpoint);
     let mut goals = Vec::new();
     if let Some(r) = find(GENERATE) {
         let ratio = r.ratio.unwrap_or(0.0);
-        let p99 = r.m.p99_ms.unwrap_or(f64::INFINITY);
+        let p99 = r.measured.p99_ms.unwrap_or(f64::INFINITY);
         goals.push(Goal {
             text: format!("{GENERATE} >= {GENERATE_MIN_RATIO}x {BARE_POST} with p99 < {GENERATE_MAX_P99_MS} ms"),
-            met: ratio >= GENERATE_MIN_RATIO && p99 < GENERATE_MAX_P99_MS && r.m.errors == 0,
+            met: ratio >= GENERATE_MIN_RATIO && p99 < GENERATE_MAX_P99_MS && r.measured.errors == 0,
             observed: format!("{ratio:.2}x, p99 {p99:.2} ms"),
         });
     }
@@ -549,7 +558,7 @@ fn goals(rows: &[Row]) -> Vec<Goal> {
         let ratio = r.ratio.unwrap_or(0.0);
         goals.push(Goal {
             text: format!("{GET_JOB} >= {JOB_READ_MIN_RATIO}x {BARE_GET}"),
-            met: ratio >= JOB_READ_MIN_RATIO && r.m.errors == 0,
+            met: ratio >= JOB_READ_MIN_RATIO && r.measured.errors == 0,
             observed: format!("{ratio:.2}x"),
         });
     }
@@ -573,13 +582,13 @@ fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
         let ratio = r.ratio.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
         println!(
             "{:<26} {:>10} {:>10.0} {:>9} {:>9} {:>7} {:>7}  {}",
-            r.m.endpoint,
-            r.m.requests,
-            r.m.rps,
-            ms(r.m.p50_ms),
-            ms(r.m.p99_ms),
+            r.measured.endpoint,
+            r.measured.requests,
+            r.measured.rps,
+            ms(r.measured.p50_ms),
+            ms(r.measured.p99_ms),
             ratio,
-            r.m.errors,
+            r.measured.errors,
             r.baseline.unwrap_or("(baseline)")
         );
     }
@@ -591,15 +600,15 @@ fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
         println!("  [{}] {}: {}", if g.met { "MET" } else { "NOT MET" }, g.text, g.observed);
     }
 
-    let errors: u64 = rows.iter().map(|r| r.m.errors).sum();
+    let errors: u64 = rows.iter().map(|r| r.measured.errors).sum();
     if errors > 0 {
         let banner = format!("!!! {errors} REQUESTS FAILED: the figures above are not valid !!!");
         println!();
         println!("{banner}");
         eprintln!("{banner}");
-        for r in rows.iter().filter(|r| r.m.errors > 0) {
-            let (status, body) = r.m.first_error.clone().unwrap_or_default();
-            let line = format!("  {}: {} errors, first: {status} {body}", r.m.endpoint, r.m.errors);
+        for r in rows.iter().filter(|r| r.measured.errors > 0) {
+            let (status, body) = r.measured.first_error.clone().unwrap_or_default();
+            let line = format!("  {}: {} errors, first: {status} {body}", r.measured.endpoint, r.measured.errors);
             println!("{line}");
             eprintln!("{line}");
         }
@@ -610,18 +619,19 @@ fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
         .iter()
         .map(|r| {
             json!({
-                "endpoint": r.m.endpoint,
-                "requests": r.m.requests,
-                "rps": round(r.m.rps, 1),
-                "p50_ms": r.m.p50_ms.map(|v| round(v, 3)),
-                "p99_ms": r.m.p99_ms.map(|v| round(v, 3)),
+                "endpoint": r.measured.endpoint,
+                "requests": r.measured.requests,
+                "rps": round(r.measured.rps, 1),
+                "p50_ms": r.measured.p50_ms.map(|v| round(v, 3)),
+                "p99_ms": r.measured.p99_ms.map(|v| round(v, 3)),
                 "baseline": r.baseline,
                 "ratio": r.ratio.map(|v| round(v, 3)),
-                "errors": r.m.errors,
+                "errors": r.measured.errors,
             })
         })
         .collect();
-    let goals: Vec<Value> = goals.iter().map(|g| json!({"goal": g.text, "met": g.met, "observed": g.observed})).collect();
+    let goals: Vec<Value> =
+        goals.iter().map(|g| json!({"goal": g.text, "met": g.met, "observed": g.observed})).collect();
     println!();
     println!(
         "{}",
