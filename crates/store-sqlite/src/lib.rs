@@ -9,12 +9,13 @@
 
 #![forbid(unsafe_code)]
 
+mod cache;
 mod migrate;
 mod rows;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest};
@@ -24,6 +25,7 @@ use store::{
     SubmitOutcome,
 };
 
+use crate::cache::JobCache;
 use crate::rows::{account_columns, account_from_row, job_columns, job_from_row, key_columns, key_from_row};
 use crate::writer::{WriteCtx, Writer};
 
@@ -35,6 +37,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    jobs: JobCache,
 }
 
 impl SqliteStore {
@@ -42,7 +45,12 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
         let mut conn = open_connection(path, false)?;
         migrate::apply(&mut conn)?;
-        Ok(Self { path: path.to_path_buf(), writer: Writer::start(conn), readers: Mutex::new(Vec::new()) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Writer::start(conn),
+            readers: Mutex::new(Vec::new()),
+            jobs: JobCache::new(),
+        })
     }
 
     /// Applies pending migrations to the database at `path` without starting a store.
@@ -202,7 +210,7 @@ fn submit_in_tx(ctx: &WriteCtx<'_>, job: &NewJob) -> Result<SubmitOutcome> {
             job.webhook_url,
             events,
             webhook_status,
-            job.input.to_string(),
+            job.input_json,
             ctx.now_ms
         ])?;
         if let Some(claim) = &job.idempotency {
@@ -338,15 +346,29 @@ impl store::Store for SqliteStore {
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
-        self.writer.write(move |ctx| submit_in_tx(ctx, &job)).await
+        let job = Arc::new(job);
+        let queued = job.clone();
+        let (outcome, created_at_ms) =
+            self.writer.write(move |ctx| submit_in_tx(ctx, &queued).map(|o| (o, ctx.now_ms))).await?;
+        if let SubmitOutcome::Created { .. } = outcome {
+            // Committed: this is now the row's current version.
+            if let Some(record) = new_job_record(&job, created_at_ms) {
+                self.jobs.put(Arc::new(record));
+            }
+        }
+        Ok(outcome)
     }
 
-    async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<JobRecord>> {
+    async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>> {
+        if let Some(job) = self.jobs.get(id) {
+            return Ok((job.account_id == account_id).then_some(job));
+        }
         self.read(|c| {
             c.prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1 and account_id = ?2"))?
                 .query_row([id.to_string(), account_id.to_string()], job_from_row)
                 .optional()
         })
+        .map(|found| found.map(Arc::new))
     }
 
     async fn list_jobs(&self, q: &JobQuery) -> Result<Vec<JobRecord>> {
@@ -422,6 +444,27 @@ impl store::Store for SqliteStore {
     }
 }
 
+/// The row `submit_in_tx` inserts, as a record; `None` only if the input is not JSON,
+/// which the API layer rules out (the job is then simply not cached).
+fn new_job_record(job: &NewJob, created_at_ms: i64) -> Option<JobRecord> {
+    Some(JobRecord {
+        id: job.id,
+        account_id: job.account_id,
+        api_key_id: job.api_key_id,
+        model: job.model.as_str().to_string(),
+        status: JobStatus::Queued,
+        progress: Some(0),
+        result: None,
+        error: None,
+        credit_cost: job.cost,
+        webhook_status: job.webhook_url.as_ref().map(|_| domain::WebhookStatus::Pending),
+        input: serde_json::value::RawValue::from_string(job.input_json.clone()).ok()?,
+        created_at_ms,
+        completed_at_ms: None,
+        expired: false,
+    })
+}
+
 fn grant_in_tx(ctx: &WriteCtx<'_>, id: AccountId, amount: i64, note: Option<&str>) -> Result<()> {
     ctx.conn
         .prepare_cached("update account set credits = credits + ?1, updated_at = ?2 where account_id = ?3")
@@ -465,7 +508,7 @@ mod tests {
             api_key_id: key.id,
             model: ModelId::Hailuo23,
             cost,
-            input: json!({"model": "hailuo-2.3", "prompt": "x"}),
+            input_json: json!({"model": "hailuo-2.3", "prompt": "x"}).to_string(),
             webhook_url: None,
             webhook_events: None,
             idempotency: idem.map(|(k, not_before_ms)| IdempotencyClaim {
@@ -532,6 +575,24 @@ mod tests {
         assert!(matches!(later, SubmitOutcome::Created { job_id: j, .. } if j != job_id));
         assert_eq!(store.purge_idempotency_keys(i64::MAX).await.unwrap(), 1);
         assert_eq!(store.purge_idempotency_keys(i64::MAX).await.unwrap(), 0);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_cached_job_reads_exactly_like_its_row() {
+        let (dir, store, key) = store_with_account(100).await;
+        let mut new = job(&key, 5, None);
+        new.webhook_url = Some("https://hooks.example.com/x".into());
+        new.webhook_events = Some(vec!["completed".into()]);
+        let SubmitOutcome::Created { job_id, .. } = store.submit_job(new).await.unwrap() else { panic!() };
+        let cached = store.get_job(key.account_id, job_id).await.unwrap().unwrap();
+        // A second store on the same file has an empty cache: it reads the row.
+        let fresh = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let from_row = fresh.get_job(key.account_id, job_id).await.unwrap().unwrap();
+        assert_eq!(format!("{cached:?}"), format!("{from_row:?}"));
+        // Ownership is checked on cache hits too.
+        assert!(store.get_job(AccountId::new(), job_id).await.unwrap().is_none());
+        fresh.close().await;
         store.close().await;
     }
 }

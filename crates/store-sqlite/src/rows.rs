@@ -93,7 +93,7 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         webhook_status: webhook_status
             .map(|w| WebhookStatus::parse(&w).ok_or_else(|| bad(9, "webhook status")))
             .transpose()?,
-        input: serde_json::from_str(&input).map_err(|_| bad(10, "input json"))?,
+        input: serde_json::value::RawValue::from_string(input).map_err(|_| bad(10, "input json"))?,
         created_at_ms: row.get(11)?,
         completed_at_ms: row.get(12)?,
         expired: row.get(13)?,

@@ -8,8 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, ModelId, WebhookStatus};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// What can go wrong in a backend, by what the caller can do about it.
@@ -166,8 +169,9 @@ pub struct NewJob {
     pub model: ModelId,
     /// Credits to charge.
     pub cost: i64,
-    /// The request as submitted, returned as `input`.
-    pub input: Value,
+    /// The request as submitted, as compact JSON text, returned as `input`. Serialized by
+    /// the caller so the single writer thread does not spend its time on it.
+    pub input_json: String,
     /// Webhook destination.
     pub webhook_url: Option<String>,
     /// Subscribed webhook events (wire spellings); `None` means the default set.
@@ -205,7 +209,7 @@ pub enum SubmitOutcome {
 }
 
 /// A job as read back.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct JobRecord {
     /// Id.
     pub id: JobId,
@@ -227,8 +231,9 @@ pub struct JobRecord {
     pub credit_cost: i64,
     /// Webhook delivery state, `None` without a webhook.
     pub webhook_status: Option<WebhookStatus>,
-    /// The request as submitted.
-    pub input: Value,
+    /// The request as submitted, kept as JSON text: reads copy it out verbatim
+    /// instead of parsing and re-serializing it.
+    pub input: Box<RawValue>,
     /// Creation time, unix milliseconds.
     pub created_at_ms: i64,
     /// Terminal time, unix milliseconds.
@@ -287,7 +292,7 @@ pub trait Store: Send + Sync + 'static {
     /// Charges and inserts a job in one durable transaction, honouring idempotency.
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome>;
     /// A job, only if it belongs to `account_id`.
-    async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<JobRecord>>;
+    async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>>;
     /// One page of jobs, newest first; returns at most `limit + 1` rows so the caller
     /// can tell whether more exist.
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>>;

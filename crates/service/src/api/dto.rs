@@ -1,6 +1,8 @@
 //! Wire shapes shared by several resources: the Job object and timestamps.
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 use store::JobRecord;
 use time::format_description::FormatItem;
 use time::macros::format_description;
@@ -17,25 +19,46 @@ pub fn timestamp(ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
 }
 
-/// The spec's Job object. `with_input` adds the submitted request (single-job reads only:
-/// list pages leave it out, as the spec's list item does, to stay small).
-pub fn job_json(job: &JobRecord, with_input: bool) -> Value {
-    let mut m = Map::with_capacity(12);
-    m.insert("id".into(), json!(job.id.to_string()));
-    m.insert("status".into(), json!(job.status.as_str()));
-    m.insert("model".into(), json!(job.model));
-    m.insert("progress".into(), json!(job.progress));
-    m.insert("result".into(), job.result.clone().unwrap_or(Value::Null));
-    m.insert("error".into(), json!(job.error));
-    m.insert("creditCost".into(), json!(job.credit_cost));
-    m.insert("webhookStatus".into(), json!(job.webhook_status.map(|w| w.as_str())));
-    m.insert("createdAt".into(), json!(timestamp(job.created_at_ms)));
-    m.insert("completedAt".into(), json!(job.completed_at_ms.map(timestamp)));
-    m.insert("expired".into(), json!(job.expired));
-    if with_input {
-        m.insert("input".into(), job.input.clone());
+/// The spec's Job object, serialized straight from the stored record: a typed view that
+/// borrows, so a poll does not copy the job into a tree of `Value`s first.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView<'a> {
+    id: uuid::Uuid,
+    status: &'static str,
+    model: &'a str,
+    progress: Option<i64>,
+    result: Option<&'a Value>,
+    error: Option<&'a str>,
+    credit_cost: i64,
+    webhook_status: Option<&'static str>,
+    created_at: String,
+    completed_at: Option<String>,
+    expired: bool,
+    /// The submitted request; single-job reads only (list pages leave it out, as the
+    /// spec's list item does, to stay small).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a RawValue>,
+}
+
+impl<'a> JobView<'a> {
+    /// A view of `job`, with the request as submitted when `with_input`.
+    pub fn new(job: &'a JobRecord, with_input: bool) -> Self {
+        Self {
+            id: job.id.0,
+            status: job.status.as_str(),
+            model: &job.model,
+            progress: job.progress,
+            result: job.result.as_ref(),
+            error: job.error.as_deref(),
+            credit_cost: job.credit_cost,
+            webhook_status: job.webhook_status.map(|w| w.as_str()),
+            created_at: timestamp(job.created_at_ms),
+            completed_at: job.completed_at_ms.map(timestamp),
+            expired: job.expired,
+            input: with_input.then_some(&*job.input),
+        }
     }
-    Value::Object(m)
 }
 
 #[cfg(test)]

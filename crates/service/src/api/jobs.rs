@@ -6,15 +6,16 @@
 //! the rows it has yet to see.
 
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use domain::{JobId, JobStatus, ValidationErrors};
-use serde_json::{json, Value};
+use serde::Serialize;
 use store::{JobCursor, JobQuery};
 
-use crate::api::dto::job_json;
+use crate::api::dto::JobView;
 use crate::api::error::{ApiError, Result};
 use crate::api::extract::Caller;
 use crate::state::AppState;
@@ -27,11 +28,11 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/v2/jobs", get(list_jobs)).route("/v2/jobs/{id}", get(get_job))
 }
 
-async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Response> {
     let id: JobId = id.parse().map_err(|_| ApiError::BadRequest("Invalid job id: expected a UUID".into()))?;
     // Another account's job is indistinguishable from a missing one.
     let job = state.store.get_job(key.account_id, id).await?.ok_or_else(job_not_found)?;
-    Ok(Json(job_json(&job, true)))
+    Ok(Json(JobView::new(&job, true)).into_response())
 }
 
 fn job_not_found() -> ApiError {
@@ -42,7 +43,7 @@ async fn list_jobs(
     State(state): State<AppState>,
     Caller(key): Caller,
     Query(params): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let mut errors = ValidationErrors::default();
     let param = |name: &str| params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
 
@@ -109,12 +110,22 @@ async fn list_jobs(
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = if has_more { rows.last().map(|j| encode_cursor(j.created_at_ms, j.id)) } else { None };
-    let jobs: Vec<Value> = rows.iter().map(|j| job_json(j, false)).collect();
-    let mut body = json!({"jobs": jobs, "nextCursor": next_cursor, "hasMore": has_more});
-    if include_models {
-        body["models"] = json!(state.store.job_models(key.account_id, api_key_id).await?);
-    }
-    Ok(Json(body))
+    let models = match include_models {
+        true => Some(state.store.job_models(key.account_id, api_key_id).await?),
+        false => None,
+    };
+    let jobs: Vec<JobView<'_>> = rows.iter().map(|j| JobView::new(j, false)).collect();
+    Ok(Json(JobListView { jobs, next_cursor, has_more, models }).into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobListView<'a> {
+    jobs: Vec<JobView<'a>>,
+    next_cursor: Option<String>,
+    has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    models: Option<Vec<String>>,
 }
 
 fn encode_cursor(created_at_ms: i64, id: JobId) -> String {

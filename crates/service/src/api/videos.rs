@@ -45,7 +45,7 @@ async fn create_video(
         api_key_id: key.id,
         model: request.model,
         cost: i64::from(cost),
-        input: body,
+        input_json: body.to_string(),
         webhook_url: request.webhook_url,
         webhook_events: request.webhook_events.map(|events| events.iter().map(|e| e.as_str().to_string()).collect()),
         idempotency,
