@@ -85,7 +85,14 @@ async fn request_id(req: Request, next: Next) -> Response {
 fn next_request_id() -> HeaderValue {
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u32);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u32);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("req_{prefix:08x}{n:012x}")).expect("hex digits are a valid header value")
+    // "req_" + 8 hex digits of prefix + 12 of counter, written without the formatter.
+    let mut id = *b"req_00000000000000000000";
+    let digits = (u128::from(prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
+    for (i, slot) in id[4..].iter_mut().rev().enumerate() {
+        *slot = HEX[((digits >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("ASCII hex is a valid header value")
 }

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 
 use crate::auth::KeyCache;
-use crate::state::AppState;
+use crate::state::{AppState, Handles};
 
 /// Why the application could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +62,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
-    let catalog = Arc::new(config.catalog()?);
+    let catalog = config.catalog()?;
     let store = open_store(&config)?;
-    let keys = Arc::new(KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms)));
-    let openapi = Arc::new(openapi::document(&catalog).to_string());
-    let state = AppState { store: store.clone(), keys, catalog, config: Arc::new(config), openapi };
+    let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
+    let openapi = openapi::document(&catalog).to_string();
+    let state = AppState::new(Handles { store: store.clone(), keys, catalog, config, openapi });
 
     let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.idempotency_ttl_hours));
 

@@ -1,5 +1,6 @@
 //! The shared application state handed to every handler.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use domain::Catalog;
@@ -8,17 +9,35 @@ use store::Store;
 use crate::auth::KeyCache;
 use crate::config::Config;
 
-/// Cloneable handles to everything a request may need.
+/// Cheap to clone: axum clones the state for every request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+/// Everything a request may need.
+pub struct Handles {
     /// The storage backend.
     pub store: Arc<dyn Store>,
     /// API key lookups.
-    pub keys: Arc<KeyCache>,
+    pub keys: KeyCache,
     /// Models and prices.
-    pub catalog: Arc<Catalog>,
+    pub catalog: Catalog,
     /// The loaded configuration.
-    pub config: Arc<Config>,
+    pub config: Config,
     /// The OpenAPI document, rendered once at startup.
-    pub openapi: Arc<String>,
+    pub openapi: String,
+}
+
+impl AppState {
+    /// Wraps the handles.
+    pub fn new(handles: Handles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
 }

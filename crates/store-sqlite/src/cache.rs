@@ -5,11 +5,15 @@
 //! memory lock: a point read took 3 µs on one thread and 8 µs with two. Serving polls of
 //! recent jobs from memory removes that from the hot path.
 //!
-//! Coherence rule: an entry is only ever put here by this store after the commit that
-//! wrote the same row, and every later change to a job row must go through this store's
-//! writer and replace the entry the same way. The admin CLI never writes job rows, so no
-//! other process can make an entry stale. A miss falls back to SQLite; misses are not
-//! cached, so a read can never re-insert an older version behind a newer write.
+//! Coherence rules:
+//! - Every change to a job row goes through this store's writer, and once it has
+//!   committed, the new version replaces the entry ([`JobCache::put`]) before the caller
+//!   is answered. The admin CLI never writes job rows, so no other process can make an
+//!   entry stale.
+//! - A miss reads SQLite and fills the entry, but only if no write touched the entry's
+//!   shard since just before the read ([`JobCache::fill`]). A read that raced a write
+//!   may have seen the older row; it is then returned but not cached, so a stale version
+//!   can never land behind a newer one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -27,7 +31,13 @@ const MAX_CACHED_INPUT_BYTES: usize = 16 * 1024;
 struct Shard {
     jobs: HashMap<JobId, Arc<JobRecord>>,
     order: VecDeque<JobId>,
+    /// Bumped by every `put`; lets `fill` detect a write that raced its database read.
+    writes: u64,
 }
+
+/// A shard's write count, taken before a database read.
+#[derive(Clone, Copy)]
+pub(crate) struct FillTicket(u64);
 
 /// Sharded so the writer's inserts and the readers' lookups rarely meet on one lock.
 pub(crate) struct JobCache {
@@ -44,16 +54,39 @@ impl JobCache {
         &self.shards[(id.0.as_u128() as usize) % SHARDS]
     }
 
-    pub(crate) fn get(&self, id: JobId) -> Option<Arc<JobRecord>> {
-        self.shard(id).read().unwrap_or_else(|p| p.into_inner()).jobs.get(&id).cloned()
+    /// The cached job, or on a miss a ticket to [`fill`](Self::fill) it after reading the row.
+    pub(crate) fn get(&self, id: JobId) -> Result<Arc<JobRecord>, FillTicket> {
+        let shard = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
+        shard.jobs.get(&id).cloned().ok_or(FillTicket(shard.writes))
     }
 
-    /// Inserts or replaces the committed version of a job.
+    /// Inserts or replaces the committed version of a job. Call only after its commit.
     pub(crate) fn put(&self, job: Arc<JobRecord>) {
+        let mut shard = self.shard(job.id).write().unwrap_or_else(|p| p.into_inner());
+        shard.writes += 1;
+        if job.input.get().len() > MAX_CACHED_INPUT_BYTES {
+            // Too big to keep, but an older cached version must not survive it.
+            if shard.jobs.remove(&job.id).is_some() {
+                shard.order.retain(|id| *id != job.id);
+            }
+            return;
+        }
+        Self::insert(&mut shard, job);
+    }
+
+    /// Caches a row read from the database after a miss, unless a write to the shard
+    /// happened since `ticket` was taken (the row read may then be older than the write).
+    pub(crate) fn fill(&self, job: Arc<JobRecord>, ticket: FillTicket) {
         if job.input.get().len() > MAX_CACHED_INPUT_BYTES {
             return;
         }
         let mut shard = self.shard(job.id).write().unwrap_or_else(|p| p.into_inner());
+        if shard.writes == ticket.0 && !shard.jobs.contains_key(&job.id) {
+            Self::insert(&mut shard, job);
+        }
+    }
+
+    fn insert(shard: &mut Shard, job: Arc<JobRecord>) {
         if shard.jobs.insert(job.id, job.clone()).is_none() {
             shard.order.push_back(job.id);
             if shard.order.len() > CAPACITY / SHARDS {
@@ -62,5 +95,57 @@ impl JobCache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{AccountId, ApiKeyId, JobStatus};
+
+    use super::*;
+
+    fn record(id: JobId, status: JobStatus) -> Arc<JobRecord> {
+        Arc::new(JobRecord {
+            id,
+            account_id: AccountId::new(),
+            api_key_id: ApiKeyId::new(),
+            model: "hailuo-2.3".into(),
+            status,
+            progress: Some(0),
+            result: None,
+            error: None,
+            credit_cost: 5,
+            webhook_status: None,
+            input: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            created_at_ms: 1,
+            completed_at_ms: None,
+            expired: false,
+        })
+    }
+
+    #[test]
+    fn a_fill_that_raced_a_write_is_dropped() {
+        let cache = JobCache::new();
+        let id = JobId::new();
+        let Err(ticket) = cache.get(id) else { panic!("empty cache hit") };
+        // A write commits and is put while the reader was reading the older row.
+        cache.put(record(id, JobStatus::Processing));
+        cache.fill(record(id, JobStatus::Queued), ticket);
+        assert_eq!(cache.get(id).ok().unwrap().status, JobStatus::Processing);
+    }
+
+    #[test]
+    fn a_fill_without_a_racing_write_is_kept_and_capacity_is_bounded() {
+        let cache = JobCache::new();
+        let id = JobId::new();
+        let Err(ticket) = cache.get(id) else { panic!() };
+        cache.fill(record(id, JobStatus::Queued), ticket);
+        assert!(cache.get(id).is_ok());
+        for _ in 0..CAPACITY * 2 {
+            cache.put(record(JobId::new(), JobStatus::Queued));
+        }
+        let held: usize = cache.shards.iter().map(|s| s.read().unwrap().jobs.len()).sum();
+        assert!(held <= CAPACITY, "{held}");
+        assert!(cache.get(id).is_err(), "the oldest entries are evicted first");
     }
 }

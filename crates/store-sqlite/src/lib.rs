@@ -360,15 +360,21 @@ impl store::Store for SqliteStore {
     }
 
     async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>> {
-        if let Some(job) = self.jobs.get(id) {
-            return Ok((job.account_id == account_id).then_some(job));
-        }
-        self.read(|c| {
-            c.prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1 and account_id = ?2"))?
-                .query_row([id.to_string(), account_id.to_string()], job_from_row)
+        let ticket = match self.jobs.get(id) {
+            Ok(job) => return Ok((job.account_id == account_id).then_some(job)),
+            Err(ticket) => ticket,
+        };
+        // Read by id alone so the cache learns the row whoever asked; ownership is
+        // checked below, exactly as on a hit.
+        let found = self.read(|c| {
+            c.prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1"))?
+                .query_row([id.to_string()], job_from_row)
                 .optional()
-        })
-        .map(|found| found.map(Arc::new))
+        })?;
+        Ok(found.map(Arc::new).and_then(|job| {
+            self.jobs.fill(job.clone(), ticket);
+            (job.account_id == account_id).then_some(job)
+        }))
     }
 
     async fn list_jobs(&self, q: &JobQuery) -> Result<Vec<JobRecord>> {
