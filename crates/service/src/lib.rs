@@ -90,14 +90,15 @@ async fn purge_idempotency_keys(store: Arc<dyn Store>, ttl_hours: u32) {
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tick.tick().await;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        match store.purge_idempotency_keys(now_ms - i64::from(ttl_hours) * 3_600_000).await {
+        match store.purge_idempotency_keys(now_ms() - i64::from(ttl_hours) * 3_600_000).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(idempotency.purged = n, "forgot expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "could not purge expired idempotency keys"),
         }
     }
+}
+
+/// Wall-clock time as unix milliseconds, the unit every stored timestamp uses.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -37,7 +37,7 @@ async fn create_video(
     let idempotency = idempotency_key.map(|key| IdempotencyClaim {
         key,
         fingerprint: fingerprint(&body),
-        not_before_ms: now_ms() - i64::from(state.config.limits.idempotency_ttl_hours) * 3_600_000,
+        not_before_ms: crate::now_ms() - i64::from(state.config.limits.idempotency_ttl_hours) * 3_600_000,
     });
     let job = NewJob {
         id: JobId::new(),
@@ -85,8 +85,4 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
         return Err(ApiError::invalid(path, format!("Must be at most {IDEMPOTENCY_KEY_MAX} characters")));
     }
     Ok(Some(value.to_string()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
