@@ -181,18 +181,24 @@ fn submit_in_tx(ctx: &WriteCtx<'_>, job: &NewJob) -> Result<SubmitOutcome> {
                 .map_err(map_err)?;
         }
     }
-    let available: i64 = conn
-        .prepare_cached("select credits from account where account_id = ?1")
-        .and_then(|mut s| s.query_row([&account], |r| r.get(0)).optional())
-        .map_err(map_err)?
-        .ok_or_else(|| StoreError::NotFound(format!("account {account}")))?;
-    if available < job.cost {
+    // The debit is one conditional statement: it succeeds only if the balance covers the
+    // cost. Only when it changes nothing (a refusal, the rare path) is the balance read.
+    let debited = conn
+        .prepare_cached(
+            "update account set credits = credits - ?1, updated_at = ?2 where account_id = ?3 and credits >= ?1",
+        )
+        .and_then(|mut s| s.execute(params![job.cost, ctx.now_ms, account]))
+        .map_err(map_err)?;
+    if debited == 0 {
+        let available: i64 = conn
+            .prepare_cached("select credits from account where account_id = ?1")
+            .and_then(|mut s| s.query_row([&account], |r| r.get(0)).optional())
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::NotFound(format!("account {account}")))?;
         return Ok(SubmitOutcome::InsufficientCredits { required: job.cost, available });
     }
     let job_id = job.id.to_string();
     (|| -> rusqlite::Result<()> {
-        conn.prepare_cached("update account set credits = credits - ?1, updated_at = ?2 where account_id = ?3")?
-            .execute(params![job.cost, ctx.now_ms, account])?;
         insert_ledger(ctx, job.account_id, LedgerKind::Charge, -job.cost, Some(job.id), None)?;
         let events = job.webhook_events.as_ref().map(|e| e.join(","));
         let webhook_status = job.webhook_url.as_ref().map(|_| "pending");
