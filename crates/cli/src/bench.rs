@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use self::client::Connection;
+use self::client::{ClientKind, Connection};
 
 /// Accounts (one key each) the clients are spread over, round-robin.
 const ACCOUNTS: usize = 8;
@@ -70,6 +70,9 @@ pub struct BenchArgs {
     /// Unmeasured seconds before each endpoint's measurement, to warm connections and caches.
     #[arg(long, default_value_t = 1)]
     pub warmup_seconds: u64,
+    /// Load generator: the bench's minimal client, or hyper's general-purpose one.
+    #[arg(long, value_enum, default_value_t = ClientKind::Lean)]
+    pub client: ClientKind,
 }
 
 /// Runs the benchmark and prints its report; fails if any request failed.
@@ -80,6 +83,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         warmup: Duration::from_secs(args.warmup_seconds),
         measure: Duration::from_secs(args.seconds),
+        client: args.client,
     };
 
     let data_dir =
@@ -232,7 +236,7 @@ async fn seed_jobs(addr: SocketAddr, keys: &[String]) -> anyhow::Result<Seeded> 
         // its own so no prompt repeats.
         let mut request = generate_request(&host, "/v2/videos/generate", key, 1_000_000 + k);
         tasks.push(tokio::spawn(async move {
-            let mut conn = Connection::open(addr).await?;
+            let mut conn = Connection::open(addr, ClientKind::Lean).await?;
             let mut ids = Vec::with_capacity(per_account);
             let mut body_len = 0;
             for _ in 0..per_account {
@@ -261,7 +265,7 @@ async fn seed_jobs(addr: SocketAddr, keys: &[String]) -> anyhow::Result<Seeded> 
         .collect();
 
     let (key, id) = &jobs[0];
-    let mut conn = Connection::open(addr).await?;
+    let mut conn = Connection::open(addr, ClientKind::Lean).await?;
     let response = conn.send(&get_request(&host, &format!("/v2/jobs/{id}"), &keys[*key])).await?;
     ensure!(
         response.status == 200,
@@ -392,6 +396,7 @@ struct LoadPlan {
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
+    client: ClientKind,
 }
 
 /// What one client saw.
@@ -444,7 +449,7 @@ async fn measure(
     // Connections are opened before the clock starts: connecting is not what is measured.
     let mut clients = Vec::with_capacity(plan.concurrency);
     for i in 0..plan.concurrency {
-        clients.push((Connection::open(addr).await?, requests_for(i)));
+        clients.push((Connection::open(addr, plan.client).await?, requests_for(i)));
     }
     let from = Instant::now() + plan.warmup;
     let window = Window { from, until: from + plan.measure };

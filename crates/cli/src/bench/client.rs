@@ -7,6 +7,10 @@
 //! throughput at its own speed and flatten the ratio between the real and the bare
 //! routes. This one writes pre-formatted request bytes and parses only what the bench
 //! needs: the status code and `Content-Length`.
+//!
+//! `--client hyper` swaps in hyper's own HTTP/1.1 client for comparison: a
+//! general-purpose client costs more CPU per request, which slows the bare baseline more
+//! than the real routes, so ratios measured with it come out higher.
 
 use std::net::SocketAddr;
 
@@ -19,8 +23,93 @@ const INITIAL_BUFFER: usize = 16 * 1024;
 /// A response head longer than this means something is wrong with the server.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// One keep-alive connection.
-pub struct Connection {
+/// Which load generator drives the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// The minimal client of this module.
+    Lean,
+    /// hyper's HTTP/1.1 client.
+    Hyper,
+}
+
+/// One keep-alive connection, of either kind.
+pub enum Connection {
+    /// The minimal client.
+    Lean(LeanConnection),
+    /// hyper's client.
+    Hyper(HyperConnection),
+}
+
+impl Connection {
+    /// Connects to `addr` with Nagle's algorithm off, so small requests go out at once.
+    pub async fn open(addr: SocketAddr, kind: ClientKind) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
+        Ok(match kind {
+            ClientKind::Lean => Self::Lean(LeanConnection { stream, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0 }),
+            ClientKind::Hyper => Self::Hyper(HyperConnection::handshake(stream).await?),
+        })
+    }
+
+    /// Sends one complete request (head and body) and reads its whole response.
+    pub async fn send(&mut self, request: &[u8]) -> anyhow::Result<Response<'_>> {
+        match self {
+            Self::Lean(c) => c.send(request).await,
+            Self::Hyper(c) => c.send(request).await,
+        }
+    }
+}
+
+/// hyper's client on one connection. The bench's requests are pre-formatted bytes, so
+/// each is turned back into a `Request` (as a caller building one from parts would).
+pub struct HyperConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<axum::body::Bytes>>,
+    body: axum::body::Bytes,
+}
+
+impl HyperConnection {
+    async fn handshake(stream: TcpStream) -> anyhow::Result<Self> {
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .context("HTTP/1.1 handshake failed")?;
+        // The connection task ends when the sender is dropped.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { sender, body: axum::body::Bytes::new() })
+    }
+
+    async fn send(&mut self, raw: &[u8]) -> anyhow::Result<Response<'_>> {
+        use http_body_util::BodyExt;
+        let request = to_request(raw)?;
+        let response = self.sender.send_request(request).await.context("request failed")?;
+        let status = response.status().as_u16();
+        self.body = response.into_body().collect().await.context("cannot read a response")?.to_bytes();
+        Ok(Response { status, body: &self.body })
+    }
+}
+
+/// Rebuilds a `Request` from the bench's pre-formatted bytes.
+fn to_request(raw: &[u8]) -> anyhow::Result<hyper::Request<http_body_util::Full<axum::body::Bytes>>> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("request without a blank line")?;
+    let head = std::str::from_utf8(&raw[..split]).context("request head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let (method, path) = (first.next().unwrap_or_default(), first.next().unwrap_or_default());
+    let mut builder = hyper::Request::builder().method(method).uri(path);
+    for line in lines {
+        let (name, value) = line.split_once(':').context("malformed header line")?;
+        // hyper frames the body itself.
+        if !name.eq_ignore_ascii_case("content-length") {
+            builder = builder.header(name, value.trim());
+        }
+    }
+    let body = axum::body::Bytes::copy_from_slice(&raw[split + 4..]);
+    builder.body(http_body_util::Full::new(body)).context("cannot build a request")
+}
+
+/// The minimal client's connection.
+pub struct LeanConnection {
     stream: TcpStream,
     /// Bytes read from the socket; `buf[start..end]` is not yet consumed.
     buf: Vec<u8>,
@@ -45,16 +134,9 @@ struct Head {
     content_length: usize,
 }
 
-impl Connection {
-    /// Connects to `addr` with Nagle's algorithm off, so small requests go out at once.
-    pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
-        Ok(Self { stream, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0 })
-    }
-
+impl LeanConnection {
     /// Sends one complete request (head and body) and reads its whole response.
-    pub async fn send(&mut self, request: &[u8]) -> anyhow::Result<Response<'_>> {
+    async fn send(&mut self, request: &[u8]) -> anyhow::Result<Response<'_>> {
         self.stream.write_all(request).await.context("cannot send a request")?;
         let head = loop {
             if let Some(head) = parse_head(&self.buf[self.start..self.end])? {
