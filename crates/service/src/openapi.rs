@@ -220,6 +220,21 @@ pub fn document(catalog: &Catalog) -> Value {
                     "429": rate_limited()
                 }
             }},
+            "/v2/jobs/{id}/cancel": {"post": {
+                "summary": "Cancel a queued job (reelgate's addition)",
+                "description": "Cancels a job that has not been submitted upstream yet and refunds its cost in full (creditCost becomes 0). Jobs already submitted to MiniMax cannot be stopped there, so any other state answers 409.",
+                "tags": ["Jobs"],
+                "security": secured(),
+                "parameters": [{"in": "path", "name": "id", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+                "responses": {
+                    "200": json_response("The cancelled job.", "Job"),
+                    "400": error_response("`id` is not a valid UUID."),
+                    "401": unauthorized(),
+                    "403": forbidden(),
+                    "404": error_response("Job not found, or owned by another account."),
+                    "409": error_response("The job is no longer QUEUED.")
+                }
+            }},
             "/v2/me": {"get": {
                 "summary": "Get the authenticated caller",
                 "tags": ["Account"],

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use store::{
-    Account, ApiKeyRecord, JobQuery, JobRecord, LedgerEntry, LedgerKind, NewApiKey, NewJob, Result, StoreError,
-    SubmitOutcome,
+    Account, ApiKeyRecord, CancelOutcome, JobQuery, JobRecord, LedgerEntry, LedgerKind, NewApiKey, NewJob, Result,
+    StoreError, SubmitOutcome,
 };
 
 use crate::cache::JobCache;
@@ -365,6 +365,15 @@ impl store::Store for SqliteStore {
         Ok(outcome)
     }
 
+    async fn cancel_job(&self, account_id: AccountId, id: JobId) -> Result<CancelOutcome> {
+        let outcome = self.writer.write(move |ctx| cancel_in_tx(ctx, account_id, id)).await?;
+        if let CancelOutcome::Cancelled(job) = &outcome {
+            // Committed: replace the cached QUEUED version.
+            self.jobs.put(job.clone());
+        }
+        Ok(outcome)
+    }
+
     async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>> {
         let ticket = match self.jobs.get(id) {
             Ok(job) => return Ok((job.account_id == account_id).then_some(job)),
@@ -454,6 +463,49 @@ impl store::Store for SqliteStore {
             pool.clear();
         }
     }
+}
+
+/// Cancels and refunds inside the writer's transaction.
+fn cancel_in_tx(ctx: &WriteCtx<'_>, account_id: AccountId, id: JobId) -> Result<CancelOutcome> {
+    let conn = ctx.conn;
+    let (job_id, account) = (id.to_string(), account_id.to_string());
+    let current: Option<(String, i64)> = conn
+        .prepare_cached("select status, credit_cost from job where job_id = ?1 and account_id = ?2")
+        .and_then(|mut s| s.query_row([&job_id, &account], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(map_err)?;
+    let Some((status, cost)) = current else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let status = JobStatus::parse(&status).ok_or_else(|| StoreError::Internal(format!("bad status {status}")))?;
+    if status != JobStatus::Queued {
+        return Ok(CancelOutcome::NotCancellable(status));
+    }
+    // Compare-and-set: only a job still QUEUED moves, so a racing transition (a second
+    // cancel, or the engine claiming it) leaves exactly one winner. No webhook event
+    // exists for cancellation, so the job stops waiting for one.
+    let moved = conn
+        .prepare_cached(
+            "update job set status = 'CANCELLED', credit_cost = 0, completed_at = ?1, updated_at = ?1,
+                            webhook_status = null
+             where job_id = ?2 and status = 'QUEUED'",
+        )
+        .and_then(|mut s| s.execute(params![ctx.now_ms, job_id]))
+        .map_err(map_err)?;
+    if moved != 1 {
+        return Err(StoreError::Conflict(format!("job {id} changed state during cancel")));
+    }
+    if cost > 0 {
+        conn.prepare_cached("update account set credits = credits + ?1, updated_at = ?2 where account_id = ?3")
+            .and_then(|mut s| s.execute(params![cost, ctx.now_ms, account]))
+            .map_err(map_err)?;
+        // The unique index on refunds per job makes a second refund a constraint error.
+        insert_ledger(ctx, account_id, LedgerKind::Refund, cost, Some(id), Some("cancelled")).map_err(map_err)?;
+    }
+    let job = conn
+        .prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1"))
+        .and_then(|mut s| s.query_row([&job_id], job_from_row))
+        .map_err(map_err)?;
+    Ok(CancelOutcome::Cancelled(Arc::new(job)))
 }
 
 /// The row `submit_in_tx` inserts, as a record; `None` only if the input is not JSON,

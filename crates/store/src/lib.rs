@@ -208,6 +208,17 @@ pub enum SubmitOutcome {
     IdempotencyMismatch,
 }
 
+/// How a cancel request ended.
+#[derive(Clone, Debug)]
+pub enum CancelOutcome {
+    /// The job was QUEUED and is now CANCELLED, its cost refunded by one ledger row.
+    Cancelled(Arc<JobRecord>),
+    /// The job had already left QUEUED; nothing was written.
+    NotCancellable(JobStatus),
+    /// No such job in this account.
+    NotFound,
+}
+
 /// A job as read back.
 #[derive(Clone, Debug)]
 pub struct JobRecord {
@@ -291,6 +302,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Charges and inserts a job in one durable transaction, honouring idempotency.
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome>;
+    /// Cancels a job that has not been handed upstream yet: in one transaction, a
+    /// compare-and-set from QUEUED to CANCELLED, `credit_cost` to 0, and the cost back to
+    /// the account as one `refund` ledger row (unique per job, so never twice).
+    async fn cancel_job(&self, account_id: AccountId, id: JobId) -> Result<CancelOutcome>;
     /// A job, only if it belongs to `account_id`.
     async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>>;
     /// One page of jobs, newest first; returns at most `limit + 1` rows so the caller

@@ -5,6 +5,7 @@ mod helpers;
 
 mod account;
 mod auth;
+mod cancel;
 mod generate;
 mod jobs;
 mod lifecycle;

@@ -1,4 +1,5 @@
-//! `GET /v2/jobs/{id}` and `GET /v2/jobs`: reading jobs, only ever within the caller's account.
+//! `GET /v2/jobs/{id}`, `GET /v2/jobs` and `POST /v2/jobs/{id}/cancel` (our addition):
+//! jobs, only ever within the caller's account.
 //!
 //! Listing is keyset-paginated on `(createdAt desc, id desc)`. The cursor names the
 //! last row returned, so a page never depends on how many rows came before it: jobs
@@ -7,13 +8,13 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use domain::{JobId, JobStatus, ValidationErrors};
 use serde::Serialize;
-use store::{JobCursor, JobQuery};
+use store::{CancelOutcome, JobCursor, JobQuery};
 
 use crate::api::dto::JobView;
 use crate::api::error::{ApiError, Result};
@@ -25,14 +26,36 @@ const MAX_LIMIT: u32 = 100;
 const CURSOR_VERSION: &str = "v1";
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/v2/jobs", get(list_jobs)).route("/v2/jobs/{id}", get(get_job))
+    Router::new()
+        .route("/v2/jobs", get(list_jobs))
+        .route("/v2/jobs/{id}", get(get_job))
+        .route("/v2/jobs/{id}/cancel", post(cancel_job))
 }
 
 async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Response> {
-    let id: JobId = id.parse().map_err(|_| ApiError::BadRequest("Invalid job id: expected a UUID".into()))?;
+    let id = parse_job_id(&id)?;
     // Another account's job is indistinguishable from a missing one.
     let job = state.store.get_job(key.account_id, id).await?.ok_or_else(job_not_found)?;
     Ok(Json(JobView::new(&job, true)).into_response())
+}
+
+/// Cancels a job that has not been submitted upstream yet and refunds it in full.
+/// MiniMax cannot stop a task once it has it, so later states answer 409 rather than
+/// pretend: the generation would run (and cost) anyway.
+async fn cancel_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Response> {
+    let id = parse_job_id(&id)?;
+    match state.store.cancel_job(key.account_id, id).await? {
+        CancelOutcome::Cancelled(job) => Ok(Json(JobView::new(&job, true)).into_response()),
+        CancelOutcome::NotFound => Err(job_not_found()),
+        CancelOutcome::NotCancellable(status) => Err(ApiError::Conflict(match status {
+            JobStatus::Cancelled => "Job is already CANCELLED".to_string(),
+            other => format!("Job is {}; only QUEUED jobs can be cancelled", other.as_str()),
+        })),
+    }
+}
+
+fn parse_job_id(raw: &str) -> Result<JobId> {
+    raw.parse().map_err(|_| ApiError::BadRequest("Invalid job id: expected a UUID".into()))
 }
 
 fn job_not_found() -> ApiError {
