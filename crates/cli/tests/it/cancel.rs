@@ -1,7 +1,6 @@
 //! POST /v2/jobs/{id}/cancel: a queued job is cancelled and refunded exactly once.
 
 use reqwest::Method;
-use serde_json::Value;
 
 use crate::helpers::{video, ReferenceSpec, TestApp, TestKey};
 
@@ -91,6 +90,6 @@ async fn cancel_is_scoped_to_the_account_and_checks_its_input() {
     assert_eq!(cancel(&app, &alice, &uuid::Uuid::new_v4().to_string()).await.status, 404);
     let r = app.call(Method::POST, "/v2/jobs/{id}/cancel", &format!("/v2/jobs/{id}/cancel"), None, None, &[]).await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.body, Value::from(serde_json::json!({"error": "API key is required"})));
+    assert_eq!(r.body, serde_json::json!({"error": "API key is required"}));
     app.stop().await.unwrap();
 }
