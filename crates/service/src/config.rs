@@ -59,6 +59,14 @@ pub struct Limits {
     pub idempotency_ttl_hours: u32,
 }
 
+impl Limits {
+    /// The oldest creation time (unix ms) an Idempotency-Key may have at `now_ms` and
+    /// still replay its job; older keys are forgotten.
+    pub fn idempotency_window_start_ms(&self, now_ms: i64) -> i64 {
+        now_ms - i64::from(self.idempotency_ttl_hours) * 3_600_000
+    }
+}
+
 /// Configuration that cannot be loaded or does not make sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

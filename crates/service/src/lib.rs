@@ -68,7 +68,7 @@ pub async fn run(
     let openapi = openapi::document(&catalog).to_string();
     let state = AppState::new(Handles { store: store.clone(), keys, catalog, config, openapi });
 
-    let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.idempotency_ttl_hours));
+    let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.clone()));
 
     let addr = listener.local_addr()?;
     tracing::info!(listen.addr = %addr, data_dir = %state.config.data_dir.display(), "reelgate listening on http://{addr}");
@@ -86,11 +86,11 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 /// Deletes idempotency keys older than the replay window, now and then every
 /// [`PURGE_INTERVAL`], so the table holds about one window of keys. Expired keys are
 /// already ignored on lookup; this only reclaims space.
-async fn purge_idempotency_keys(store: Arc<dyn Store>, ttl_hours: u32) {
+async fn purge_idempotency_keys(store: Arc<dyn Store>, limits: config::Limits) {
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tick.tick().await;
-        match store.purge_idempotency_keys(now_ms() - i64::from(ttl_hours) * 3_600_000).await {
+        match store.purge_idempotency_keys(limits.idempotency_window_start_ms(now_ms())).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(idempotency.purged = n, "forgot expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "could not purge expired idempotency keys"),

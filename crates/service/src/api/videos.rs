@@ -37,7 +37,7 @@ async fn create_video(
     let idempotency = idempotency_key.map(|key| IdempotencyClaim {
         key,
         fingerprint: fingerprint(&body),
-        not_before_ms: crate::now_ms() - i64::from(state.config.limits.idempotency_ttl_hours) * 3_600_000,
+        not_before_ms: state.config.limits.idempotency_window_start_ms(crate::now_ms()),
     });
     let job = NewJob {
         id: JobId::new(),
