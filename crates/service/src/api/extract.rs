@@ -47,6 +47,11 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The value of query parameter `name`; when it is repeated, the last one wins.
+pub fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
 /// A request body parsed as JSON, refused with our envelope when too large or malformed.
 ///
 /// Axum's `Json` answers 415/422 in its own format; Apiframe clients expect 400 with

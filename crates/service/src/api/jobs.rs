@@ -18,7 +18,7 @@ use store::{CancelOutcome, JobCursor, JobQuery};
 
 use crate::api::dto::JobView;
 use crate::api::error::{ApiError, Result};
-use crate::api::extract::Caller;
+use crate::api::extract::{query_param, Caller};
 use crate::state::AppState;
 
 const DEFAULT_LIMIT: u32 = 20;
@@ -68,7 +68,7 @@ async fn list_jobs(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response> {
     let mut errors = ValidationErrors::default();
-    let param = |name: &str| params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let param = |name: &str| query_param(&params, name);
 
     let status = param("status").and_then(|s| {
         JobStatus::parse(s).or_else(|| {

@@ -8,6 +8,7 @@ use domain::Catalog;
 use serde_json::{json, Value};
 
 use crate::api::error::{ApiError, Result};
+use crate::api::extract::query_param;
 use crate::state::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
@@ -18,7 +19,7 @@ async fn list_models(
     State(state): State<AppState>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>> {
-    let modality = params.iter().rev().find(|(k, _)| k == "modality").map(|(_, v)| v.as_str());
+    let modality = query_param(&params, "modality");
     let models = match modality {
         None | Some("video") => catalog_entries(&state.catalog),
         // Valid modalities that reelgate does not serve: an empty catalog, not an error.
