@@ -1,0 +1,1 @@
+//! A standalone server that speaks MiniMax's video generation wire protocol.
