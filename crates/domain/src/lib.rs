@@ -13,7 +13,7 @@ pub mod model;
 pub mod validation;
 
 pub use catalog::{Catalog, CatalogError, ModelSpec, PriceOverrides};
-pub use job::{JobStatus, WebhookEvent, WebhookStatus};
+pub use job::{JobStatus, Stage, WebhookEvent, WebhookStatus};
 pub use keys::{ApiKeySecret, KeyDigest};
 pub use model::{AccountId, ApiKeyId, ApiKeyStatus, Duration, JobId, ModelId, Resolution};
 pub use validation::{GenerateRequest, ImageRef, ValidationErrors};

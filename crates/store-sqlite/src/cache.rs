@@ -8,8 +8,9 @@
 //! Coherence rules:
 //! - Every change to a job row goes through this store's writer, and once it has
 //!   committed, the new version replaces the entry ([`JobCache::put`]) before the caller
-//!   is answered. The admin CLI never writes job rows, so no other process can make an
-//!   entry stale.
+//!   is answered. Each version carries the writer's operation number, so when two
+//!   callers put versions of one job out of order, the older one is ignored. The admin
+//!   CLI never writes job rows, so no other process can make an entry stale.
 //! - A miss reads SQLite and fills the entry, but only if no write touched the entry's
 //!   shard since just before the read ([`JobCache::fill`]). A read that raced a write
 //!   may have seen the older row; it is then returned but not cached, so a stale version
@@ -29,7 +30,8 @@ const MAX_CACHED_INPUT_BYTES: usize = 16 * 1024;
 
 #[derive(Default)]
 struct Shard {
-    jobs: HashMap<JobId, Arc<JobRecord>>,
+    /// Each job with the writer's operation number of its version (0: read from disk).
+    jobs: HashMap<JobId, (u64, Arc<JobRecord>)>,
     order: VecDeque<JobId>,
     /// Bumped by every `put`; lets `fill` detect a write that raced its database read.
     writes: u64,
@@ -57,13 +59,18 @@ impl JobCache {
     /// The cached job, or on a miss a ticket to [`fill`](Self::fill) it after reading the row.
     pub(crate) fn get(&self, id: JobId) -> Result<Arc<JobRecord>, FillTicket> {
         let shard = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
-        shard.jobs.get(&id).cloned().ok_or(FillTicket(shard.writes))
+        shard.jobs.get(&id).map(|(_, job)| job.clone()).ok_or(FillTicket(shard.writes))
     }
 
-    /// Inserts or replaces the committed version of a job. Call only after its commit.
-    pub(crate) fn put(&self, job: Arc<JobRecord>) {
+    /// Inserts or replaces the committed version of a job, unless a newer version (a
+    /// larger `version`, see `WriteCtx::next_version`) is already there. Call only after
+    /// its commit.
+    pub(crate) fn put(&self, job: Arc<JobRecord>, version: u64) {
         let mut shard = self.shard(job.id).write().unwrap_or_else(|p| p.into_inner());
         shard.writes += 1;
+        if shard.jobs.get(&job.id).is_some_and(|(held, _)| *held > version) {
+            return;
+        }
         if job.input.get().len() > MAX_CACHED_INPUT_BYTES {
             // Too big to keep, but an older cached version must not survive it.
             if shard.jobs.remove(&job.id).is_some() {
@@ -71,7 +78,7 @@ impl JobCache {
             }
             return;
         }
-        Self::insert(&mut shard, job);
+        Self::insert(&mut shard, job, version);
     }
 
     /// Caches a row read from the database after a miss, unless a write to the shard
@@ -82,12 +89,12 @@ impl JobCache {
         }
         let mut shard = self.shard(job.id).write().unwrap_or_else(|p| p.into_inner());
         if shard.writes == ticket.0 && !shard.jobs.contains_key(&job.id) {
-            Self::insert(&mut shard, job);
+            Self::insert(&mut shard, job, 0);
         }
     }
 
-    fn insert(shard: &mut Shard, job: Arc<JobRecord>) {
-        if shard.jobs.insert(job.id, job.clone()).is_none() {
+    fn insert(shard: &mut Shard, job: Arc<JobRecord>, version: u64) {
+        if shard.jobs.insert(job.id, (version, job.clone())).is_none() {
             shard.order.push_back(job.id);
             if shard.order.len() > CAPACITY / SHARDS {
                 if let Some(oldest) = shard.order.pop_front() {
@@ -129,9 +136,20 @@ mod tests {
         let id = JobId::new();
         let Err(ticket) = cache.get(id) else { panic!("empty cache hit") };
         // A write commits and is put while the reader was reading the older row.
-        cache.put(record(id, JobStatus::Processing));
+        cache.put(record(id, JobStatus::Processing), 1);
         cache.fill(record(id, JobStatus::Queued), ticket);
         assert_eq!(cache.get(id).ok().unwrap().status, JobStatus::Processing);
+    }
+
+    #[test]
+    fn an_older_version_put_late_does_not_replace_a_newer_one() {
+        let cache = JobCache::new();
+        let id = JobId::new();
+        cache.put(record(id, JobStatus::Completed), 9);
+        cache.put(record(id, JobStatus::Processing), 8);
+        assert_eq!(cache.get(id).ok().unwrap().status, JobStatus::Completed);
+        cache.put(record(id, JobStatus::Failed), 10);
+        assert_eq!(cache.get(id).ok().unwrap().status, JobStatus::Failed);
     }
 
     #[test]
@@ -142,7 +160,7 @@ mod tests {
         cache.fill(record(id, JobStatus::Queued), ticket);
         assert!(cache.get(id).is_ok());
         for _ in 0..CAPACITY * 2 {
-            cache.put(record(JobId::new(), JobStatus::Queued));
+            cache.put(record(JobId::new(), JobStatus::Queued), 1);
         }
         let held: usize = cache.shards.iter().map(|s| s.read().unwrap().jobs.len()).sum();
         assert!(held <= CAPACITY, "{held}");

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+mod engine;
 mod migrate;
 mod rows;
 mod writer;
@@ -21,13 +22,18 @@ use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use store::{
-    Account, ApiKeyRecord, CancelOutcome, JobQuery, JobRecord, LedgerEntry, LedgerKind, NewApiKey, NewJob, Result,
-    StoreError, SubmitOutcome,
+    Account, ApiKeyRecord, CallReservation, CancelOutcome, ClaimRequest, ClaimedJob, EngineJob, JobQuery, JobRecord,
+    LedgerEntry, LedgerKind, NewApiKey, NewJob, QueueDepth, Result, StoreError, SubmitOutcome, Transition,
 };
 
 use crate::cache::JobCache;
 use crate::rows::{account_columns, account_from_row, job_columns, job_from_row, key_columns, key_from_row};
 use crate::writer::{WriteCtx, Writer};
+
+/// The window a claim uses to count an upstream account's recent create calls. The
+/// authoritative check is [`store::Store::reserve_upstream_call`], made right before
+/// each call; the claim only avoids taking jobs that could not be sent.
+const UPSTREAM_WINDOW_MS: i64 = 60_000;
 
 /// Idle read connections kept open; more are opened on demand under load.
 const MAX_IDLE_READERS: usize = 8;
@@ -122,7 +128,7 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn insert_ledger(
+pub(crate) fn insert_ledger(
     ctx: &WriteCtx<'_>,
     account: AccountId,
     kind: LedgerKind,
@@ -354,22 +360,25 @@ impl store::Store for SqliteStore {
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
         let job = Arc::new(job);
         let queued = job.clone();
-        let (outcome, created_at_ms) =
-            self.writer.write(move |ctx| submit_in_tx(ctx, &queued).map(|o| (o, ctx.now_ms))).await?;
+        let (outcome, created_at_ms, version) = self
+            .writer
+            .write(move |ctx| submit_in_tx(ctx, &queued).map(|o| (o, ctx.now_ms, ctx.next_version())))
+            .await?;
         if let SubmitOutcome::Created { .. } = outcome {
             // Committed: this is now the row's current version.
             if let Some(record) = new_job_record(&job, created_at_ms) {
-                self.jobs.put(Arc::new(record));
+                self.jobs.put(Arc::new(record), version);
             }
         }
         Ok(outcome)
     }
 
     async fn cancel_job(&self, account_id: AccountId, id: JobId) -> Result<CancelOutcome> {
-        let outcome = self.writer.write(move |ctx| cancel_in_tx(ctx, account_id, id)).await?;
+        let (outcome, version) =
+            self.writer.write(move |ctx| cancel_in_tx(ctx, account_id, id).map(|o| (o, ctx.next_version()))).await?;
         if let CancelOutcome::Cancelled(job) = &outcome {
             // Committed: replace the cached QUEUED version.
-            self.jobs.put(job.clone());
+            self.jobs.put(job.clone(), version);
         }
         Ok(outcome)
     }
@@ -445,6 +454,71 @@ impl store::Store for SqliteStore {
         })
     }
 
+    async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        let (claimed, version) = self
+            .writer
+            .write(move |ctx| {
+                engine::claim_in_tx(ctx, &request, UPSTREAM_WINDOW_MS).map(|c| (c, ctx.next_version()))
+            })
+            .await?;
+        for c in &claimed {
+            self.jobs.put(c.job.record.clone(), version);
+        }
+        Ok(claimed)
+    }
+
+    async fn reserve_upstream_call(
+        &self,
+        upstream: &str,
+        job_id: JobId,
+        create_rpm: u32,
+        window_ms: i64,
+    ) -> Result<CallReservation> {
+        let upstream = upstream.to_string();
+        self.writer.write(move |ctx| engine::reserve_call_in_tx(ctx, &upstream, job_id, create_rpm, window_ms)).await
+    }
+
+    async fn transition(&self, transition: Transition) -> Result<Option<EngineJob>> {
+        let (moved, version) = self
+            .writer
+            .write(move |ctx| engine::transition_in_tx(ctx, &transition).map(|j| (j, ctx.next_version())))
+            .await?;
+        if let Some(job) = &moved {
+            self.jobs.put(job.record.clone(), version);
+        }
+        Ok(moved)
+    }
+
+    async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<EngineJob>> {
+        self.read(|c| engine::due_jobs(c, now_ms, limit))
+    }
+
+    async fn next_due_at(&self) -> Result<Option<i64>> {
+        self.read(engine::next_due_at)
+    }
+
+    async fn engine_job(&self, id: JobId) -> Result<Option<EngineJob>> {
+        self.read(|c| engine::load_engine_job(c, id))
+    }
+
+    async fn queue_depth(&self) -> Result<QueueDepth> {
+        self.read(engine::queue_depth).map(|(queued, active)| QueueDepth { queued, active })
+    }
+
+    async fn results_to_expire(&self, before_ms: i64, limit: usize) -> Result<Vec<JobId>> {
+        let ids = self.read(|c| engine::results_to_expire(c, before_ms, limit))?;
+        ids.iter().map(|id| id.parse().map_err(|_| StoreError::Internal(format!("bad job id {id}")))).collect()
+    }
+
+    async fn mark_expired(&self, id: JobId) -> Result<()> {
+        let (job, version) =
+            self.writer.write(move |ctx| engine::mark_expired_in_tx(ctx, id).map(|j| (j, ctx.next_version()))).await?;
+        if let Some(job) = job {
+            self.jobs.put(Arc::new(job), version);
+        }
+        Ok(())
+    }
+
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64> {
         self.writer
             .write(move |ctx| {
@@ -480,14 +554,15 @@ fn cancel_in_tx(ctx: &WriteCtx<'_>, account_id: AccountId, id: JobId) -> Result<
     if status != JobStatus::Queued {
         return Ok(CancelOutcome::NotCancellable(status));
     }
+    // QUEUED is only ever shown for stage `queued`, so this job has not reached MiniMax.
     // Compare-and-set: only a job still QUEUED moves, so a racing transition (a second
     // cancel, or the engine claiming it) leaves exactly one winner. No webhook event
     // exists for cancellation, so the job stops waiting for one.
     let moved = conn
         .prepare_cached(
-            "update job set status = 'CANCELLED', credit_cost = 0, completed_at = ?1, updated_at = ?1,
-                            webhook_status = null
-             where job_id = ?2 and status = 'QUEUED'",
+            "update job set status = 'CANCELLED', stage = 'cancelled', credit_cost = 0, completed_at = ?1,
+                            updated_at = ?1, webhook_status = null, due_at = null
+             where job_id = ?2 and stage = 'queued'",
         )
         .and_then(|mut s| s.execute(params![ctx.now_ms, job_id]))
         .map_err(map_err)?;
@@ -539,7 +614,7 @@ fn grant_in_tx(ctx: &WriteCtx<'_>, id: AccountId, amount: i64, note: Option<&str
 
 #[cfg(test)]
 mod tests {
-    use domain::{ApiKeySecret, ModelId};
+    use domain::{ApiKeySecret, ModelId, Stage};
     use serde_json::json;
     use store::{IdempotencyClaim, Store};
 
@@ -657,6 +732,152 @@ mod tests {
         // Ownership is checked on cache hits too.
         assert!(store.get_job(AccountId::new(), job_id).await.unwrap().is_none());
         fresh.close().await;
+        store.close().await;
+    }
+
+    fn budget(name: &str, rpm: u32, in_flight: u32) -> store::UpstreamBudget {
+        store::UpstreamBudget { name: name.into(), create_rpm: rpm, max_in_flight: in_flight }
+    }
+
+    fn claim(upstreams: Vec<store::UpstreamBudget>, max_jobs: usize, after: Option<AccountId>) -> ClaimRequest {
+        ClaimRequest { upstreams, max_jobs, lease_ms: 60_000, after_account: after }
+    }
+
+    async fn submit_n(store: &SqliteStore, key: &ApiKeyRecord, n: usize) -> Vec<JobId> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let SubmitOutcome::Created { job_id, .. } = store.submit_job(job(key, 1, None)).await.unwrap() else {
+                panic!()
+            };
+            ids.push(job_id);
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn claims_go_round_robin_across_accounts_and_fifo_within_one() {
+        let (dir, store, big) = store_with_account(1000).await;
+        let big_jobs = submit_n(&store, &big, 30).await;
+        let (_, small) = {
+            let secret = ApiKeySecret::generate();
+            store
+                .create_api_key(NewApiKey {
+                    account_id: None,
+                    name: "small".into(),
+                    email: "s@reelgate.local".into(),
+                    prefix: secret.prefix,
+                    digest: secret.digest,
+                    initial_credits: 10,
+                    plan: "p".into(),
+                    max_concurrent_jobs: 10,
+                })
+                .await
+                .unwrap()
+        };
+        let small_job = submit_n(&store, &small, 1).await[0];
+        // Raise the big account's concurrency so only fairness decides.
+        Connection::open(dir.path().join("t.db"))
+            .unwrap()
+            .execute("update account set max_concurrent_jobs = 100", [])
+            .unwrap();
+        let got = store.claim_jobs(claim(vec![budget("a", 100, 100)], 2, None)).await.unwrap();
+        let ids: Vec<JobId> = got.iter().map(|c| c.job.record.id).collect();
+        assert!(ids.contains(&small_job), "the single job of the second account is served in the first round");
+        assert!(ids.contains(&big_jobs[0]), "the other account's oldest job goes first");
+        assert!(got.iter().all(|c| c.job.stage == Stage::Submitting && c.upstream == "a"));
+        assert!(got.iter().all(|c| c.job.record.status == JobStatus::Processing));
+        // Later claims continue FIFO within the remaining account.
+        let next = store.claim_jobs(claim(vec![budget("a", 100, 100)], 3, None)).await.unwrap();
+        let ids: Vec<JobId> = next.iter().map(|c| c.job.record.id).collect();
+        assert_eq!(ids, big_jobs[1..4].to_vec());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn claims_respect_account_concurrency_and_upstream_caps() {
+        let (_dir, store, key) = store_with_account(1000).await; // max_concurrent_jobs = 1
+        submit_n(&store, &key, 5).await;
+        let got = store.claim_jobs(claim(vec![budget("a", 100, 100)], 10, None)).await.unwrap();
+        assert_eq!(got.len(), 1, "maxConcurrentJobs = 1");
+        let again = store.claim_jobs(claim(vec![budget("a", 100, 100)], 10, None)).await.unwrap();
+        assert!(again.is_empty(), "the active job still holds the account's only slot");
+        // Finishing it frees the slot.
+        let done = got[0].job.record.id;
+        let t = Transition::new(done, Stage::Submitting, Stage::Failed).error("x");
+        assert!(store.transition(t).await.unwrap().is_some());
+        let got = store.claim_jobs(claim(vec![budget("a", 100, 0)], 10, None)).await.unwrap();
+        assert!(got.is_empty(), "no in-flight slot upstream");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_create_budget_is_a_sliding_window() {
+        let (_dir, store, key) = store_with_account(1000).await;
+        let ids = submit_n(&store, &key, 4).await;
+        for id in &ids[..3] {
+            assert_eq!(store.reserve_upstream_call("a", *id, 3, 60_000).await.unwrap(), CallReservation::Granted);
+        }
+        let full = store.reserve_upstream_call("a", ids[3], 3, 60_000).await.unwrap();
+        assert!(matches!(full, CallReservation::FullUntil(t) if t > writer::wall_clock_ms()));
+        // Another upstream account has its own budget; a tiny window has already passed.
+        assert_eq!(store.reserve_upstream_call("b", ids[3], 3, 60_000).await.unwrap(), CallReservation::Granted);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(store.reserve_upstream_call("a", ids[3], 3, 1).await.unwrap(), CallReservation::Granted);
+        // A full budget also stops claims.
+        let got = store.claim_jobs(claim(vec![budget("b", 1, 100)], 10, None)).await.unwrap();
+        assert!(got.is_empty());
+        let job = store.engine_job(ids[3]).await.unwrap().unwrap();
+        assert_eq!(job.attempts, 2, "granted reservations count as create calls, refused ones do not");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn transitions_are_compare_and_set_and_refund_once() {
+        let (_dir, store, key) = store_with_account(100).await;
+        let ids = submit_n(&store, &key, 1).await;
+        let id = ids[0];
+        let got = store.claim_jobs(claim(vec![budget("a", 10, 10)], 1, None)).await.unwrap();
+        let due = got[0].job.due_at_ms;
+        // Two workers race to record the submission; only the one holding the lease wins.
+        let win = Transition::new(id, Stage::Submitting, Stage::Running).if_due_at(due).due_at(1).progress(10);
+        let mut lose = win.clone();
+        lose.upstream_task_id = Some("2".into());
+        let mut win = win;
+        win.upstream_task_id = Some("1".into());
+        assert!(store.transition(win).await.unwrap().is_some());
+        assert!(store.transition(lose).await.unwrap().is_none());
+        // A poll and a callback both try to fail the job: one refund.
+        let fail = Transition::new(id, Stage::Running, Stage::Failed).error("upstream said no");
+        let (a, b) = tokio::join!(store.transition(fail.clone()), store.transition(fail));
+        assert_eq!(a.unwrap().is_some() as u8 + b.unwrap().is_some() as u8, 1);
+        let job = store.engine_job(id).await.unwrap().unwrap();
+        assert_eq!(job.upstream_task_id.as_deref(), Some("1"));
+        assert_eq!((job.stage, job.record.credit_cost, job.due_at_ms), (Stage::Failed, 0, None));
+        assert_eq!(job.record.error.as_deref(), Some("upstream said no"));
+        assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 100);
+        assert_eq!(store.ledger_sum(key.account_id).unwrap(), 100);
+        let refunds = store.ledger(key.account_id).await.unwrap().iter().filter(|e| e.kind == LedgerKind::Refund).count();
+        assert_eq!(refunds, 1);
+        // The cache serves the terminal version.
+        let cached = store.get_job(key.account_id, id).await.unwrap().unwrap();
+        assert_eq!(cached.status, JobStatus::Failed);
+        // Progress never goes backwards, and illegal moves are refused as bugs.
+        assert!(store.transition(Transition::new(id, Stage::Failed, Stage::Running)).await.is_err());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn due_jobs_come_back_soonest_first() {
+        let (_dir, store, key) = store_with_account(100).await;
+        submit_n(&store, &key, 1).await;
+        let got = store.claim_jobs(claim(vec![budget("a", 10, 10)], 1, None)).await.unwrap();
+        let id = got[0].job.record.id;
+        let now = writer::wall_clock_ms();
+        assert!(store.due_jobs(now, 10).await.unwrap().is_empty(), "the lease is not over");
+        let due = store.due_jobs(now + 120_000, 10).await.unwrap();
+        assert_eq!(due.iter().map(|j| j.record.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(store.next_due_at().await.unwrap(), got[0].job.due_at_ms);
+        assert_eq!(store.queue_depth().await.unwrap(), QueueDepth { queued: 0, active: 1 });
         store.close().await;
     }
 }

@@ -10,8 +10,10 @@ use store::Result;
 
 use crate::map_err;
 
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_front_door", include_str!("../../../migrations/sqlite/0001_front_door.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_front_door", include_str!("../../../migrations/sqlite/0001_front_door.sql")),
+    ("0002_job_engine", include_str!("../../../migrations/sqlite/0002_job_engine.sql")),
+];
 
 /// Applies pending migrations; returns the names applied now.
 pub(crate) fn apply(conn: &mut Connection) -> Result<Vec<String>> {

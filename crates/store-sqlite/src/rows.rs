@@ -4,7 +4,8 @@
 use domain::{ApiKeyStatus, JobStatus, KeyDigest, WebhookStatus};
 use rusqlite::types::Type;
 use rusqlite::Row;
-use store::{Account, ApiKeyRecord, JobRecord, LedgerEntry, LedgerKind};
+use domain::Stage;
+use store::{Account, ApiKeyRecord, EngineJob, JobRecord, LedgerEntry, LedgerKind};
 
 // Column lists are macros so queries are assembled with `concat!` at compile time: the
 // hot read paths then hand SQLite's statement cache a static string, with no formatting.
@@ -24,7 +25,16 @@ macro_rules! job_columns {
          credit_cost, webhook_status, input, created_at, completed_at, expired"
     };
 }
-pub(crate) use {account_columns, job_columns, key_columns};
+/// The public columns followed by the engine's bookkeeping (read by [`engine_job_from_row`]).
+macro_rules! engine_job_columns {
+    () => {
+        concat!(
+            job_columns!(),
+            ", stage, upstream_account, upstream_task_id, upstream_file_id, attempts, due_at, started_at"
+        )
+    };
+}
+pub(crate) use {account_columns, engine_job_columns, job_columns, key_columns};
 
 fn bad(col: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, format!("invalid {what}").into())
@@ -97,5 +107,20 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         created_at_ms: row.get(11)?,
         completed_at_ms: row.get(12)?,
         expired: row.get(13)?,
+    })
+}
+
+pub(crate) fn engine_job_from_row(row: &Row<'_>) -> rusqlite::Result<EngineJob> {
+    let record = job_from_row(row)?;
+    let stage: String = row.get(14)?;
+    Ok(EngineJob {
+        record: std::sync::Arc::new(record),
+        stage: Stage::parse(&stage).ok_or_else(|| bad(14, "stage"))?,
+        upstream_account: row.get(15)?,
+        upstream_task_id: row.get(16)?,
+        upstream_file_id: row.get(17)?,
+        attempts: row.get(18)?,
+        due_at_ms: row.get(19)?,
+        started_at_ms: row.get(20)?,
     })
 }

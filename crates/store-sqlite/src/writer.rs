@@ -15,6 +15,7 @@
 //! That is why operations are `Fn`, not `FnOnce`: a replay calls them again, and a
 //! rolled-back run left no trace for the second one to trip over.
 
+use std::cell::Cell;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,19 @@ pub(crate) struct WriteCtx<'a> {
     /// Unix ms for this batch; never smaller than any earlier batch's, so rows created
     /// later always sort later even if the wall clock steps back.
     pub now_ms: i64,
+    /// The writer's operation counter, see [`WriteCtx::next_version`].
+    versions: &'a Cell<u64>,
+}
+
+impl WriteCtx<'_> {
+    /// A number larger than any handed out before. Operations run one at a time on
+    /// this thread, so these numbers follow commit order: the job cache uses them to
+    /// keep the newest version of a row when two callers put theirs out of order.
+    pub fn next_version(&self) -> u64 {
+        let v = self.versions.get() + 1;
+        self.versions.set(v);
+        v
+    }
 }
 
 /// An operation waiting in the queue: runs (possibly twice, see the module comment) and
@@ -127,6 +141,7 @@ impl Writer {
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Command>) {
     let mut last_ms = 0i64;
+    let versions = Cell::new(0u64);
     let mut batch: Vec<BoxedOp> = Vec::with_capacity(MAX_BATCH);
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
@@ -146,7 +161,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Command>) {
             continue;
         }
         last_ms = last_ms.max(wall_clock_ms());
-        commit_batch(&conn, &mut batch, last_ms);
+        commit_batch(&WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions }, &mut batch);
     }
     drop(conn);
     if let Some(done) = closing {
@@ -154,10 +169,9 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Command>) {
     }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<BoxedOp>, now_ms: i64) {
-    let ctx = WriteCtx { conn, now_ms };
+fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>) {
     let size = batch.len();
-    match run_in_transaction(&ctx, batch) {
+    match run_in_transaction(ctx, batch) {
         Ok(true) => {
             for op in batch.drain(..) {
                 op.finish(Ok(()));
@@ -167,7 +181,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<BoxedOp>, now_ms: i64) {
             tracing::debug!(batch.size = size, "an operation failed; replaying the batch one by one");
             for mut op in batch.drain(..) {
                 let single = std::slice::from_mut(&mut op);
-                let commit = run_in_transaction(&ctx, single).map(|_| ());
+                let commit = run_in_transaction(ctx, single).map(|_| ());
                 op.finish(commit);
             }
         }

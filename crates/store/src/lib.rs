@@ -8,12 +8,16 @@
 
 #![forbid(unsafe_code)]
 
+mod engine;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, ModelId, WebhookStatus};
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+pub use engine::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, QueueDepth, Transition, UpstreamBudget};
 
 /// What can go wrong in a backend, by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +317,37 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>>;
     /// Distinct model ids among an account's jobs (for `include_models`).
     async fn job_models(&self, account_id: AccountId, api_key_id: Option<ApiKeyId>) -> Result<Vec<String>>;
+
+    /// Takes up to `max_jobs` queued jobs for submission, round-robin across customer
+    /// accounts (one job per account per round, oldest first within an account), within
+    /// each account's `max_concurrent_jobs` and each upstream account's create budget
+    /// and in-flight cap. Each claimed job moves to `Submitting` with a lease.
+    async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>>;
+    /// Records a create call to `upstream` for `job_id` if fewer than `create_rpm` were
+    /// made in the last `window_ms`; the check and the record are one transaction.
+    async fn reserve_upstream_call(
+        &self,
+        upstream: &str,
+        job_id: JobId,
+        create_rpm: u32,
+        window_ms: i64,
+    ) -> Result<CallReservation>;
+    /// Applies a compare-and-set transition; `None` if the job was not in the expected
+    /// stage (or due time): another worker won. Moving to `Failed` or `Cancelled` refunds
+    /// the job's cost with one ledger row in the same transaction.
+    async fn transition(&self, transition: Transition) -> Result<Option<EngineJob>>;
+    /// Active jobs whose due time has come, soonest first.
+    async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<EngineJob>>;
+    /// The earliest due time among active and backed-off queued jobs.
+    async fn next_due_at(&self) -> Result<Option<i64>>;
+    /// One job with its engine bookkeeping, whatever its account.
+    async fn engine_job(&self, id: JobId) -> Result<Option<EngineJob>>;
+    /// How many jobs wait and how many are being worked on.
+    async fn queue_depth(&self) -> Result<QueueDepth>;
+    /// Completed jobs finished before `before_ms` whose video is still kept, oldest first.
+    async fn results_to_expire(&self, before_ms: i64, limit: usize) -> Result<Vec<JobId>>;
+    /// Marks a completed job's video as deleted (`expired: true`).
+    async fn mark_expired(&self, id: JobId) -> Result<()>;
 
     /// Forgets idempotency keys created before `before_ms`; returns how many.
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64>;

@@ -1,0 +1,294 @@
+//! The engine's operations on SQLite: fair claims within upstream budgets, the create
+//! call log, compare-and-set transitions with their refunds, and the due-time schedule.
+//!
+//! Each function runs inside one writer transaction, so every check and the write it
+//! guards are atomic: the single writer thread is this backend's lock.
+
+use std::collections::HashMap;
+
+use domain::{AccountId, JobId, Stage};
+use rusqlite::{params, Connection, OptionalExtension};
+use store::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, LedgerKind, Result, StoreError, Transition};
+
+use crate::rows::{engine_job_columns, engine_job_from_row, job_columns};
+use crate::writer::WriteCtx;
+use crate::{insert_ledger, map_err};
+
+/// Progress shown once the engine has taken a job.
+const CLAIMED_PROGRESS: i64 = 5;
+
+pub(crate) fn load_engine_job(conn: &Connection, id: JobId) -> rusqlite::Result<Option<EngineJob>> {
+    conn.prepare_cached(concat!("select ", engine_job_columns!(), " from job where job_id = ?1"))?
+        .query_row([id.to_string()], engine_job_from_row)
+        .optional()
+}
+
+/// One customer account with waiting work, as a claim round sees it.
+struct Candidate {
+    account_id: String,
+    /// Further jobs it may start now (maxConcurrentJobs minus active jobs).
+    capacity: i64,
+    /// No eligible queued job is left.
+    drained: bool,
+}
+
+/// Remaining room on one upstream account during a claim.
+struct Room {
+    name: String,
+    /// Create calls left in the current minute.
+    calls: i64,
+    /// Free in-flight slots.
+    slots: i64,
+}
+
+pub(crate) fn claim_in_tx(ctx: &WriteCtx<'_>, req: &ClaimRequest, window_ms: i64) -> Result<Vec<ClaimedJob>> {
+    let conn = ctx.conn;
+    let now = ctx.now_ms;
+    let mut rooms = upstream_rooms(conn, req, now, window_ms).map_err(map_err)?;
+    if rooms.iter().all(|r| r.calls <= 0 || r.slots <= 0) || req.max_jobs == 0 {
+        return Ok(Vec::new());
+    }
+    let mut candidates = candidates(conn, now).map_err(map_err)?;
+    // Round-robin: start after the account served last, wrapping around.
+    if let Some(after) = req.after_account.map(|a| a.to_string()) {
+        let split = candidates.iter().position(|c| c.account_id > after).unwrap_or(candidates.len());
+        candidates.rotate_left(split);
+    }
+    let mut claimed = Vec::new();
+    'rounds: loop {
+        let mut progressed = false;
+        for candidate in candidates.iter_mut().filter(|c| !c.drained && c.capacity > 0) {
+            if claimed.len() >= req.max_jobs {
+                break 'rounds;
+            }
+            // Spread load: the upstream with the most calls left takes the job.
+            let Some(room) = rooms.iter_mut().filter(|r| r.calls > 0 && r.slots > 0).max_by_key(|r| r.calls) else {
+                break 'rounds;
+            };
+            let Some(job_id) = next_queued(conn, &candidate.account_id, now).map_err(map_err)? else {
+                candidate.drained = true;
+                continue;
+            };
+            let moved = conn
+                .prepare_cached(
+                    "update job set stage = 'submitting', status = 'PROCESSING', upstream_account = ?2, due_at = ?3,
+                                    started_at = coalesce(started_at, ?4), progress = max(coalesce(progress, 0), ?5),
+                                    updated_at = ?4
+                     where job_id = ?1 and stage = 'queued'",
+                )
+                .and_then(|mut s| s.execute(params![job_id, room.name, now + req.lease_ms, now, CLAIMED_PROGRESS]))
+                .map_err(map_err)?;
+            if moved != 1 {
+                return Err(StoreError::Internal(format!("queued job {job_id} vanished during a claim")));
+            }
+            let id: JobId = job_id.parse().map_err(|_| StoreError::Internal(format!("bad job id {job_id}")))?;
+            let job = load_engine_job(conn, id).map_err(map_err)?.expect("updated above");
+            claimed.push(ClaimedJob { job, upstream: room.name.clone() });
+            room.calls -= 1;
+            room.slots -= 1;
+            candidate.capacity -= 1;
+            progressed = true;
+        }
+        if !progressed {
+            break;
+        }
+    }
+    Ok(claimed)
+}
+
+fn upstream_rooms(conn: &Connection, req: &ClaimRequest, now: i64, window_ms: i64) -> rusqlite::Result<Vec<Room>> {
+    // Upstream tasks in flight: created (or being created) and not finished upstream.
+    let mut in_flight: HashMap<String, i64> = HashMap::new();
+    {
+        let mut s = conn.prepare_cached(
+            "select upstream_account, count(*) from job
+             where (stage = 'submitting' or stage = 'running' or stage = 'downloading') and stage <> 'downloading'
+             group by upstream_account",
+        )?;
+        let rows = s.query_map([], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (name, n) = row?;
+            if let Some(name) = name {
+                in_flight.insert(name, n);
+            }
+        }
+    }
+    let mut rooms = Vec::with_capacity(req.upstreams.len());
+    for u in &req.upstreams {
+        let used: i64 = conn
+            .prepare_cached("select count(*) from upstream_call where upstream_account = ?1 and called_at > ?2")?
+            .query_row(params![u.name, now - window_ms], |r| r.get(0))?;
+        rooms.push(Room {
+            name: u.name.clone(),
+            calls: i64::from(u.create_rpm) - used,
+            slots: i64::from(u.max_in_flight) - in_flight.get(&u.name).copied().unwrap_or(0),
+        });
+    }
+    Ok(rooms)
+}
+
+/// Customer accounts with eligible queued jobs, in id order, with their free capacity.
+fn candidates(conn: &Connection, now: i64) -> rusqlite::Result<Vec<Candidate>> {
+    let mut s = conn.prepare_cached(
+        "select q.account_id, a.max_concurrent_jobs - (
+                    select count(*) from job j where j.account_id = q.account_id
+                      and (j.stage = 'submitting' or j.stage = 'running' or j.stage = 'downloading'))
+         from (select distinct account_id from job
+               where stage = 'queued' and (due_at is null or due_at <= ?1)) q
+         join account a on a.account_id = q.account_id
+         order by q.account_id",
+    )?;
+    let rows = s.query_map([now], |r| Ok(Candidate { account_id: r.get(0)?, capacity: r.get(1)?, drained: false }))?;
+    rows.collect()
+}
+
+fn next_queued(conn: &Connection, account_id: &str, now: i64) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "select job_id from job
+         where stage = 'queued' and account_id = ?1 and (due_at is null or due_at <= ?2)
+         order by created_at, job_id limit 1",
+    )?
+    .query_row(params![account_id, now], |r| r.get(0))
+    .optional()
+}
+
+pub(crate) fn reserve_call_in_tx(
+    ctx: &WriteCtx<'_>,
+    upstream: &str,
+    job_id: JobId,
+    create_rpm: u32,
+    window_ms: i64,
+) -> Result<CallReservation> {
+    let conn = ctx.conn;
+    let since = ctx.now_ms - window_ms;
+    (|| -> rusqlite::Result<CallReservation> {
+        // Rows older than the window can never count again.
+        conn.prepare_cached("delete from upstream_call where upstream_account = ?1 and called_at <= ?2")?
+            .execute(params![upstream, since])?;
+        let (used, oldest): (i64, Option<i64>) = conn
+            .prepare_cached("select count(*), min(called_at) from upstream_call where upstream_account = ?1")?
+            .query_row([upstream], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if used >= i64::from(create_rpm) {
+            return Ok(CallReservation::FullUntil(oldest.unwrap_or(ctx.now_ms) + window_ms));
+        }
+        conn.prepare_cached("insert into upstream_call (upstream_account, job_id, called_at) values (?1, ?2, ?3)")?
+            .execute(params![upstream, job_id.to_string(), ctx.now_ms])?;
+        conn.prepare_cached("update job set attempts = attempts + 1 where job_id = ?1")?
+            .execute([job_id.to_string()])?;
+        Ok(CallReservation::Granted)
+    })()
+    .map_err(map_err)
+}
+
+pub(crate) fn transition_in_tx(ctx: &WriteCtx<'_>, t: &Transition) -> Result<Option<EngineJob>> {
+    if !t.from.can_move_to(t.to) {
+        return Err(StoreError::Internal(format!("job {}: {:?} -> {:?} is not a transition", t.job_id, t.from, t.to)));
+    }
+    let conn = ctx.conn;
+    let job_id = t.job_id.to_string();
+    let current: Option<(String, Option<i64>, i64, String)> = conn
+        .prepare_cached("select stage, due_at, credit_cost, account_id from job where job_id = ?1")
+        .and_then(|mut s| s.query_row([&job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional())
+        .map_err(map_err)?;
+    let Some((stage, due_at, cost, account)) = current else {
+        return Err(StoreError::NotFound(format!("job {job_id}")));
+    };
+    if stage != t.from.as_str() || t.if_due_at_ms.is_some_and(|expected| due_at != Some(expected)) {
+        return Ok(None);
+    }
+    let terminal = t.to.is_terminal();
+    let refund = t.to.refunds() && cost > 0;
+    let result = t.result.as_ref().map(|v| v.to_string());
+    conn.prepare_cached(
+        "update job set stage = ?2, status = ?3, due_at = ?4,
+                        progress = max(coalesce(progress, 0), coalesce(?5, 0)),
+                        upstream_task_id = coalesce(?6, upstream_task_id),
+                        upstream_file_id = coalesce(?7, upstream_file_id),
+                        result = coalesce(?8, result), result_bytes = coalesce(?9, result_bytes),
+                        error = coalesce(?10, error),
+                        completed_at = case when ?11 then ?12 else completed_at end,
+                        credit_cost = case when ?13 then 0 else credit_cost end,
+                        upstream_account = case when ?2 = 'queued' then null else upstream_account end,
+                        updated_at = ?12
+         where job_id = ?1 and stage = ?14",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            job_id,
+            t.to.as_str(),
+            t.to.public_status().as_str(),
+            if terminal { None } else { t.due_at_ms },
+            t.progress,
+            t.upstream_task_id,
+            t.upstream_file_id,
+            result,
+            t.result_bytes,
+            t.error,
+            terminal,
+            ctx.now_ms,
+            t.to.refunds(),
+            t.from.as_str(),
+        ])
+    })
+    .map_err(map_err)?;
+    if refund {
+        let account_id: AccountId = account.parse().map_err(|_| StoreError::Internal("bad account id".into()))?;
+        conn.prepare_cached("update account set credits = credits + ?1, updated_at = ?2 where account_id = ?3")
+            .and_then(|mut s| s.execute(params![cost, ctx.now_ms, account]))
+            .map_err(map_err)?;
+        // The unique index on refunds per job turns a second refund into a constraint
+        // error, which rolls this whole transition back.
+        let note = if t.to == Stage::Failed { "failed" } else { "cancelled" };
+        insert_ledger(ctx, account_id, LedgerKind::Refund, cost, Some(t.job_id), Some(note)).map_err(map_err)?;
+    }
+    load_engine_job(conn, t.job_id).map_err(map_err)
+}
+
+pub(crate) fn due_jobs(conn: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<EngineJob>> {
+    let mut s = conn.prepare_cached(concat!(
+        "select ",
+        engine_job_columns!(),
+        " from job where (stage = 'submitting' or stage = 'running' or stage = 'downloading') and due_at <= ?1
+          order by due_at limit ?2"
+    ))?;
+    let rows = s.query_map(params![now_ms, limit as i64], engine_job_from_row)?;
+    rows.collect()
+}
+
+pub(crate) fn next_due_at(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "select min(due_at) from job where (stage = 'submitting' or stage = 'running' or stage = 'downloading')",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
+pub(crate) fn queue_depth(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    let queued: i64 = conn
+        .prepare_cached("select count(*) from job where stage = 'queued'")?
+        .query_row([], |r| r.get(0))?;
+    let active: i64 = conn
+        .prepare_cached(
+            "select count(*) from job where (stage = 'submitting' or stage = 'running' or stage = 'downloading')",
+        )?
+        .query_row([], |r| r.get(0))?;
+    Ok((queued as u64, active as u64))
+}
+
+pub(crate) fn results_to_expire(conn: &Connection, before_ms: i64, limit: usize) -> rusqlite::Result<Vec<String>> {
+    let mut s = conn.prepare_cached(
+        "select job_id from job where stage = 'completed' and expired = 0 and completed_at < ?1
+         order by completed_at limit ?2",
+    )?;
+    let rows = s.query_map(params![before_ms, limit as i64], |r| r.get(0))?;
+    rows.collect()
+}
+
+pub(crate) fn mark_expired_in_tx(ctx: &WriteCtx<'_>, id: JobId) -> Result<Option<store::JobRecord>> {
+    let conn = ctx.conn;
+    conn.prepare_cached("update job set expired = 1, updated_at = ?2 where job_id = ?1 and stage = 'completed'")
+        .and_then(|mut s| s.execute(params![id.to_string(), ctx.now_ms]))
+        .map_err(map_err)?;
+    conn.prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1"))
+        .and_then(|mut s| s.query_row([id.to_string()], crate::rows::job_from_row).optional())
+        .map_err(map_err)
+}
