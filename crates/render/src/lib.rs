@@ -1,1 +1,213 @@
 //! Renders real, playable H.264 MP4 files for the MiniMax sandbox.
+//!
+//! A video moves from a first picture to a last one with a wipe: the first picture is the i2v input image or a
+//! scene drawn from the prompt's hash, the last is the FL2V end image or another prompt-drawn scene. Output is
+//! Constrained Baseline H.264 at 24 fps in an MP4 with `moov` first, which Chromium plays while downloading.
+//!
+//! Pure and deterministic: no I/O but the writer it is given, no clock, no randomness but the prompt's hash, so
+//! the same request gives the same bytes and the sandbox can cache by `cache_key`.
+//!
+//! Modules: `input` owns the input images (sniffing, probing, decoding); `picture` the RGB pictures and their
+//! YUV planes; `schedule` which macroblock changes when; `bits` and `h264` the bitstream; `mp4` the container.
+
+#![forbid(unsafe_code)]
+
+mod bits;
+mod h264;
+mod input;
+mod mp4;
+mod picture;
+mod schedule;
+
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+
+pub use input::{decode_image, probe_image, DecodedImage, ImageFormat, ImageInfo, MAX_INPUT_SIDE};
+
+use crate::h264::Encoder;
+use crate::picture::{Rng, Yuv420};
+use crate::schedule::Schedule;
+
+/// Frames per second of every rendered video.
+pub const FPS: u32 = 24;
+/// The longest video `render_mp4` accepts, in seconds.
+pub const MAX_SECONDS: u32 = 60;
+/// Media time units per second in the MP4 track: 512 per frame at 24 fps, the value FFmpeg picks too.
+const TIMESCALE: u32 = 12_288;
+/// Bumped whenever the output for the same request changes, so caches keyed by `cache_key` never serve stale
+/// renders.
+const RENDER_VERSION: &str = "reelgate-render/1";
+/// How much of the prompt's scene is mixed into the input image to make the last picture of an image-to-video
+/// render without an end image (out of 255): enough to see the prompt, little enough to recognise the image.
+const I2V_END_BLEND: u8 = 110;
+
+/// Everything that determines a rendered video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderRequest {
+    /// Output width in pixels: even, at least 16.
+    pub width: u32,
+    /// Output height in pixels: even, at least 16.
+    pub height: u32,
+    /// Length in seconds, 1 ..= 60 (MiniMax makes 6 or 10).
+    pub seconds: u32,
+    /// Seeds the synthetic pictures and the wipe: different prompts give visibly different frames.
+    pub prompt: String,
+    /// Image-to-video: the first frame shows this image, scaled and centre-cropped to fill the frame.
+    pub first_frame: Option<DecodedImage>,
+    /// First-and-last-frame video: the last frame shows this image, scaled and centre-cropped to fill the frame.
+    pub last_frame: Option<DecodedImage>,
+}
+
+/// Why a render, or reading an input image, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The bytes are not a JPEG, PNG or WebP file.
+    #[error("unsupported image format: expected JPEG, PNG or WebP, but the file starts with [{leading_bytes}]")]
+    UnsupportedImageFormat { leading_bytes: String },
+    /// The bytes look like a supported format but do not decode.
+    #[error("invalid {format} image: {reason}")]
+    InvalidImage { format: ImageFormat, reason: String },
+    /// The image is wider or taller than `MAX_INPUT_SIDE`, or would need too much memory to decode.
+    #[error("{format} image too large: each side must be at most {max_side} pixels")]
+    ImageTooLarge { format: ImageFormat, max_side: u32 },
+    /// The request's size or length cannot be rendered.
+    #[error("invalid render request: {0}")]
+    InvalidRequest(String),
+    /// The output writer failed.
+    #[error("writing the video failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// MiniMax's output size for a resolution's P number (768 for 768P, 1080 for 1080P) and, for image-to-video, the
+/// first frame's size.
+///
+/// Without an image the video is 16:9 (1366x768, 1920x1080). With one it keeps the image's aspect ratio with the
+/// short side equal to `p` (864x768 from a 9:8 image, 768x1366 from a 9:16 one). Both sides are even (the long
+/// one rounded to the nearest even number) and at least 16. The caller checks the image's aspect ratio is
+/// sensible (MiniMax accepts 2:5 to 5:2); a very elongated one gives a size `render_mp4` refuses.
+pub fn output_size(p: u32, first_frame: Option<(u32, u32)>) -> (u32, u32) {
+    let short = p.max(16).next_multiple_of(2);
+    let (long_ratio, short_ratio, landscape) = match first_frame {
+        Some((w, h)) if w > 0 && h > 0 => (w.max(h), w.min(h), w >= h),
+        _ => (16, 9, true),
+    };
+    // The nearest even number to short * long_ratio / short_ratio, in integers so it is exact.
+    let (num, den) = (u64::from(short) * u64::from(long_ratio), u64::from(short_ratio));
+    let long = ((num + den) / (2 * den) * 2).max(u64::from(short));
+    let long = u32::try_from(long).unwrap_or(u32::MAX - 1);
+    if landscape {
+        (long, short)
+    } else {
+        (short, long)
+    }
+}
+
+/// A stable hex SHA-256 of everything that determines `render_mp4`'s output: the renderer version, size, length,
+/// prompt and the input images' pixels. Cheap: the image digests are computed once, when they are decoded.
+pub fn cache_key(req: &RenderRequest) -> String {
+    let mut h = Sha256::new();
+    h.update(RENDER_VERSION);
+    for n in [req.width, req.height, req.seconds, FPS] {
+        h.update(n.to_be_bytes());
+    }
+    h.update((req.prompt.len() as u64).to_be_bytes());
+    h.update(&req.prompt);
+    for image in [&req.first_frame, &req.last_frame] {
+        match image {
+            Some(img) => {
+                h.update([1]);
+                h.update(img.digest());
+            }
+            None => h.update([0]),
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn validate(req: &RenderRequest) -> Result<(), RenderError> {
+    let invalid = |msg: String| Err(RenderError::InvalidRequest(msg));
+    let (w, h) = (req.width, req.height);
+    if w < 16 || h < 16 || w & 1 != 0 || h & 1 != 0 {
+        return invalid(format!("size {w}x{h}: both sides must be even and at least 16"));
+    }
+    let (mbw, mbh) = (w.div_ceil(16), h.div_ceil(16));
+    if mbw > h264::MAX_SIDE_MBS || mbh > h264::MAX_SIDE_MBS || mbw * mbh > h264::MAX_FRAME_MBS {
+        return invalid(format!(
+            "size {w}x{h} is beyond H.264 level 5.1 (at most {} pixels a side and {} pixels in all)",
+            h264::MAX_SIDE_MBS * 16,
+            h264::MAX_FRAME_MBS * 256
+        ));
+    }
+    if !(1..=MAX_SECONDS).contains(&req.seconds) {
+        return invalid(format!("{} seconds: must be 1 to {MAX_SECONDS}", req.seconds));
+    }
+    Ok(())
+}
+
+/// Renders the whole MP4 into `out` and returns the number of bytes written. Deterministic: the same request
+/// gives the same bytes.
+///
+/// The video is encoded into memory first (its size is about two raw pictures, some 3 MB at 768p and 6 MB at
+/// 1080p) because the MP4 index, written before the samples, needs every sample's size.
+pub fn render_mp4(req: &RenderRequest, out: &mut impl Write) -> Result<u64, RenderError> {
+    validate(req)?;
+    let (w, h) = (req.width, req.height);
+    let frames = req.seconds * FPS;
+
+    let first_rgb = match &req.first_frame {
+        Some(img) => picture::cover(img.image(), w, h),
+        None => picture::synthetic(&mut Rng::from_text("first", &req.prompt), w, h),
+    };
+    let last_rgb = match (&req.last_frame, &req.first_frame) {
+        (Some(img), _) => picture::cover(img.image(), w, h),
+        (None, Some(_)) => {
+            let scene = picture::synthetic(&mut Rng::from_text("last", &req.prompt), w, h);
+            picture::blend(&first_rgb, &scene, I2V_END_BLEND)
+        }
+        (None, None) => picture::synthetic(&mut Rng::from_text("last", &req.prompt), w, h),
+    };
+    let first = Yuv420::from_rgb(&first_rgb);
+    drop(first_rgb);
+    let last = Yuv420::from_rgb(&last_rgb);
+    drop(last_rgb);
+
+    let mut encoder = Encoder::new(w, h, FPS);
+    let (mbw, mbh) = (encoder.mb_width(), encoder.mb_height());
+    let plan = Schedule::new(&mut Rng::from_text("sweep", &req.prompt), mbw, mbh, frames);
+    // Two raw pictures plus slack for headers and emulation prevention bytes.
+    let raw_picture = (mbw * mbh) as usize * 384;
+    let mut samples = Vec::with_capacity(raw_picture * 2 + raw_picture / 16 + frames as usize * 64);
+    let mut sizes = Vec::with_capacity(frames as usize);
+    sizes.push(encoder.idr(&first, &mut samples));
+    let mut coded = Vec::new();
+    for switching in plan.frames(frames) {
+        // A macroblock that looks the same in both pictures needs no update: skipping it is still exact.
+        coded.clear();
+        coded.extend(switching.iter().map(|&(_, addr)| addr).filter(|&a| !first.same_macroblock(&last, a as usize)));
+        sizes.push(encoder.p_frame(&last, &coded, &mut samples));
+    }
+
+    // Streams this encoder makes always fit level 5.1 once `validate` passed (at most two raw pictures in all);
+    // fall back to it rather than fail if the estimate is ever wrong.
+    let level = h264::choose_level(mbw, mbh, FPS, &sizes).unwrap_or(51);
+    let sps = encoder.sps(level);
+    let pps = encoder.pps();
+    let track = mp4::Track {
+        width: w,
+        height: h,
+        timescale: TIMESCALE,
+        sample_delta: TIMESCALE / FPS,
+        sps: &sps,
+        pps: &pps,
+        sample_sizes: &sizes,
+    };
+    Ok(mp4::write(out, &track, &samples)?)
+}
+
+/// `render_mp4` into a new buffer.
+pub fn render_mp4_to_vec(req: &RenderRequest) -> Result<Vec<u8>, RenderError> {
+    let mut out = Vec::new();
+    render_mp4(req, &mut out)?;
+    Ok(out)
+}
