@@ -6,8 +6,10 @@ pub mod error;
 pub mod extract;
 
 mod account;
+mod engine_routes;
 mod jobs;
 mod models;
+mod results;
 mod videos;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +35,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(account::router())
         .merge(models::router())
+        .merge(results::router())
+        .merge(engine_routes::router())
         .route("/v2/openapi.json", get(get_openapi))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .fallback(|| async { ApiError::NotFound("No such route".into()) })

@@ -29,6 +29,119 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Request limits.
     pub limits: Limits,
+    /// The job engine.
+    pub engine: EngineConfig,
+    /// MiniMax accounts; none means the built-in sandbox.
+    pub minimax: MiniMaxConfig,
+}
+
+/// The job engine: scheduling, polling, retries and result storage.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Run the engine in this process.
+    pub enabled: bool,
+    /// This server's public URL as clients and MiniMax reach it. Result URLs are built
+    /// from it, and when set MiniMax is also given a callback URL on it.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+    /// Delay before a submitted task is first polled.
+    pub first_poll_delay_ms: u64,
+    /// Delay between polls of a running task.
+    pub poll_interval_ms: u64,
+    /// A job not finished this long after the engine took it fails with a refund.
+    pub job_deadline_ms: u64,
+    /// Timeout of one create call (MiniMax's callback handshake happens inside it).
+    pub submit_timeout_ms: u64,
+    /// Timeout of one query or retrieve call.
+    pub query_timeout_ms: u64,
+    /// Timeout of one result download.
+    pub download_timeout_ms: u64,
+    /// Create calls tried for one job before it fails with a refund.
+    pub max_submit_attempts: u32,
+    /// Download attempts for one result before the job fails with a refund.
+    pub max_download_attempts: u32,
+    /// First retry delay after a transient error; doubles per attempt, with jitter.
+    pub retry_base_ms: u64,
+    /// Largest retry delay.
+    pub retry_max_ms: u64,
+    /// How long a MiniMax account with an account problem (bad key, no balance, plan
+    /// quota) stays out of rotation before it is tried again.
+    pub account_cooloff_ms: u64,
+    /// Create calls in flight at once.
+    pub max_concurrent_submits: usize,
+    /// Polls in flight at once.
+    pub max_concurrent_polls: usize,
+    /// Result downloads in flight at once.
+    pub max_concurrent_downloads: usize,
+    /// Largest input image fetched from a URL, in bytes (MiniMax's limit is 20 MB).
+    pub max_input_image_bytes: u64,
+    /// Largest result video accepted, in bytes.
+    pub max_result_bytes: u64,
+    /// Days a result video is kept before the reaper deletes it and marks the job expired.
+    pub result_retention_days: u32,
+}
+
+/// MiniMax accounts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MiniMaxConfig {
+    /// The accounts jobs are spread over. Empty: run the built-in sandbox in-process.
+    #[serde(default)]
+    pub accounts: Vec<MiniMaxAccount>,
+    /// Total generation time of a sandbox task (built-in sandbox only).
+    pub sandbox_latency_ms: u64,
+    /// Create calls per minute the built-in sandbox allows.
+    pub sandbox_create_rpm: u32,
+}
+
+/// One MiniMax account.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MiniMaxAccount {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// The API key (Bearer). Never logged.
+    pub api_key: String,
+    /// `https://api.minimax.io` (international) or `https://api.minimaxi.com` (China);
+    /// keys are bound to their region.
+    #[serde(default = "default_minimax_base_url")]
+    pub base_url: String,
+    /// Create calls allowed per minute (MiniMax allows as few as 5-20).
+    #[serde(default = "default_create_rpm")]
+    pub create_rpm: u32,
+    /// Tasks allowed in flight upstream at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Query and retrieve calls allowed per minute.
+    #[serde(default = "default_query_rpm")]
+    pub query_rpm: u32,
+}
+
+impl std::fmt::Debug for MiniMaxAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiniMaxAccount")
+            .field("name", &self.name)
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field("create_rpm", &self.create_rpm)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("query_rpm", &self.query_rpm)
+            .finish()
+    }
+}
+
+fn default_minimax_base_url() -> String {
+    "https://api.minimax.io".into()
+}
+fn default_create_rpm() -> u32 {
+    20
+}
+fn default_max_in_flight() -> u32 {
+    50
+}
+fn default_query_rpm() -> u32 {
+    600
 }
 
 /// Defaults for new accounts.
@@ -87,8 +200,14 @@ impl Config {
         }
         // Variables read elsewhere (log filter, engine switches of later features) are not
         // configuration keys; without this, deny_unknown_fields would refuse to start.
-        let env = Env::prefixed("REELGATE_").split("__").ignore(&["log", "allow_private_urls"]);
-        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        let env = Env::prefixed("REELGATE_").split("__").ignore(&["log", "allow_private_urls", "sandbox_latency_ms"]);
+        let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        // The documented shortcut for the built-in sandbox's speed.
+        if let Ok(ms) = std::env::var("REELGATE_SANDBOX_LATENCY_MS") {
+            config.minimax.sandbox_latency_ms = ms
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("REELGATE_SANDBOX_LATENCY_MS is not a number: {ms:?}")))?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -114,8 +233,48 @@ impl Config {
         if self.limits.idempotency_ttl_hours == 0 {
             return Err(ConfigError::Invalid("limits.idempotency_ttl_hours must be at least 1".into()));
         }
+        let e = &self.engine;
+        if e.max_concurrent_submits == 0 || e.max_concurrent_polls == 0 || e.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid("engine.max_concurrent_* must be at least 1".into()));
+        }
+        if e.max_submit_attempts == 0 || e.max_download_attempts == 0 {
+            return Err(ConfigError::Invalid("engine.max_*_attempts must be at least 1".into()));
+        }
+        if e.retry_base_ms == 0 || e.retry_max_ms < e.retry_base_ms {
+            return Err(ConfigError::Invalid("engine.retry_base_ms must be positive and <= retry_max_ms".into()));
+        }
+        if let Some(url) = &e.public_base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.ends_with('/') {
+                return Err(ConfigError::Invalid(
+                    "engine.public_base_url must be an http(s) URL without a trailing slash".into(),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for a in &self.minimax.accounts {
+            if a.name.is_empty() || !names.insert(a.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("minimax account names must be unique and non-empty: {:?}", a.name)));
+            }
+            if a.api_key.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("minimax account {}: api_key is empty", a.name)));
+            }
+            if a.create_rpm == 0 || a.max_in_flight == 0 || a.query_rpm == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "minimax account {}: create_rpm, max_in_flight and query_rpm must be at least 1",
+                    a.name
+                )));
+            }
+        }
+        if self.minimax.sandbox_create_rpm == 0 {
+            return Err(ConfigError::Invalid("minimax.sandbox_create_rpm must be at least 1".into()));
+        }
         self.catalog()?;
         Ok(())
+    }
+
+    /// Where result videos are kept.
+    pub fn results_dir(&self) -> PathBuf {
+        self.data_dir.join("results")
     }
 
     /// The SQLite database file inside the data directory.

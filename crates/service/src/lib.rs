@@ -9,7 +9,11 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod engine;
+pub mod guard;
 pub mod openapi;
+pub mod results;
+pub mod signing;
 pub mod state;
 
 use std::future::Future;
@@ -45,6 +49,17 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
+    /// The result store or the signing secret could not be set up.
+    #[error("cannot prepare {what}: {source}")]
+    Setup {
+        /// What.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The built-in sandbox could not start.
+    #[error("cannot start the MiniMax sandbox: {0}")]
+    Sandbox(String),
 }
 
 /// Creates the data directory if needed and opens the configured store, applying migrations.
@@ -66,18 +81,115 @@ pub async fn run(
     let store = open_store(&config)?;
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
-    let state = AppState::new(Handles { store: store.clone(), keys, catalog, config, openapi });
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(engine::Metrics::default());
+    let (engine, sandbox) = if config.engine.enabled {
+        let (engine, sandbox) = start_engine(&config, store.clone(), addr, metrics.clone()).await?;
+        (Some(engine), sandbox)
+    } else {
+        (None, None)
+    };
+    let state = AppState::new(Handles {
+        store: store.clone(),
+        keys,
+        catalog,
+        config,
+        openapi,
+        engine: engine.as_ref().map(|e| e.engine.clone()),
+        metrics,
+    });
 
     let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.clone()));
 
-    let addr = listener.local_addr()?;
     tracing::info!(listen.addr = %addr, data_dir = %state.config.data_dir.display(), "reelgate listening on http://{addr}");
     let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await;
     housekeeping.abort();
+    if let Some(engine) = engine {
+        engine.shutdown(Duration::from_secs(5)).await;
+    }
+    if let Some(sandbox) = sandbox {
+        sandbox.shutdown().await;
+    }
     // Every acknowledged write is already committed; closing drains anything still queued.
     store.close().await;
     tracing::info!("reelgate stopped");
     served.map_err(RunError::Serve)
+}
+
+/// Builds and starts the job engine, with the built-in sandbox when no MiniMax account
+/// is configured.
+async fn start_engine(
+    config: &Config,
+    store: Arc<dyn Store>,
+    addr: std::net::SocketAddr,
+    metrics: Arc<engine::Metrics>,
+) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
+    let e = &config.engine;
+    let signer = signing::Signer::load_or_create(&config.data_dir)
+        .map_err(|source| RunError::Setup { what: "the signing secret", source })?;
+    let results = results::fs::FsResults::open(&config.results_dir())
+        .map_err(|source| RunError::Setup { what: "the results directory", source })?;
+    let public_base_url = match &e.public_base_url {
+        Some(url) => url.clone(),
+        None => {
+            // An unspecified bind address is no address to hand out; loopback works locally.
+            let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+            format!("http://{host}")
+        }
+    };
+    let submit_timeout = Duration::from_millis(e.submit_timeout_ms);
+    let query_timeout = Duration::from_millis(e.query_timeout_ms);
+    let mut sandbox = None;
+    let upstreams = if config.minimax.accounts.is_empty() {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let sandbox_config = sandbox::SandboxConfig {
+            rpm: config.minimax.sandbox_create_rpm,
+            latency_ms: Some(config.minimax.sandbox_latency_ms),
+            data_dir: Some(config.data_dir.join("sandbox")),
+            ..sandbox::SandboxConfig::default()
+        };
+        let started = sandbox::Sandbox::start(sandbox_config, listener).await.map_err(|e| RunError::Sandbox(e.to_string()))?;
+        tracing::warn!(
+            sandbox.url = %started.base_url(),
+            "no MiniMax account configured: jobs run on the built-in MiniMax sandbox (rendered test videos, not real generations)"
+        );
+        let budget = store::UpstreamBudget {
+            name: "sandbox".into(),
+            create_rpm: config.minimax.sandbox_create_rpm,
+            max_in_flight: 10_000,
+        };
+        let client = engine::minimax::MiniMaxClient::new(&started.base_url(), "sandbox-key", submit_timeout, query_timeout);
+        let upstream = engine::Upstream::new(budget, client, 60_000);
+        sandbox = Some(started);
+        vec![upstream]
+    } else {
+        config
+            .minimax
+            .accounts
+            .iter()
+            .map(|a| {
+                let budget = store::UpstreamBudget {
+                    name: a.name.clone(),
+                    create_rpm: a.create_rpm,
+                    max_in_flight: a.max_in_flight,
+                };
+                let client = engine::minimax::MiniMaxClient::new(&a.base_url, &a.api_key, submit_timeout, query_timeout);
+                tracing::info!(upstream = %a.name, base_url = %a.base_url, create_rpm = a.create_rpm, "MiniMax account in rotation");
+                engine::Upstream::new(budget, client, a.query_rpm)
+            })
+            .collect()
+    };
+    let engine = engine::Engine::new(engine::EngineParts {
+        store,
+        config: e.clone(),
+        upstreams,
+        results: Arc::new(results),
+        signer,
+        public_base_url,
+        callbacks: e.public_base_url.is_some(),
+        metrics,
+    });
+    Ok((engine.start(), sandbox))
 }
 
 /// How often expired idempotency keys are deleted.

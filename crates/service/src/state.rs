@@ -8,6 +8,7 @@ use store::Store;
 
 use crate::auth::KeyCache;
 use crate::config::Config;
+use crate::engine::{Engine, Metrics};
 
 /// Cheap to clone: axum clones the state for every request, so it is one `Arc`.
 #[derive(Clone)]
@@ -25,6 +26,10 @@ pub struct Handles {
     pub config: Config,
     /// The OpenAPI document, rendered once at startup.
     pub openapi: String,
+    /// The job engine, when it runs in this process.
+    pub engine: Option<Arc<Engine>>,
+    /// Engine counters (also present, empty, without an engine).
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {

@@ -42,23 +42,54 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), service::RunError>>>,
-    _data_dir: TempDir,
+    data_dir: TempDir,
 }
 
 impl TestApp {
-    /// Starts the app with default settings.
+    /// Starts the front door alone: the job engine is off, so jobs stay QUEUED and the
+    /// front-door tests see exactly what they wrote.
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }
 
-    /// Starts the app after `tweak` adjusts the configuration.
+    /// Starts the front door alone after `tweak` adjusts the configuration.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start(tempfile::tempdir().expect("temp dir"), move |c, _| {
+            c.engine.enabled = false;
+            tweak(c);
+        })
+        .await
+    }
+
+    /// Starts the whole application, engine included, on the built-in sandbox with
+    /// test-speed timings; `tweak` sees the address the server will listen on.
+    pub async fn spawn_engine(tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
+        Self::start(tempfile::tempdir().expect("temp dir"), move |c, addr| {
+            fast_engine(c);
+            tweak(c, addr);
+        })
+        .await
+    }
+
+    /// Stops this app and starts a new one on the same data directory.
+    pub async fn restart(mut self, tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.server.take().expect("server handle").await.expect("server task");
+        self.store.close().await;
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("temp dir"));
+        Self::start(dir, tweak).await
+    }
+
+    async fn start(data_dir: TempDir, tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
+        // Input images in the tests are served from loopback.
+        std::env::set_var("REELGATE_ALLOW_PRIVATE_URLS", "1");
         let mut config = Config::defaults();
         config.data_dir = data_dir.path().to_path_buf();
-        tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        tweak(&mut config, addr);
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(service::run(config.clone(), listener, async move {
             let _ = rx.await;
@@ -76,7 +107,26 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let store = service::open_store(&config).expect("second store handle");
-        Self { addr, config, http, store, shutdown: Some(tx), server: Some(server), _data_dir: data_dir }
+        Self { addr, config, http, store, shutdown: Some(tx), server: Some(server), data_dir }
+    }
+
+    /// Waits until the job reaches a terminal status and returns it.
+    pub async fn wait_terminal(&self, key: &TestKey, id: &str, within: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let r = self.get_job(key, id).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            if matches!(r.body["status"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED")) {
+                return r.body;
+            }
+            assert!(start.elapsed() < within, "job {id} still {} after {within:?}", r.body["status"]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's Prometheus metrics.
+    pub async fn metrics(&self) -> String {
+        self.http.get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("metrics body")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -198,6 +248,17 @@ impl TestApp {
         self.store.close().await;
         result
     }
+}
+
+/// Engine timings for tests: sandbox tasks take about a second and are polled often.
+pub fn fast_engine(c: &mut Config) {
+    c.engine.enabled = true;
+    c.engine.first_poll_delay_ms = 200;
+    c.engine.poll_interval_ms = 200;
+    c.engine.retry_base_ms = 100;
+    c.engine.retry_max_ms = 1000;
+    c.minimax.sandbox_latency_ms = 1000;
+    c.minimax.sandbox_create_rpm = 1000;
 }
 
 /// A valid minimal request.

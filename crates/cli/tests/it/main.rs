@@ -6,6 +6,7 @@ mod helpers;
 mod account;
 mod auth;
 mod cancel;
+mod engine;
 mod generate;
 mod jobs;
 mod lifecycle;

@@ -65,6 +65,9 @@ pub enum ApiError {
         /// Balance.
         available: i64,
     },
+    /// A Range header outside the file.
+    #[error("Requested range not satisfiable")]
+    RangeNotSatisfiable,
     /// The store is unavailable; retry later.
     #[error("Service temporarily unavailable, retry shortly")]
     Unavailable(String),
@@ -113,6 +116,7 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message})),
             Self::Conflict(_) => (StatusCode::CONFLICT, json!({"error": message})),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": message})),
+            Self::RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, json!({"error": message})),
             Self::InsufficientCredits { required, available } => (
                 StatusCode::PAYMENT_REQUIRED,
                 json!({"error": message, "creditsRequired": required, "creditsAvailable": available}),

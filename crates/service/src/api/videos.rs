@@ -51,7 +51,12 @@ async fn create_video(
         idempotency,
     };
     match state.store.submit_job(job).await? {
-        SubmitOutcome::Created { job_id, status } => Ok(accepted(job_id, status.as_str(), false)),
+        SubmitOutcome::Created { job_id, status } => {
+            if let Some(engine) = &state.engine {
+                engine.notify();
+            }
+            Ok(accepted(job_id, status.as_str(), false))
+        }
         SubmitOutcome::Replayed { job_id, status } => Ok(accepted(job_id, status.as_str(), true)),
         SubmitOutcome::InsufficientCredits { required, available } => {
             Err(ApiError::InsufficientCredits { required, available })

@@ -1,0 +1,138 @@
+//! Result videos: `GET /v2/results/{job_id}/{token}.mp4`, the `videoUrl` of a completed
+//! job, streamed from the result store with HTTP Range support so browsers and players
+//! can seek. The token (see `signing`) makes the URL a capability: players cannot send
+//! an API key, and a URL opens only its own job's video.
+
+use std::io::SeekFrom;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use domain::JobId;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::api::error::{ApiError, Result};
+use crate::signing::Purpose;
+use crate::state::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/v2/results/{job_id}/{file}", get(get_result))
+}
+
+async fn get_result(
+    State(state): State<AppState>,
+    Path((job_id, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let not_found = || ApiError::NotFound("No such result".into());
+    let token = file.strip_suffix(".mp4").ok_or_else(not_found)?;
+    let id: JobId = job_id.parse().map_err(|_| not_found())?;
+    let engine = state.engine.as_ref().ok_or_else(not_found)?;
+    if !engine.signer().verify(Purpose::Result, &job_id, token) {
+        return Err(not_found());
+    }
+    let stored = engine
+        .results()
+        .open(id)
+        .await
+        .map_err(|e| ApiError::Internal(format!("opening result {id}: {e}")))?
+        .ok_or_else(|| ApiError::NotFound("This result has expired or does not exist".into()))?;
+    let len = stored.len;
+    let mut reader = stored.reader;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| parse_range(v, len));
+    let (status, start, count) = match range {
+        Some(RangeRequest::Satisfiable(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Some(RangeRequest::Unsatisfiable) => {
+            let mut response = ApiError::RangeNotSatisfiable.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{len}")).expect("ASCII"));
+            return Ok(response);
+        }
+        // No Range, or one we do not serve (several ranges, bad syntax): the whole file,
+        // which RFC 9110 allows.
+        Some(RangeRequest::Ignored) | None => (StatusCode::OK, 0, len),
+    };
+    if start > 0 {
+        reader.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::Internal(format!("seeking result {id}: {e}")))?;
+    }
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader.take(count)));
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{}/{len}", start + count - 1);
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).expect("ASCII"));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeRequest {
+    /// Inclusive byte positions.
+    Satisfiable(u64, u64),
+    Unsatisfiable,
+    Ignored,
+}
+
+/// Parses a single `bytes=` range against a file of `len` bytes.
+fn parse_range(value: &str, len: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeRequest::Ignored };
+    if spec.contains(',') {
+        return RangeRequest::Ignored;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else { return RangeRequest::Ignored };
+    let (first, last) = (first.trim(), last.trim());
+    let parse = |s: &str| s.parse::<u64>().ok();
+    match (first.is_empty(), last.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match parse(last) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(n) if len > 0 => RangeRequest::Satisfiable(len.saturating_sub(n), len - 1),
+            Some(_) => RangeRequest::Unsatisfiable,
+            None => RangeRequest::Ignored,
+        },
+        // bytes=A-: from A to the end.
+        (false, true) => match parse(first) {
+            Some(a) if a < len => RangeRequest::Satisfiable(a, len - 1),
+            Some(_) => RangeRequest::Unsatisfiable,
+            None => RangeRequest::Ignored,
+        },
+        // bytes=A-B, B clamped to the end.
+        (false, false) => match (parse(first), parse(last)) {
+            (Some(a), Some(b)) if a > b => RangeRequest::Ignored,
+            (Some(a), Some(_)) if a >= len => RangeRequest::Unsatisfiable,
+            (Some(a), Some(b)) => RangeRequest::Satisfiable(a, b.min(len - 1)),
+            _ => RangeRequest::Ignored,
+        },
+        (true, true) => RangeRequest::Ignored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_as_rfc_9110_says() {
+        use RangeRequest::*;
+        assert_eq!(parse_range("bytes=0-99", 1000), Satisfiable(0, 99));
+        assert_eq!(parse_range("bytes=900-", 1000), Satisfiable(900, 999));
+        assert_eq!(parse_range("bytes=-100", 1000), Satisfiable(900, 999));
+        assert_eq!(parse_range("bytes=-5000", 1000), Satisfiable(0, 999));
+        assert_eq!(parse_range("bytes=990-5000", 1000), Satisfiable(990, 999));
+        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 1000), Ignored);
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ignored);
+        assert_eq!(parse_range("items=0-1", 1000), Ignored);
+        assert_eq!(parse_range("bytes=x-1", 1000), Ignored);
+    }
+}

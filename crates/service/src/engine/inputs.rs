@@ -1,0 +1,83 @@
+//! Input images: fetched by reelgate (so images MiniMax cannot reach, such as private
+//! hosts and inline uploads, still work), checked against MiniMax's rules, and handed
+//! upstream as data URLs. A problem here fails the job with a clear reason and a
+//! refund, before any create call is spent on it.
+
+use base64::Engine as _;
+use domain::ImageRef;
+use futures_util::StreamExt;
+
+use crate::guard;
+
+/// MiniMax's limit on an input image.
+const MINIMAX_MAX_IMAGE_BYTES: u64 = 20 * 1024 * 1024;
+
+/// Turns the client's image reference into a checked data URL, or the reason it cannot
+/// be used. `field` names the request field in messages (`image`, `end_image`).
+pub async fn prepare(
+    http: &reqwest::Client,
+    image: &ImageRef,
+    field: &str,
+    max_bytes: u64,
+    allow_private: bool,
+) -> Result<String, String> {
+    let limit = max_bytes.min(MINIMAX_MAX_IMAGE_BYTES);
+    let bytes = match image {
+        ImageRef::Data(url) => {
+            let encoded = url.split_once(";base64,").map(|(_, b)| b).ok_or(format!("{field}: not a base64 data URL"))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| format!("{field}: the data URL is not valid base64"))?
+        }
+        ImageRef::Url(url) => fetch(http, url, field, limit, allow_private).await?,
+    };
+    if bytes.len() as u64 >= limit {
+        return Err(format!("{field}: the image is {} bytes; it must be under {limit} bytes", bytes.len()));
+    }
+    let mime = check(&bytes).map_err(|problem| format!("{field}: {problem}"))?;
+    Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes)))
+}
+
+/// MiniMax's image rules: JPEG, PNG or WebP by content, short side over 300 px, aspect
+/// ratio strictly between 2:5 and 5:2. Returns the MIME type.
+pub fn check(bytes: &[u8]) -> Result<&'static str, String> {
+    let info = render::probe_image(bytes).map_err(|e| format!("not a usable JPEG, PNG or WebP image ({e})"))?;
+    let (w, h) = (u64::from(info.width), u64::from(info.height));
+    if w.min(h) <= 300 {
+        return Err(format!("the image is {w}x{h}; its short side must be over 300 pixels"));
+    }
+    // w/h strictly between 2/5 and 5/2, in integers.
+    if 5 * w <= 2 * h || 2 * w >= 5 * h {
+        return Err(format!("the image is {w}x{h}; its aspect ratio must be between 2:5 and 5:2"));
+    }
+    Ok(match info.format {
+        render::ImageFormat::Jpeg => "image/jpeg",
+        render::ImageFormat::Png => "image/png",
+        render::ImageFormat::Webp => "image/webp",
+    })
+}
+
+async fn fetch(http: &reqwest::Client, url: &str, field: &str, limit: u64, allow_private: bool) -> Result<Vec<u8>, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| format!("{field}: not a valid URL"))?;
+    guard::check_url(&parsed, allow_private).map_err(|e| format!("{field}: {e}"))?;
+    let response = http.get(parsed).send().await.map_err(|e| match guard::refusal_in(&e) {
+        Some(refusal) => format!("{field}: {refusal}"),
+        None => format!("{field}: could not fetch the image ({e})"),
+    })?;
+    if !response.status().is_success() {
+        return Err(format!("{field}: fetching the image answered HTTP {}", response.status()));
+    }
+    if response.content_length().is_some_and(|n| n >= limit) {
+        return Err(format!("{field}: the image is larger than {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("{field}: the image download failed ({e})"))?;
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 >= limit {
+            return Err(format!("{field}: the image is larger than {limit} bytes"));
+        }
+    }
+    Ok(body)
+}

@@ -1,0 +1,106 @@
+//! Result videos as files under `<data_dir>/results/`, written to a temporary file in
+//! the same directory and renamed into place only once complete and synced, so a
+//! reader or a crash never sees half a video under the final name.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use domain::JobId;
+
+use super::{ResultStore, ResultWriter, StoredResult};
+
+/// The file system result store.
+pub struct FsResults {
+    dir: PathBuf,
+}
+
+impl FsResults {
+    /// Uses (creating if needed) `dir`; leftovers of writes a crash interrupted are removed.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".partial") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    fn path(&self, job: JobId) -> PathBuf {
+        self.dir.join(format!("{job}.mp4"))
+    }
+}
+
+struct FsWriter {
+    // The blocking file API runs on the blocking pool through `spawn_blocking`;
+    // chunks are tens of KB, so each hop is cheap next to the network read feeding it.
+    file: Option<tempfile::NamedTempFile>,
+    target: PathBuf,
+    written: u64,
+}
+
+#[async_trait]
+impl ResultWriter for FsWriter {
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        let mut file = self.file.take().ok_or_else(|| std::io::Error::other("the result writer failed earlier"))?;
+        let len = chunk.len() as u64;
+        let chunk = chunk.to_vec();
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            let res = file.write_all(&chunk);
+            (file, res)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(file);
+        res?;
+        self.written += len;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> std::io::Result<u64> {
+        let FsWriter { file, target, written } = *self;
+        let file = file.ok_or_else(|| std::io::Error::other("the result writer failed earlier"))?;
+        tokio::task::spawn_blocking(move || {
+            file.as_file().sync_all()?;
+            file.persist(&target).map_err(|e| e.error)?;
+            // The rename is durable once the directory entry is.
+            if let Some(dir) = target.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(written)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+#[async_trait]
+impl ResultStore for FsResults {
+    async fn begin(&self, job: JobId) -> std::io::Result<Box<dyn ResultWriter>> {
+        let dir = self.dir.clone();
+        let file = tokio::task::spawn_blocking(move || tempfile::Builder::new().prefix(".partial").tempfile_in(dir))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(Box::new(FsWriter { file: Some(file), target: self.path(job), written: 0 }))
+    }
+
+    async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>> {
+        match tokio::fs::File::open(self.path(job)).await {
+            Ok(file) => {
+                let len = file.metadata().await?.len();
+                Ok(Some(StoredResult { len, reader: Box::new(file) }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, job: JobId) -> std::io::Result<()> {
+        match tokio::fs::remove_file(self.path(job)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
