@@ -215,3 +215,98 @@ pub fn decode_image(bytes: &[u8]) -> Result<DecodedImage, RenderError> {
     };
     Ok(DecodedImage::from_image(rgb))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageEncoder, RgbaImage};
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128]))
+    }
+
+    fn encode(img: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn probes_and_decodes_the_three_formats() {
+        let img = gradient(40, 30);
+        for (format, ours) in [
+            (image::ImageFormat::Png, ImageFormat::Png),
+            (image::ImageFormat::Jpeg, ImageFormat::Jpeg),
+            (image::ImageFormat::WebP, ImageFormat::Webp),
+        ] {
+            let bytes = encode(&img, format);
+            assert_eq!(probe_image(&bytes).unwrap(), ImageInfo { format: ours, width: 40, height: 30 });
+            let decoded = decode_image(&bytes).unwrap();
+            assert_eq!((decoded.width(), decoded.height()), (40, 30));
+            let err: u64 = decoded.rgb8().iter().zip(img.as_raw()).map(|(&a, &b)| u64::from(a.abs_diff(b))).sum();
+            assert!(err / img.as_raw().len() as u64 <= 3, "{ours}: pixels survive the round trip");
+        }
+    }
+
+    #[test]
+    fn transparency_is_composited_over_black() {
+        let img = RgbaImage::from_fn(4, 2, |x, _| image::Rgba([200, 100, 50, if x < 2 { 255 } else { 0 }]));
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(img.as_raw(), 4, 2, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        let decoded = decode_image(&bytes).unwrap();
+        assert_eq!(&decoded.rgb8()[..6], &[200, 100, 50, 200, 100, 50]);
+        assert_eq!(&decoded.rgb8()[6..12], &[0; 6]);
+    }
+
+    #[test]
+    fn other_formats_and_broken_files_are_named_in_errors() {
+        let gif = b"GIF89a\x01\x00\x01\x00";
+        let err = probe_image(gif).unwrap_err();
+        assert!(matches!(err, RenderError::UnsupportedImageFormat { .. }));
+        assert!(err.to_string().contains("47 49 46 38"), "{err}");
+        assert!(matches!(decode_image(b"").unwrap_err(), RenderError::UnsupportedImageFormat { .. }));
+
+        let png = encode(&gradient(40, 30), image::ImageFormat::Png);
+        let err = decode_image(&png[..png.len() / 2]).unwrap_err();
+        assert!(matches!(err, RenderError::InvalidImage { format: ImageFormat::Png, .. }), "{err}");
+        assert!(err.to_string().starts_with("invalid PNG image"), "{err}");
+        // The header alone is enough to probe.
+        assert_eq!(probe_image(&png[..60]).unwrap().width, 40);
+        let err = probe_image(&png[..20]).unwrap_err();
+        assert!(matches!(err, RenderError::InvalidImage { .. }), "{err}");
+    }
+
+    #[test]
+    fn oversized_images_are_refused_from_the_header() {
+        // A PNG header claiming 20000 x 10 pixels: refused before any pixel is read.
+        let png = encode(&gradient(20, 10), image::ImageFormat::Png);
+        let mut big = png.clone();
+        big[16..20].copy_from_slice(&20_000u32.to_be_bytes()); // IHDR width
+        let crc = crc32(&big[12..29]);
+        big[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(probe_image(&big).unwrap_err(), RenderError::ImageTooLarge { .. }));
+        assert!(matches!(decode_image(&big).unwrap_err(), RenderError::ImageTooLarge { .. }));
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn magic_bytes_decide_the_format() {
+        assert_eq!(ImageFormat::sniff(b"RIFF\0\0\0\0WEBPVP8L"), Some(ImageFormat::Webp));
+        assert_eq!(ImageFormat::sniff(b"RIFF\0\0\0\0WAVEfmt "), None);
+        assert_eq!(ImageFormat::sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(ImageFormat::Jpeg));
+        assert_eq!(ImageFormat::sniff(&[0xFF, 0xD8]), None);
+        assert_eq!(ImageFormat::Webp.mime_type(), "image/webp");
+    }
+}

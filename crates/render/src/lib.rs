@@ -211,3 +211,91 @@ pub fn render_mp4_to_vec(req: &RenderRequest) -> Result<Vec<u8>, RenderError> {
     render_mp4(req, &mut out)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(prompt: &str) -> RenderRequest {
+        RenderRequest { width: 64, height: 48, seconds: 1, prompt: prompt.into(), first_frame: None, last_frame: None }
+    }
+
+    fn image(seed: u8) -> DecodedImage {
+        let pixels = (0..32 * 24 * 3).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        DecodedImage::from_rgb8(32, 24, pixels).unwrap()
+    }
+
+    #[test]
+    fn output_sizes_follow_minimax() {
+        let cases = [
+            (768, None, (1366, 768)),
+            (1080, None, (1920, 1080)),
+            (512, None, (910, 512)),
+            (768, Some((1920, 1080)), (1366, 768)),
+            (1080, Some((1280, 720)), (1920, 1080)),
+            (768, Some((900, 800)), (864, 768)),
+            (768, Some((1080, 1920)), (768, 1366)),
+            (1080, Some((720, 1280)), (1080, 1920)),
+            (768, Some((1000, 1000)), (768, 768)),
+            (1080, Some((4000, 3000)), (1440, 1080)),
+            (768, Some((3001, 1000)), (2304, 768)),
+            (768, Some((0, 10)), (1366, 768)),
+        ];
+        for (p, image, expected) in cases {
+            assert_eq!(output_size(p, image), expected, "{p}P from {image:?}");
+        }
+    }
+
+    #[test]
+    fn cache_key_is_stable_and_covers_every_input() {
+        let base = request("a red fox");
+        let key = cache_key(&base);
+        assert_eq!(key.len(), 64);
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(key, cache_key(&base.clone()));
+        let variants = [
+            RenderRequest { width: 66, ..base.clone() },
+            RenderRequest { height: 50, ..base.clone() },
+            RenderRequest { seconds: 2, ..base.clone() },
+            RenderRequest { prompt: "a red fox ".into(), ..base.clone() },
+            RenderRequest { first_frame: Some(image(3)), ..base.clone() },
+            RenderRequest { last_frame: Some(image(3)), ..base.clone() },
+            RenderRequest { first_frame: Some(image(5)), ..base.clone() },
+        ];
+        let mut keys: Vec<String> = variants.iter().map(cache_key).collect();
+        keys.push(key);
+        let count = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), count, "every change gives a new key");
+        // The key depends on the pixels, not on which allocation holds them.
+        let a = RenderRequest { first_frame: Some(image(3)), ..base.clone() };
+        assert_eq!(cache_key(&a), cache_key(&variants[4]));
+    }
+
+    #[test]
+    fn rendering_is_deterministic_and_prompt_dependent() {
+        let a = render_mp4_to_vec(&request("a red fox")).unwrap();
+        assert_eq!(a, render_mp4_to_vec(&request("a red fox")).unwrap());
+        assert_ne!(a, render_mp4_to_vec(&request("a blue whale")).unwrap());
+        let mut sink = Vec::new();
+        assert_eq!(render_mp4(&request("a red fox"), &mut sink).unwrap(), a.len() as u64);
+    }
+
+    #[test]
+    fn impossible_requests_are_refused() {
+        let bad = [
+            RenderRequest { width: 15, ..request("x") },
+            RenderRequest { width: 65, ..request("x") },
+            RenderRequest { height: 8, ..request("x") },
+            RenderRequest { width: 8704, height: 16, ..request("x") },
+            RenderRequest { width: 4096, height: 4096, ..request("x") },
+            RenderRequest { seconds: 0, ..request("x") },
+            RenderRequest { seconds: 61, ..request("x") },
+        ];
+        for req in bad {
+            let err = render_mp4_to_vec(&req).unwrap_err();
+            assert!(matches!(err, RenderError::InvalidRequest(_)), "{req:?}: {err}");
+        }
+    }
+}
