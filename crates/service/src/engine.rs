@@ -346,6 +346,12 @@ impl Engine {
                 return;
             }
         };
+        // Jobs claimed in the same round as one that found this account broken must not
+        // be sent to it as well.
+        if !upstream.in_rotation() {
+            self.requeue(&job, lease, Self::now_ms(), "upstream account out of rotation").await;
+            return;
+        }
         match self.store.reserve_upstream_call(&upstream_name, id, upstream.budget.create_rpm, BUDGET_WINDOW_MS).await {
             Ok(CallReservation::Granted) => {}
             Ok(CallReservation::FullUntil(at)) => {

@@ -109,3 +109,264 @@ async fn content_policy_failures_fail_the_job_with_one_refund() {
     assert!(metrics.contains("reelgate_refunds_total 2"), "{metrics}");
     app.stop().await.unwrap();
 }
+
+/// Whether the file is a sequence of MP4 boxes that ends exactly at its last byte: a
+/// truncated copy would not.
+fn mp4_boxes_cover(bytes: &[u8]) -> bool {
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let size = if size == 1 && at + 16 <= bytes.len() {
+            u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize
+        } else {
+            size
+        };
+        if size < 8 {
+            return false;
+        }
+        at += size;
+    }
+    at == bytes.len()
+}
+
+async fn engine_job(app: &TestApp, id: &str) -> store::EngineJob {
+    app.store.engine_job(id.parse().unwrap()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn transient_upstream_errors_are_retried_until_the_job_completes() {
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let cases = [
+        ("[sandbox:transient-1000x2]", 3),
+        ("[sandbox:transient-1013]", 2),
+        ("[sandbox:http-502]", 2),
+        ("[sandbox:malformed-json]", 1),
+        ("[sandbox:query-error-1001x2]", 1),
+    ];
+    let mut ids = Vec::new();
+    for (marker, _) in cases {
+        let r = app.generate(&key, &video("hailuo-2.3", &format!("waves {marker}"))).await;
+        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+    }
+    for (id, (marker, attempts)) in ids.iter().zip(cases) {
+        let job = app.wait_terminal(&key, id, WITHIN).await;
+        assert_eq!(job["status"], "COMPLETED", "{marker}: {job}");
+        assert_eq!(engine_job(&app, id).await.attempts, attempts, "{marker}: create calls made");
+    }
+    let ledger = ledger_is_consistent(&app, &key).await;
+    assert!(ledger.iter().all(|e| e.kind != store::LedgerKind::Refund));
+    let metrics = app.metrics().await;
+    for code in ["1000", "1013", "502", "1001"] {
+        assert!(metrics.contains(&format!("code=\"{code}\"")), "{code} counted: {metrics}");
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_failing_transiently_fails_with_one_refund() {
+    let app = TestApp::spawn_engine(|c, _| c.engine.max_submit_attempts = 3).await;
+    let key = app.create_key(100).await;
+    let r = app.generate(&key, &video("hailuo-2.3", "rain [sandbox:transient-1000x9]")).await;
+    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let job = app.wait_terminal(&key, &id, WITHIN).await;
+    assert_eq!(job["status"], "FAILED", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("temporary"), "{job}");
+    assert_eq!(engine_job(&app, &id).await.attempts, 3);
+    let ledger = ledger_is_consistent(&app, &key).await;
+    assert_eq!(count(&ledger, store::LedgerKind::Refund, &id), 1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_links_and_interrupted_downloads_are_fetched_again() {
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let mut ids = Vec::new();
+    for marker in ["[sandbox:expired-link]", "[sandbox:truncated-download]", "[sandbox:retrieve-error-1000]"] {
+        let r = app.generate(&key, &video("hailuo-2.3", &format!("forest {marker}"))).await;
+        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let job = app.wait_terminal(&key, id, WITHIN).await;
+        assert_eq!(job["status"], "COMPLETED", "{job}");
+        let bytes = app.http.get(job["result"]["videoUrl"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+        let boxes: Vec<String> = {
+            let mut at = 0usize;
+            let mut v = Vec::new();
+            while at + 8 <= bytes.len() {
+                let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+                v.push(format!("{}:{}", String::from_utf8_lossy(&bytes[at + 4..at + 8]), size));
+                if size < 8 { break; }
+                at += size;
+            }
+            v
+        };
+        assert!(mp4_boxes_cover(&bytes), "the stored copy is a whole MP4 ({} bytes, {:?}): {job}", bytes.len(), boxes);
+    }
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("reelgate_download_failures_total 3"), "{metrics}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_fails_with_a_refund() {
+    let app = TestApp::spawn_engine(|c, _| c.engine.job_deadline_ms = 1500).await;
+    let key = app.create_key(100).await;
+    let r = app.generate(&key, &video("hailuo-2.3", "forever [sandbox:stuck]")).await;
+    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let job = app.wait_terminal(&key, &id, WITHIN).await;
+    assert_eq!(job["status"], "FAILED", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("not ready within"), "{job}");
+    let ledger = ledger_is_consistent(&app, &key).await;
+    assert_eq!(count(&ledger, store::LedgerKind::Refund, &id), 1);
+    app.stop().await.unwrap();
+}
+
+/// A MiniMax sandbox of its own, outliving server restarts.
+async fn standalone_sandbox(rpm: u32, latency_ms: u64) -> sandbox::Sandbox {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = sandbox::SandboxConfig { rpm, latency_ms: Some(latency_ms), ..sandbox::SandboxConfig::default() };
+    sandbox::Sandbox::start(config, listener).await.unwrap()
+}
+
+fn account(name: &str, key: &str, sandbox: &sandbox::Sandbox, create_rpm: u32) -> service::config::MiniMaxAccount {
+    service::config::MiniMaxAccount {
+        name: name.into(),
+        api_key: key.into(),
+        base_url: sandbox.base_url(),
+        create_rpm,
+        max_in_flight: 100,
+        query_rpm: 60_000,
+    }
+}
+
+#[tokio::test]
+async fn an_account_with_a_problem_leaves_rotation_and_the_job_runs_on_another() {
+    let sim = standalone_sandbox(1000, 500).await;
+    let app = TestApp::spawn_engine(|c, _| {
+        c.minimax.accounts =
+            vec![account("broke", "k-insufficient-balance", &sim, 1000), account("good", "k-good", &sim, 10)];
+    })
+    .await;
+    let key = app.create_key(100).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = app.generate(&key, &video("hailuo-2.3", &format!("boats {i}"))).await;
+        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let job = app.wait_terminal(&key, id, WITHIN).await;
+        assert_eq!(job["status"], "COMPLETED", "{job}");
+        assert_eq!(engine_job(&app, id).await.upstream_account.as_deref(), Some("good"));
+    }
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("reelgate_upstream_accounts_benched_total{upstream=\"broke\"}"), "{metrics}");
+    assert!(metrics.contains("code=\"1008\""), "{metrics}");
+    // Out of rotation means no further create calls: only the calls already in flight
+    // when the first 1008 came back reached the broken account.
+    let broke = &sim.stats().keys["k-insufficient-balance"];
+    assert!(broke.creates_total <= 4, "{broke:?}");
+    app.stop().await.unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_create_budget_is_never_exceeded_and_waiting_jobs_stay_queued() {
+    // The sandbox allows 3 creates a minute and would answer 1002 to a fourth.
+    let sim = standalone_sandbox(3, 300).await;
+    let app = TestApp::spawn_engine(|c, _| c.minimax.accounts = vec![account("tight", "k-tight", &sim, 3)]).await;
+    let key = app.create_key(100).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let r = app.generate(&key, &video("hailuo-2.3", &format!("kites {i}"))).await;
+        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+    }
+    for id in &ids[..3] {
+        assert_eq!(app.wait_terminal(&key, id, WITHIN).await["status"], "COMPLETED");
+    }
+    // Give the dispatcher many more rounds: the other three must still wait.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &ids[3..] {
+        assert_eq!(app.get_job(&key, id).await.body["status"], "QUEUED");
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.creates_rate_limited, 0, "{stats:?}");
+    assert_eq!(stats.max_creates_in_window, 3, "{stats:?}");
+    // A job waiting for budget has not reached MiniMax: it can still be cancelled.
+    let r = app
+        .call(reqwest::Method::POST, "/v2/jobs/{id}/cancel", &format!("/v2/jobs/{}/cancel", ids[5]), Some(&key.key), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.stop().await.unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_accounts_burst_does_not_delay_another_accounts_job_by_more_than_a_round() {
+    // Fill the queue with the engine off: 500 jobs of one account, then 1 of another.
+    let app = TestApp::spawn().await;
+    let big = app.create_key(10_000).await;
+    let small = app.create_key(100).await;
+    for i in 0..500 {
+        let r = app.generate(&big, &video("hailuo-2.3", &format!("burst {i}"))).await;
+        assert_eq!(r.status, 202);
+    }
+    let r = app.generate(&small, &video("hailuo-2.3", "the only one")).await;
+    let single = r.body["jobId"].as_str().unwrap().to_string();
+    // Now run the engine with a budget of 2 creates a minute: one round is one job per account.
+    let sim = standalone_sandbox(2, 300).await;
+    let app = app
+        .restart(|c, _| {
+            crate::helpers::fast_engine(c);
+            c.minimax.accounts = vec![account("tight", "k", &sim, 2)];
+        })
+        .await;
+    let job = app.wait_terminal(&small, &single, WITHIN).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    let started_big = app
+        .all_job_ids(&big)
+        .await
+        .len()
+        .saturating_sub({
+            let mut queued = 0;
+            for id in app.all_job_ids(&big).await {
+                if app.get_job(&big, &id).await.body["status"] == "QUEUED" {
+                    queued += 1;
+                }
+            }
+            queued
+        });
+    assert_eq!(started_big, 1, "the other account got exactly one job in the same round");
+    app.stop().await.unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn callbacks_and_polls_racing_finish_the_job_once() {
+    let app = TestApp::spawn_engine(|c, addr| {
+        c.engine.public_base_url = Some(format!("http://{addr}"));
+        c.engine.poll_interval_ms = 20;
+        c.engine.first_poll_delay_ms = 20;
+    })
+    .await;
+    let key = app.create_key(1000).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = app.generate(&key, &video("hailuo-2.3", &format!("race {i}"))).await;
+        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+    }
+    let failing = app.generate(&key, &video("hailuo-2.3", "race lost [sandbox:task-fail-1027]")).await;
+    let failing = failing.body["jobId"].as_str().unwrap().to_string();
+    for id in &ids {
+        assert_eq!(app.wait_terminal(&key, id, WITHIN).await["status"], "COMPLETED");
+    }
+    assert_eq!(app.wait_terminal(&key, &failing, WITHIN).await["status"], "FAILED");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("reelgate_callbacks_total"), "callbacks arrived: {metrics}");
+    assert!(metrics.contains("reelgate_jobs_completed_total 10"), "{metrics}");
+    assert!(metrics.contains("reelgate_refunds_total 1"), "{metrics}");
+    let ledger = ledger_is_consistent(&app, &key).await;
+    assert_eq!(count(&ledger, store::LedgerKind::Refund, &failing), 1);
+    app.stop().await.unwrap();
+}

@@ -168,3 +168,126 @@ fn config_check_accepts_the_defaults_and_refuses_bad_files() {
     assert!(!ok);
     assert!(err.contains("key_cache_ttl_ms"), "{err}");
 }
+
+/// Starts `reelgate serve` with `config` and waits until it answers.
+async fn serve(config: &std::path::Path, port: u16) -> std::process::Child {
+    let server = Command::new(env!("CARGO_BIN_EXE_reelgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
+        .env("REELGATE_ALLOW_PRIVATE_URLS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_most_once() {
+    // The sandbox runs in this test process, so MiniMax's side survives the server's death.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_config = sandbox::SandboxConfig { rpm: 10_000, latency_ms: Some(1500), ..Default::default() };
+    let sim = sandbox::Sandbox::start(sim_config, listener).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let config = dir.path().join("reelgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {d:?}\n\
+             [engine]\nfirst_poll_delay_ms = 200\npoll_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 500\n\
+             submit_timeout_ms = 3000\nquery_timeout_ms = 3000\n\
+             [[minimax.accounts]]\nname = \"main\"\napi_key = \"k-main\"\nbase_url = {:?}\ncreate_rpm = 5000\n\
+             query_rpm = 60000\n",
+            sim.base_url()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "crash", "--credits", "1000", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let key = out.lines().last().unwrap().to_string();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve(&config, port).await;
+    let http = reqwest::Client::new();
+    let prompts = [
+        "harbour",
+        "meadow",
+        "city [sandbox:fail-1026]",
+        "storm [sandbox:task-fail-1027]",
+        "bridge [sandbox:transient-1000]",
+        "valley [sandbox:truncated-download]",
+    ];
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let body = json!({"model": "hailuo-2.3", "prompt": format!("{} {i}", prompts[i % prompts.len()])});
+        let r = http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string());
+    }
+    // Let jobs spread over the stages (the account runs 10 at a time), then kill -9.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut stages = std::collections::BTreeMap::new();
+    {
+        let mut c = service::Config::defaults();
+        c.data_dir = dir.path().to_path_buf();
+        let store = service::open_store(&c).unwrap();
+        server.kill().unwrap();
+        server.wait().unwrap();
+        for id in &ids {
+            let job = store.engine_job(id.parse().unwrap()).await.unwrap().unwrap();
+            *stages.entry(format!("{:?}", job.stage)).or_insert(0) += 1;
+        }
+        store.close().await;
+    }
+    assert!(stages.len() >= 3, "the kill should catch jobs in several stages: {stages:?}");
+
+    let mut server = serve(&config, port).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut statuses = std::collections::BTreeMap::new();
+    for id in &ids {
+        loop {
+            let job: Value = http
+                .get(format!("{base}/v2/jobs/{id}"))
+                .header("X-API-Key", &key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let status = job["status"].as_str().unwrap().to_string();
+            if ["COMPLETED", "FAILED", "CANCELLED"].contains(&status.as_str()) {
+                *statuses.entry(status).or_insert(0) += 1;
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} stuck in {status} after the restart (stages at kill: {stages:?})");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let mut c = service::Config::defaults();
+    c.data_dir = dir.path().to_path_buf();
+    let store = service::open_store(&c).unwrap();
+    let account = store.list_api_keys().await.unwrap()[0].account_id;
+    let ledger = store.ledger(account).await.unwrap();
+    for id in &ids {
+        let job = store.engine_job(id.parse().unwrap()).await.unwrap().unwrap();
+        let of = |kind| ledger.iter().filter(|e| e.kind == kind && e.job_id == Some(job.record.id)).count();
+        assert_eq!(of(store::LedgerKind::Charge), 1, "job {id} charged once");
+        let refunds = of(store::LedgerKind::Refund);
+        let failed = job.record.status == domain::JobStatus::Failed;
+        assert_eq!(refunds, failed as usize, "job {id} ({:?}) refunded iff it failed", job.record.status);
+    }
+    let balance = store.get_account(account).await.unwrap().unwrap().credits;
+    assert_eq!(balance, ledger.iter().map(|e| e.amount).sum::<i64>(), "the balance equals the ledger");
+    assert!(statuses.get("COMPLETED").copied().unwrap_or(0) >= 20, "{statuses:?}");
+    store.close().await;
+    sim.shutdown().await;
+}
