@@ -26,7 +26,8 @@ pub fn output_size(p: u32, first_frame: Option<(u32, u32)>) -> (u32, u32) {
 
 /// Decodes the stored images of a spec (blocking).
 pub fn prepare(spec: &RenderSpec, first: Option<Vec<u8>>, last: Option<Vec<u8>>) -> Result<Prepared, String> {
-    let decode = |bytes: Option<Vec<u8>>| bytes.map(|b| render::decode_image(&b)).transpose().map_err(|e| e.to_string());
+    let decode =
+        |bytes: Option<Vec<u8>>| bytes.map(|b| render::decode_image(&b)).transpose().map_err(|e| e.to_string());
     Ok(Prepared {
         request: render::RenderRequest {
             width: spec.width,
