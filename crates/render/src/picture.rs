@@ -268,6 +268,7 @@ pub fn synthetic(rng: &mut Rng, width: u32, height: u32) -> Rgb {
         })
         .collect();
 
+    let (glow_r, glow_r2) = (sun_r * 3.0, sun_r * sun_r * 9.0);
     let mut img = RgbImage::new(width, height);
     for (y, row) in img.as_mut().chunks_exact_mut(w * 3).enumerate().take(h) {
         let fy = y as f32 * inv_h;
@@ -275,12 +276,16 @@ pub fn synthetic(rng: &mut Rng, width: u32, height: u32) -> Rgb {
         for (x, px) in row.chunks_exact_mut(3).enumerate() {
             let fx = x as f32 * inv_h;
             let (dx, dy) = (fx - sun_x, fy - sun_y);
-            let dist = (dx * dx + dy * dy).sqrt();
-            // Glow, then a disc with a one-pixel soft edge.
-            let glow = (1.0 - dist / (sun_r * 3.0)).max(0.0);
-            let mut c = mix(sky, sun_colour, 0.35 * glow * glow);
-            let disc = ((sun_r - dist) * height as f32 + 0.5).clamp(0.0, 1.0);
-            c = mix(c, sun_colour, disc);
+            let dist2 = dx * dx + dy * dy;
+            let mut c = sky;
+            // Glow, then a disc with a one-pixel soft edge; most pixels are outside both, and skip the square root.
+            if dist2 < glow_r2 {
+                let dist = dist2.sqrt();
+                let glow = 1.0 - dist / glow_r;
+                c = mix(c, sun_colour, 0.35 * glow * glow);
+                let disc = ((sun_r - dist) * height as f32 + 0.5).clamp(0.0, 1.0);
+                c = mix(c, sun_colour, disc);
+            }
             for (hill, ridge) in hills.iter().zip(&ridges) {
                 let cover = (y as f32 + 0.5 - ridge[x]).clamp(0.0, 1.0);
                 if cover > 0.0 {
@@ -289,9 +294,10 @@ pub fn synthetic(rng: &mut Rng, width: u32, height: u32) -> Rgb {
                     c = mix(c, shade, cover);
                 }
             }
-            px[0] = c[0].clamp(0.0, 255.0).round() as u8;
-            px[1] = c[1].clamp(0.0, 255.0).round() as u8;
-            px[2] = c[2].clamp(0.0, 255.0).round() as u8;
+            // `as u8` saturates, and adding 0.5 rounds: f32::round is a libm call on baseline x86-64.
+            px[0] = (c[0] + 0.5) as u8;
+            px[1] = (c[1] + 0.5) as u8;
+            px[2] = (c[2] + 0.5) as u8;
         }
     }
     img
