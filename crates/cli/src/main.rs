@@ -7,6 +7,7 @@
 mod admin;
 mod bench;
 mod serve;
+mod sim;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,8 @@ enum Command {
     Config(admin::ConfigCommand),
     /// Measure the API against a bare axum baseline on this machine.
     Bench(bench::BenchArgs),
+    /// Run the MiniMax sandbox alone: a local stand-in for the paid API.
+    Sim(sim::SimArgs),
 }
 
 #[global_allocator]
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             Command::Migrate(args) => admin::migrate(args),
             Command::Config(cmd) => admin::config(cmd),
             Command::Bench(args) => bench::run(args).await,
+            Command::Sim(args) => sim::run(args).await,
         }
     })
 }
