@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::helpers::{video, TestApp, TestKey};
 
@@ -368,5 +369,85 @@ async fn callbacks_and_polls_racing_finish_the_job_once() {
     assert!(metrics.contains("reelgate_refunds_total 1"), "{metrics}");
     let ledger = ledger_is_consistent(&app, &key).await;
     assert_eq!(count(&ledger, store::LedgerKind::Refund, &failing), 1);
+    app.stop().await.unwrap();
+}
+
+/// A PNG of the given size with a gradient, encoded in memory.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Serves `files` (path -> bytes) over HTTP on an ephemeral loopback port.
+async fn image_host(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    let mut router = axum::Router::new();
+    for (path, bytes) in files {
+        router = router.route(path, axum::routing::get(move || async move { bytes.clone() }));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Width and height from the first `tkhd` box of an MP4 (16.16 fixed point).
+fn mp4_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let at = bytes.windows(4).position(|w| w == b"tkhd")? + 4;
+    let field = |o: usize| u32::from_be_bytes(bytes[at + o..at + o + 4].try_into().unwrap()) >> 16;
+    Some((field(76), field(80)))
+}
+
+#[tokio::test]
+async fn image_to_video_fetches_checks_and_forwards_the_images() {
+    use base64::Engine as _;
+    let host = image_host(vec![
+        ("/wide.png", png(640, 360)),
+        ("/four-three.png", png(640, 480)),
+        ("/tiny.png", png(200, 200)),
+        ("/banner.png", png(1600, 400)),
+        ("/text.png", b"this is not an image at all".to_vec()),
+    ])
+    .await;
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(1000).await;
+    let inline = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png(480, 640)));
+    let cases = [
+        (json!({"model": "hailuo-2.3-fast", "prompt": "pan", "hailuoParams": {"image": format!("{host}/wide.png")}}), Ok((1366, 768))),
+        (json!({"model": "hailuo-2.3", "prompt": "tilt", "hailuoParams": {"image": format!("{host}/four-three.png")}}), Ok((1024, 768))),
+        (
+            json!({"model": "hailuo-02", "prompt": "morph", "hailuoParams": {"image": inline, "end_image": format!("{host}/wide.png")}}),
+            Ok((768, 1024)),
+        ),
+        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/tiny.png")}}), Err("short side")),
+        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/banner.png")}}), Err("aspect ratio")),
+        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/text.png")}}), Err("JPEG, PNG or WebP")),
+        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/missing.png")}}), Err("HTTP 404")),
+    ];
+    let mut ids = Vec::new();
+    for (body, _) in &cases {
+        let r = app.generate(&key, body).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+    }
+    for (id, (body, expected)) in ids.iter().zip(&cases) {
+        let job = app.wait_terminal(&key, id, WITHIN).await;
+        match expected {
+            Ok(size) => {
+                assert_eq!(job["status"], "COMPLETED", "{body}: {job}");
+                let url = job["result"]["videoUrl"].as_str().unwrap();
+                let bytes = app.http.get(url).send().await.unwrap().bytes().await.unwrap();
+                assert_eq!(mp4_size(&bytes), Some(*size), "{body}: output keeps the image's aspect ratio");
+            }
+            Err(reason) => {
+                assert_eq!(job["status"], "FAILED", "{body}: {job}");
+                assert!(job["error"].as_str().unwrap().contains(reason), "{body}: {job}");
+                assert_eq!(engine_job(&app, id).await.attempts, 0, "no create call was spent on a bad image");
+            }
+        }
+    }
+    let ledger = ledger_is_consistent(&app, &key).await;
+    assert_eq!(ledger.iter().filter(|e| e.kind == store::LedgerKind::Refund).count(), 4);
     app.stop().await.unwrap();
 }
