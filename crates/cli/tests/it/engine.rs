@@ -205,8 +205,10 @@ async fn expired_links_and_interrupted_downloads_are_fetched_again() {
         };
         assert!(mp4_boxes_cover(&bytes), "the stored copy is a whole MP4 ({} bytes, {:?}): {job}", bytes.len(), boxes);
     }
+    // The expired links and the failed retrieve each cost one attempt; the truncated
+    // download is caught (the copy above is whole) and the backup link saves that attempt.
     let metrics = app.metrics().await;
-    assert!(metrics.contains("reelgate_download_failures_total 3"), "{metrics}");
+    assert!(metrics.contains("reelgate_download_failures_total 2"), "{metrics}");
     app.stop().await.unwrap();
 }
 
