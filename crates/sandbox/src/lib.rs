@@ -86,6 +86,23 @@
 //! the query shape minus the sizes: `{"task_id", "status", "file_id", "base_resp"}`. Pushes are not
 //! retried.
 //!
+//! # Stats
+//!
+//! `GET /sandbox/stats` (no authentication) serves [`SandboxStats`] as JSON, e.g.
+//!
+//! ```text
+//! {"creates_total": 6, "creates_rate_limited": 2, "max_creates_in_window": 3, "tasks_created": 4,
+//!  "queries_total": 10, "retrieves_total": 0, "downloads_total": 0, "renders": 0,
+//!  "callback_handshakes": 0, "callback_pushes": 0, "callback_push_failures": 0,
+//!  "keys": {"test-key": {"creates_total": 5, "creates_rate_limited": 2, "max_creates_in_window": 3,
+//!                        "tasks_created": 3, "queries_total": 10, "retrieves_total": 0,
+//!                        "queries_rate_limited": 0}, …}}
+//! ```
+//!
+//! `max_creates_in_window` is the largest number of admitted creates in any 60 s window: a client
+//! that respects an RPM budget keeps it at or below that budget. Sandbox keys are fixtures, not
+//! secrets, so they appear in full.
+//!
 //! # Downloads
 //!
 //! Links are signed (HMAC-SHA256 with a per-process secret) and expire after
@@ -118,8 +135,8 @@ use tokio::task::JoinHandle;
 pub use config::{FaultConfig, SandboxConfig, DEFAULT_LATENCY_MS, LATENCY_ENV};
 pub use limits::{KeyStats, SandboxStats};
 
-/// A running sandbox server; dropping it without [`Sandbox::shutdown`] leaves the server running
-/// until the runtime stops.
+/// A running sandbox server. [`Sandbox::shutdown`] stops it and waits; dropping it stops it
+/// without waiting.
 pub struct Sandbox {
     addr: SocketAddr,
     base_url: String,
@@ -231,13 +248,21 @@ impl Sandbox {
     }
 
     /// Stops accepting requests, releases hung ones, and waits for the server to finish.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        match self.server.await {
+        match (&mut self.server).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "sandbox server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "sandbox server task failed"),
             Ok(Ok(())) => {}
         }
-        let _ = self.pusher.await;
+        let _ = (&mut self.pusher).await;
+    }
+}
+
+impl Drop for Sandbox {
+    /// A dropped sandbox stops serving too (without waiting): its temporary data directory is
+    /// about to be removed, so it could not render anything any more.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
