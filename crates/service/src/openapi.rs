@@ -235,6 +235,22 @@ pub fn document(catalog: &Catalog) -> Value {
                     "409": error_response("The job is no longer QUEUED.")
                 }
             }},
+            "/v2/results/{id}/{file}": {"get": {
+                "summary": "Download a completed job's video (reelgate's addition)",
+                "description": "The `result.videoUrl` of a completed job: reelgate's own copy of the video, made before MiniMax's link expires. The URL carries a token and needs no API key, so players can open it. Supports HTTP Range requests (206, 416).",
+                "tags": ["Jobs"],
+                "parameters": [
+                    {"in": "path", "name": "id", "required": true, "schema": {"type": "string", "format": "uuid"}},
+                    {"in": "path", "name": "file", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}\\.mp4$"}},
+                    {"in": "header", "name": "Range", "required": false, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The whole video.", "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "The requested byte range.", "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+                    "404": error_response("No such result, a wrong token, or the video expired (see the job's `expired`)."),
+                    "416": error_response("The range lies outside the video.")
+                }
+            }},
             "/v2/me": {"get": {
                 "summary": "Get the authenticated caller",
                 "tags": ["Account"],

@@ -453,3 +453,36 @@ async fn image_to_video_fetches_checks_and_forwards_the_images() {
     assert_eq!(ledger.iter().filter(|e| e.kind == store::LedgerKind::Refund).count(), 4);
     app.stop().await.unwrap();
 }
+
+/// The real MiniMax, only when `MINIMAX_API_KEY` is set (it costs money and needs the
+/// network); otherwise the test says it skipped. `MINIMAX_BASE_URL` picks the region
+/// (default international).
+#[tokio::test]
+async fn the_real_minimax_runs_a_job_end_to_end() {
+    let Ok(api_key) = std::env::var("MINIMAX_API_KEY") else {
+        eprintln!("SKIP the_real_minimax_runs_a_job_end_to_end: MINIMAX_API_KEY is not set");
+        return;
+    };
+    let base_url = std::env::var("MINIMAX_BASE_URL").unwrap_or_else(|_| "https://api.minimax.io".into());
+    let app = TestApp::spawn_engine(move |c, _| {
+        c.engine.first_poll_delay_ms = 30_000;
+        c.engine.poll_interval_ms = 10_000;
+        c.minimax.accounts = vec![service::config::MiniMaxAccount {
+            name: "real".into(),
+            api_key,
+            base_url,
+            create_rpm: 5,
+            max_in_flight: 5,
+            query_rpm: 60,
+        }];
+    })
+    .await;
+    let key = app.create_key(100).await;
+    let r = app.generate(&key, &video("hailuo-02", "A paper boat drifting on a calm pond, morning light")).await;
+    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let job = app.wait_terminal(&key, &id, Duration::from_secs(20 * 60)).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    let bytes = app.http.get(job["result"]["videoUrl"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+    assert!(mp4_boxes_cover(&bytes), "a whole MP4 from MiniMax");
+    app.stop().await.unwrap();
+}
