@@ -253,7 +253,10 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for a in &self.minimax.accounts {
             if a.name.is_empty() || !names.insert(a.name.as_str()) {
-                return Err(ConfigError::Invalid(format!("minimax account names must be unique and non-empty: {:?}", a.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "minimax account names must be unique and non-empty: {:?}",
+                    a.name
+                )));
             }
             if a.api_key.trim().is_empty() {
                 return Err(ConfigError::Invalid(format!("minimax account {}: api_key is empty", a.name)));

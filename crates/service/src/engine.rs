@@ -86,12 +86,7 @@ pub struct Upstream {
 impl Upstream {
     /// An upstream account.
     pub fn new(budget: UpstreamBudget, client: MiniMaxClient, query_rpm: u32) -> Self {
-        Self {
-            budget,
-            client,
-            pacer: Pacer::per_minute(query_rpm),
-            benched_until: Mutex::new(None),
-        }
+        Self { budget, client, pacer: Pacer::per_minute(query_rpm), benched_until: Mutex::new(None) }
     }
 
     fn in_rotation(&self) -> bool {
@@ -174,7 +169,9 @@ impl EngineHandle {
         self.stop.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            tracing::warn!("engine steps still running at shutdown; their leases will expire and they resume on restart");
+            tracing::warn!(
+                "engine steps still running at shutdown; their leases will expire and they resume on restart"
+            );
         }
     }
 }
@@ -205,7 +202,10 @@ impl Engine {
         let allow_private_urls = crate::guard::private_urls_allowed();
         let c = &parts.config;
         Arc::new(Self {
-            images: crate::guard::guarded_client(Duration::from_millis(c.query_timeout_ms.max(30_000)), allow_private_urls),
+            images: crate::guard::guarded_client(
+                Duration::from_millis(c.query_timeout_ms.max(30_000)),
+                allow_private_urls,
+            ),
             submits: Arc::new(Semaphore::new(c.max_concurrent_submits)),
             polls: Arc::new(Semaphore::new(c.max_concurrent_polls)),
             downloads: Arc::new(Semaphore::new(c.max_concurrent_downloads)),
@@ -242,7 +242,11 @@ impl Engine {
 
     /// The URL a completed job's video is served at.
     pub fn result_url(&self, job: JobId) -> String {
-        format!("{}/v2/results/{job}/{}.mp4", self.public_base_url, self.signer.token(Purpose::Result, &job.to_string()))
+        format!(
+            "{}/v2/results/{job}/{}.mp4",
+            self.public_base_url,
+            self.signer.token(Purpose::Result, &job.to_string())
+        )
     }
 
     /// The result store.
@@ -303,10 +307,8 @@ impl Engine {
             }
             let after_account = *self.last_served.lock().unwrap_or_else(|p| p.into_inner());
             let lease_ms = (self.config.submit_timeout_ms + self.config.query_timeout_ms.max(30_000) + 30_000) as i64;
-            let claimed = self
-                .store
-                .claim_jobs(ClaimRequest { upstreams, max_jobs: free, lease_ms, after_account })
-                .await?;
+            let claimed =
+                self.store.claim_jobs(ClaimRequest { upstreams, max_jobs: free, lease_ms, after_account }).await?;
             if claimed.is_empty() {
                 return Ok(());
             }
@@ -379,14 +381,23 @@ impl Engine {
                         job.id = %id, upstream.task_id = %task_id,
                         "the job moved on while its create call was in flight; MiniMax's task is orphaned"
                     ),
-                    Err(e) => tracing::error!(job.id = %id, upstream.task_id = %task_id, error = %e, "could not record the task id"),
+                    Err(e) => {
+                        tracing::error!(job.id = %id, upstream.task_id = %task_id, error = %e, "could not record the task id")
+                    }
                 }
             }
             Err(err) => self.submit_failed(&job, upstream, lease, attempts, err).await,
         }
     }
 
-    async fn submit_failed(&self, job: &EngineJob, upstream: &Upstream, lease: Option<i64>, attempts: u32, err: UpstreamError) {
+    async fn submit_failed(
+        &self,
+        job: &EngineJob,
+        upstream: &Upstream,
+        lease: Option<i64>,
+        attempts: u32,
+        err: UpstreamError,
+    ) {
         let id = job.record.id;
         let name = &upstream.budget.name;
         self.metrics.inc("upstream_errors_total", &[("upstream", name), ("code", &err.code_label())]);
@@ -408,8 +419,14 @@ impl Engine {
             }
             UpstreamError::Rejected { .. } => {
                 tracing::info!(job.id = %id, upstream = %name, error = %err, "MiniMax refused the job");
-                self.fail(job, Stage::Submitting, lease, err.client_message(), &format!("rejected_{}", err.code_label()))
-                    .await;
+                self.fail(
+                    job,
+                    Stage::Submitting,
+                    lease,
+                    err.client_message(),
+                    &format!("rejected_{}", err.code_label()),
+                )
+                .await;
             }
             UpstreamError::Transient { .. } | UpstreamError::Ambiguous { .. } => {
                 if matches!(err, UpstreamError::Ambiguous { .. }) {
@@ -460,7 +477,9 @@ impl Engine {
                 self.notify();
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(job.id = %job.record.id, error = %e, "could not fail the job; it will be retried"),
+            Err(e) => {
+                tracing::error!(job.id = %job.record.id, error = %e, "could not fail the job; it will be retried")
+            }
         }
     }
 
@@ -469,7 +488,8 @@ impl Engine {
     async fn create_task(&self, job: &EngineJob) -> Result<CreateTask, String> {
         let input: serde_json::Value =
             serde_json::from_str(job.record.input.get()).map_err(|_| "the stored request is unreadable".to_string())?;
-        let req = domain::validation::parse_generate(&input).map_err(|_| "the stored request is invalid".to_string())?;
+        let req =
+            domain::validation::parse_generate(&input).map_err(|_| "the stored request is invalid".to_string())?;
         let max = self.config.max_input_image_bytes;
         let first_frame_image = match &req.image {
             Some(image) => Some(inputs::prepare(&self.images, image, "image", max, self.allow_private_urls).await?),
@@ -578,7 +598,10 @@ impl Engine {
     /// mid-call, so whether MiniMax created the task is unknown. Retry it.
     async fn recover_submit(&self, job: EngineJob) {
         let id = job.record.id;
-        self.metrics.inc("upstream_errors_total", &[("upstream", job.upstream_account.as_deref().unwrap_or("")), ("code", "unknown_outcome")]);
+        self.metrics.inc(
+            "upstream_errors_total",
+            &[("upstream", job.upstream_account.as_deref().unwrap_or("")), ("code", "unknown_outcome")],
+        );
         if job.attempts >= self.config.max_submit_attempts {
             let message = "MiniMax did not answer the create call; the job was given up.".to_string();
             self.fail(&job, Stage::Submitting, job.due_at_ms, message, "upstream_unavailable").await;
@@ -637,7 +660,8 @@ impl Engine {
             Ok(TaskState::Queueing) => reschedule(now + interval, Some(progress::QUEUEING)),
             Ok(TaskState::Processing) => {
                 let current = job.record.progress.unwrap_or(0);
-                let p = (current + progress::PROCESSING_STEP).clamp(progress::PROCESSING_START, progress::PROCESSING_MAX);
+                let p =
+                    (current + progress::PROCESSING_STEP).clamp(progress::PROCESSING_START, progress::PROCESSING_MAX);
                 reschedule(now + interval, Some(p))
             }
             Ok(TaskState::Success { file_id }) => {
@@ -645,14 +669,22 @@ impl Engine {
                 return;
             }
             Ok(TaskState::Fail(err)) => {
-                self.metrics.inc("upstream_errors_total", &[("upstream", &upstream.budget.name), ("code", &err.code_label())]);
+                self.metrics
+                    .inc("upstream_errors_total", &[("upstream", &upstream.budget.name), ("code", &err.code_label())]);
                 tracing::info!(job.id = %id, upstream.task_id = %task_id, error = %err, "MiniMax task failed");
-                self.fail(&job, Stage::Running, Some(lease), err.client_message(), &format!("task_{}", err.code_label()))
-                    .await;
+                self.fail(
+                    &job,
+                    Stage::Running,
+                    Some(lease),
+                    err.client_message(),
+                    &format!("task_{}", err.code_label()),
+                )
+                .await;
                 return;
             }
             Err(err) => {
-                self.metrics.inc("upstream_errors_total", &[("upstream", &upstream.budget.name), ("code", &err.code_label())]);
+                self.metrics
+                    .inc("upstream_errors_total", &[("upstream", &upstream.budget.name), ("code", &err.code_label())]);
                 tracing::warn!(job.id = %id, upstream.task_id = %task_id, error = %err, "poll failed; polling again later");
                 match err {
                     UpstreamError::Account { .. } => self.bench(upstream),
@@ -672,7 +704,13 @@ impl Engine {
 
     /// MiniMax reports success (by poll or callback): move to Downloading and copy the
     /// video. `from` is Running; `if_due` the poll's lease, or `None` for a callback.
-    pub(crate) async fn start_mirror(self: &Arc<Self>, job: EngineJob, from: Stage, if_due: Option<i64>, file_id: String) {
+    pub(crate) async fn start_mirror(
+        self: &Arc<Self>,
+        job: EngineJob,
+        from: Stage,
+        if_due: Option<i64>,
+        file_id: String,
+    ) {
         let lease = Self::now_ms() + self.download_lease_ms();
         let mut t = Transition::new(job.record.id, from, Stage::Downloading)
             .if_due_at(if_due)
@@ -729,7 +767,9 @@ impl Engine {
                         self.notify();
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::error!(job.id = %id, error = %e, "could not complete the job; it will be retried"),
+                    Err(e) => {
+                        tracing::error!(job.id = %id, error = %e, "could not complete the job; it will be retried")
+                    }
                 }
             }
             Err(problem) => {

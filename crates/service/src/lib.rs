@@ -133,7 +133,11 @@ async fn start_engine(
         Some(url) => url.clone(),
         None => {
             // An unspecified bind address is no address to hand out; loopback works locally.
-            let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+            let host = if addr.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
             format!("http://{host}")
         }
     };
@@ -148,7 +152,8 @@ async fn start_engine(
             data_dir: Some(config.data_dir.join("sandbox")),
             ..sandbox::SandboxConfig::default()
         };
-        let started = sandbox::Sandbox::start(sandbox_config, listener).await.map_err(|e| RunError::Sandbox(e.to_string()))?;
+        let started =
+            sandbox::Sandbox::start(sandbox_config, listener).await.map_err(|e| RunError::Sandbox(e.to_string()))?;
         tracing::warn!(
             sandbox.url = %started.base_url(),
             "no MiniMax account configured: jobs run on the built-in MiniMax sandbox (rendered test videos, not real generations)"
@@ -158,7 +163,8 @@ async fn start_engine(
             create_rpm: config.minimax.sandbox_create_rpm,
             max_in_flight: 10_000,
         };
-        let client = engine::minimax::MiniMaxClient::new(&started.base_url(), "sandbox-key", submit_timeout, query_timeout);
+        let client =
+            engine::minimax::MiniMaxClient::new(&started.base_url(), "sandbox-key", submit_timeout, query_timeout);
         let upstream = engine::Upstream::new(budget, client, 60_000);
         sandbox = Some(started);
         vec![upstream]

@@ -81,8 +81,7 @@ impl Signer {
     /// Whether `token` is the token for `id`, compared in constant time.
     pub fn verify(&self, purpose: Purpose, id: &str, token: &str) -> bool {
         let expected = self.token(purpose, id);
-        expected.len() == token.len()
-            && expected.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        expected.len() == token.len() && expected.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 

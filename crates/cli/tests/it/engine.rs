@@ -191,19 +191,9 @@ async fn expired_links_and_interrupted_downloads_are_fetched_again() {
     for id in &ids {
         let job = app.wait_terminal(&key, id, WITHIN).await;
         assert_eq!(job["status"], "COMPLETED", "{job}");
-        let bytes = app.http.get(job["result"]["videoUrl"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
-        let boxes: Vec<String> = {
-            let mut at = 0usize;
-            let mut v = Vec::new();
-            while at + 8 <= bytes.len() {
-                let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-                v.push(format!("{}:{}", String::from_utf8_lossy(&bytes[at + 4..at + 8]), size));
-                if size < 8 { break; }
-                at += size;
-            }
-            v
-        };
-        assert!(mp4_boxes_cover(&bytes), "the stored copy is a whole MP4 ({} bytes, {:?}): {job}", bytes.len(), boxes);
+        let bytes =
+            app.http.get(job["result"]["videoUrl"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+        assert!(mp4_boxes_cover(&bytes), "the stored copy is a whole MP4 ({} bytes): {job}", bytes.len());
     }
     // The expired links and the failed retrieve each cost one attempt; the truncated
     // download is caught (the copy above is whole) and the backup link saves that attempt.
@@ -298,7 +288,14 @@ async fn the_create_budget_is_never_exceeded_and_waiting_jobs_stay_queued() {
     assert_eq!(stats.max_creates_in_window, 3, "{stats:?}");
     // A job waiting for budget has not reached MiniMax: it can still be cancelled.
     let r = app
-        .call(reqwest::Method::POST, "/v2/jobs/{id}/cancel", &format!("/v2/jobs/{}/cancel", ids[5]), Some(&key.key), None, &[])
+        .call(
+            reqwest::Method::POST,
+            "/v2/jobs/{id}/cancel",
+            &format!("/v2/jobs/{}/cancel", ids[5]),
+            Some(&key.key),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     app.stop().await.unwrap();
@@ -327,19 +324,15 @@ async fn one_accounts_burst_does_not_delay_another_accounts_job_by_more_than_a_r
         .await;
     let job = app.wait_terminal(&small, &single, WITHIN).await;
     assert_eq!(job["status"], "COMPLETED", "{job}");
-    let started_big = app
-        .all_job_ids(&big)
-        .await
-        .len()
-        .saturating_sub({
-            let mut queued = 0;
-            for id in app.all_job_ids(&big).await {
-                if app.get_job(&big, &id).await.body["status"] == "QUEUED" {
-                    queued += 1;
-                }
+    let started_big = app.all_job_ids(&big).await.len().saturating_sub({
+        let mut queued = 0;
+        for id in app.all_job_ids(&big).await {
+            if app.get_job(&big, &id).await.body["status"] == "QUEUED" {
+                queued += 1;
             }
-            queued
-        });
+        }
+        queued
+    });
     assert_eq!(started_big, 1, "the other account got exactly one job in the same round");
     app.stop().await.unwrap();
     sim.shutdown().await;
@@ -416,16 +409,34 @@ async fn image_to_video_fetches_checks_and_forwards_the_images() {
     let key = app.create_key(1000).await;
     let inline = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png(480, 640)));
     let cases = [
-        (json!({"model": "hailuo-2.3-fast", "prompt": "pan", "hailuoParams": {"image": format!("{host}/wide.png")}}), Ok((1366, 768))),
-        (json!({"model": "hailuo-2.3", "prompt": "tilt", "hailuoParams": {"image": format!("{host}/four-three.png")}}), Ok((1024, 768))),
+        (
+            json!({"model": "hailuo-2.3-fast", "prompt": "pan", "hailuoParams": {"image": format!("{host}/wide.png")}}),
+            Ok((1366, 768)),
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "tilt", "hailuoParams": {"image": format!("{host}/four-three.png")}}),
+            Ok((1024, 768)),
+        ),
         (
             json!({"model": "hailuo-02", "prompt": "morph", "hailuoParams": {"image": inline, "end_image": format!("{host}/wide.png")}}),
             Ok((768, 1024)),
         ),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/tiny.png")}}), Err("short side")),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/banner.png")}}), Err("aspect ratio")),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/text.png")}}), Err("JPEG, PNG or WebP")),
-        (json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/missing.png")}}), Err("HTTP 404")),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/tiny.png")}}),
+            Err("short side"),
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/banner.png")}}),
+            Err("aspect ratio"),
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/text.png")}}),
+            Err("JPEG, PNG or WebP"),
+        ),
+        (
+            json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": format!("{host}/missing.png")}}),
+            Err("HTTP 404"),
+        ),
     ];
     let mut ids = Vec::new();
     for (body, _) in &cases {

@@ -207,7 +207,8 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         ),
     )
     .unwrap();
-    let (ok, out, err) = reelgate(&["keys", "create", "--name", "crash", "--credits", "1000", "--config", config.to_str().unwrap()]);
+    let (ok, out, err) =
+        reelgate(&["keys", "create", "--name", "crash", "--credits", "1000", "--config", config.to_str().unwrap()]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let port = free_port();
@@ -225,7 +226,8 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     let mut ids = Vec::new();
     for i in 0..30 {
         let body = json!({"model": "hailuo-2.3", "prompt": format!("{} {i}", prompts[i % prompts.len()])});
-        let r = http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await.unwrap();
+        let r =
+            http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 202);
         ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string());
     }
@@ -265,7 +267,10 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
                 *statuses.entry(status).or_insert(0) += 1;
                 break;
             }
-            assert!(Instant::now() < deadline, "job {id} stuck in {status} after the restart (stages at kill: {stages:?})");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} stuck in {status} after the restart (stages at kill: {stages:?})"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

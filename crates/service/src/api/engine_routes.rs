@@ -15,9 +15,7 @@ use crate::state::AppState;
 const MAX_CALLBACK_BYTES: usize = 64 * 1024;
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/minimax/callback/{job_id}/{token}", post(minimax_callback))
-        .route("/metrics", get(metrics))
+    Router::new().route("/v1/minimax/callback/{job_id}/{token}", post(minimax_callback)).route("/metrics", get(metrics))
 }
 
 async fn minimax_callback(

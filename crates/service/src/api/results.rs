@@ -57,7 +57,10 @@ async fn get_result(
         Some(RangeRequest::Ignored) | None => (StatusCode::OK, 0, len),
     };
     if start > 0 {
-        reader.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::Internal(format!("seeking result {id}: {e}")))?;
+        reader
+            .seek(SeekFrom::Start(start))
+            .await
+            .map_err(|e| ApiError::Internal(format!("seeking result {id}: {e}")))?;
     }
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader.take(count)));
     let mut response = Response::new(body);

@@ -24,7 +24,8 @@ pub async fn prepare(
     let limit = max_bytes.min(MINIMAX_MAX_IMAGE_BYTES);
     let bytes = match image {
         ImageRef::Data(url) => {
-            let encoded = url.split_once(";base64,").map(|(_, b)| b).ok_or(format!("{field}: not a base64 data URL"))?;
+            let encoded =
+                url.split_once(";base64,").map(|(_, b)| b).ok_or(format!("{field}: not a base64 data URL"))?;
             base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
                 .map_err(|_| format!("{field}: the data URL is not valid base64"))?
@@ -57,7 +58,13 @@ pub fn check(bytes: &[u8]) -> Result<&'static str, String> {
     })
 }
 
-async fn fetch(http: &reqwest::Client, url: &str, field: &str, limit: u64, allow_private: bool) -> Result<Vec<u8>, String> {
+async fn fetch(
+    http: &reqwest::Client,
+    url: &str,
+    field: &str,
+    limit: u64,
+    allow_private: bool,
+) -> Result<Vec<u8>, String> {
     let parsed = reqwest::Url::parse(url).map_err(|_| format!("{field}: not a valid URL"))?;
     guard::check_url(&parsed, allow_private).map_err(|e| format!("{field}: {e}"))?;
     let response = http.get(parsed).send().await.map_err(|e| match guard::refusal_in(&e) {

@@ -135,7 +135,9 @@ impl UpstreamError {
             Self::Rejected { code: 1026, .. } => {
                 "The prompt or input image was flagged by MiniMax's content policy (1026).".into()
             }
-            Self::Rejected { code: 1027, .. } => "The generated video was flagged by MiniMax's content policy (1027).".into(),
+            Self::Rejected { code: 1027, .. } => {
+                "The generated video was flagged by MiniMax's content policy (1027).".into()
+            }
             Self::Rejected { code, message } => format!("MiniMax refused the request ({code}): {message}"),
             Self::Transient { .. } | Self::Ambiguous { .. } => {
                 "MiniMax kept failing with temporary errors; the job was given up.".into()
@@ -334,15 +336,20 @@ impl MiniMaxClient {
             message: "retrieve response without a file".into(),
         })?;
         match file.download_url.filter(|u| !u.is_empty()) {
-            Some(download_url) => Ok(FileLinks {
-                download_url,
-                backup_download_url: file.backup_download_url.filter(|u| !u.is_empty()),
-            }),
-            None => Err(UpstreamError::Transient { code: None, message: "retrieve response without a download_url".into() }),
+            Some(download_url) => {
+                Ok(FileLinks { download_url, backup_download_url: file.backup_download_url.filter(|u| !u.is_empty()) })
+            }
+            None => {
+                Err(UpstreamError::Transient { code: None, message: "retrieve response without a download_url".into() })
+            }
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, UpstreamError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, UpstreamError> {
         let response = self
             .http
             .get(format!("{}{path}", self.base_url))
@@ -391,13 +398,19 @@ mod tests {
     fn reports_parse_both_spellings_and_both_file_id_types() {
         let parse = |s: &str| serde_json::from_str::<TaskReport>(s).unwrap().state();
         assert_eq!(
-            parse(r#"{"task_id":"1","status":"Success","file_id":"99","base_resp":{"status_code":0,"status_msg":"success"}}"#),
+            parse(
+                r#"{"task_id":"1","status":"Success","file_id":"99","base_resp":{"status_code":0,"status_msg":"success"}}"#
+            ),
             Some(TaskState::Success { file_id: "99".into() })
         );
-        assert_eq!(parse(r#"{"task_id":"1","status":"success","file_id":99}"#), Some(TaskState::Success { file_id: "99".into() }));
+        assert_eq!(
+            parse(r#"{"task_id":"1","status":"success","file_id":99}"#),
+            Some(TaskState::Success { file_id: "99".into() })
+        );
         assert_eq!(parse(r#"{"status":"Preparing","file_id":"","video_width":0}"#), Some(TaskState::Preparing));
         assert_eq!(parse(r#"{"status":"processing"}"#), Some(TaskState::Processing));
-        let failed = parse(r#"{"status":"failed","base_resp":{"status_code":1027,"status_msg":"output new_sensitive"}}"#);
+        let failed =
+            parse(r#"{"status":"failed","base_resp":{"status_code":1027,"status_msg":"output new_sensitive"}}"#);
         assert!(matches!(failed, Some(TaskState::Fail(UpstreamError::Rejected { code: 1027, .. }))));
         // Success without a file id is not something to act on.
         assert_eq!(parse(r#"{"status":"Success","file_id":""}"#), None);
