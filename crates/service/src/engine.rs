@@ -263,6 +263,10 @@ impl Engine {
         crate::now_ms()
     }
 
+    fn image_timeout(&self) -> Duration {
+        image_timeout(&self.config)
+    }
+
     fn upstream(&self, name: Option<&str>) -> Option<&Upstream> {
         name.and_then(|n| self.upstreams.iter().find(|u| u.budget.name == n))
     }
@@ -306,7 +310,9 @@ impl Engine {
                 return Ok(());
             }
             let after_account = *self.last_served.lock().unwrap_or_else(|p| p.into_inner());
-            let lease_ms = (self.config.submit_timeout_ms + self.config.query_timeout_ms.max(30_000) + 30_000) as i64;
+            // Long enough for both image fetches and the create call, with room to record
+            // the outcome; only a dead or hung process lets it run out.
+            let lease_ms = (self.config.submit_timeout_ms + 2 * self.image_timeout().as_millis() as u64 + 30_000) as i64;
             let claimed =
                 self.store.claim_jobs(ClaimRequest { upstreams, max_jobs: free, lease_ms, after_account }).await?;
             if claimed.is_empty() {
@@ -887,6 +893,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// Timeout of one input image fetch: the query timeout, but at least 30 s for 20 MB.
+fn image_timeout(config: &EngineConfig) -> Duration {
+    Duration::from_millis(config.query_timeout_ms.max(30_000))
 }
 
 /// MiniMax's name for a model.
