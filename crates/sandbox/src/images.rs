@@ -89,6 +89,18 @@ impl ImageStore {
             ));
         }
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        if self.known.lock().expect("image set lock poisoned only by a panic inside it").contains(&hash) {
+            return Ok(ImageRef { hash, width, height });
+        }
+        // A new image is decoded once now, so that a corrupt file is refused at create, as MiniMax
+        // would, rather than failing the render later. Repeats of it skip this (see above).
+        let (bytes, decoded) = tokio::task::spawn_blocking(move || {
+            let decoded = crate::renderer::check_decodes(&bytes);
+            (bytes, decoded)
+        })
+        .await
+        .map_err(|_| format!("{field} could not be read as an image"))?;
+        decoded.map_err(|e| format!("{field} could not be read as an image: {e}"))?;
         self.store(&hash, bytes).await.map_err(|e| {
             tracing::error!(error = %e, "sandbox could not store an input image");
             format!("{field} could not be stored")
@@ -97,9 +109,6 @@ impl ImageStore {
     }
 
     async fn store(&self, hash: &[u8; 32], bytes: Vec<u8>) -> std::io::Result<()> {
-        if self.known.lock().expect("image set lock poisoned only by a panic inside it").contains(hash) {
-            return Ok(());
-        }
         let path = self.path(hash);
         let tmp = self.dir.join(format!("{}.{}.tmp", hex(hash), rand::random::<u64>()));
         tokio::fs::write(&tmp, &bytes).await?;

@@ -19,6 +19,11 @@ pub fn probe(bytes: &[u8]) -> Result<(u32, u32), String> {
     render::probe_image(bytes).map(|info| (info.width, info.height)).map_err(|e| e.to_string())
 }
 
+/// Decodes an image fully and throws the pixels away (blocking): `Err` if it cannot be rendered.
+pub fn check_decodes(bytes: &[u8]) -> Result<(), String> {
+    render::decode_image(bytes).map(drop).map_err(|e| e.to_string())
+}
+
 /// The output size for a resolution (short side in px), following the first frame's aspect if any.
 pub fn output_size(p: u32, first_frame: Option<(u32, u32)>) -> (u32, u32) {
     render::output_size(p, first_frame)

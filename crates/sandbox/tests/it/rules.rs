@@ -82,6 +82,8 @@ async fn image_rules() {
         (data_url("image/gif", b"GIF89a\x01\x00\x01\x00"), "format is not supported"),
         // The declared MIME type does not matter: the bytes do.
         (data_url("image/png", b"\xff\xd8\xff garbage"), "could not be read"),
+        // A sound header over a broken body is caught at create, not at render time.
+        (data_url("image/png", &png(640, 360)[..300]), "could not be read"),
         ("data:image/png;base64,@@@@".to_owned(), "is not valid base64"),
         ("ftp://example.com/a.png".to_owned(), "must be a public URL or a base64 data URL"),
     ];
