@@ -101,3 +101,19 @@ pub struct FaultConfig {
     /// Fraction of downloads cut half way through.
     pub truncated_download: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_config_takes_defaults_and_refuses_typos() {
+        let c: SandboxConfig =
+            serde_json::from_str(r#"{"rpm": 5, "latency_ms": 250, "faults": {"task_fail": 0.5, "seed": 3}}"#).unwrap();
+        assert_eq!((c.rpm, c.effective_latency_ms(), c.link_ttl_secs), (5, 250, 3600));
+        assert_eq!((c.faults.task_fail, c.faults.seed), (0.5, Some(3)));
+        assert!(serde_json::from_str::<SandboxConfig>(r#"{"rmp": 5}"#).is_err());
+        let d = SandboxConfig::default();
+        assert_eq!((d.rpm, d.query_rpm, d.keys.len()), (20, None, 0));
+    }
+}

@@ -54,8 +54,8 @@
 //! # Prompt markers
 //!
 //! A marker in the prompt scripts a fault for that one job. `xN` repeats it N times (default once),
-//! counted per exact prompt for create faults (retries must resend the same prompt) and per task
-//! for the others. Create faults chain in the order they appear:
+//! counted per exact prompt for create faults (retries must resend the same prompt; a create
+//! refused with 1002 by the rate limit does not count) and per task for the others. Create faults chain in the order they appear:
 //! `[sandbox:http-502][sandbox:transient-1000]` gives a 502, then a 1000, then a task.
 //! An unknown marker is refused with 2013 so that a typo cannot pass silently.
 //!

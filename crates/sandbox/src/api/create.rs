@@ -36,8 +36,9 @@ pub async fn create_video(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     let markers = markers::parse(prompt);
 
     // Proxy-level faults: scripted by marker, or drawn at random.
+    let counted = markers.as_ref().is_ok_and(|m| !m.create.is_empty() || m.always_refuse.is_some());
     let scripted = match &markers {
-        Ok(m) if !m.create.is_empty() || m.always_refuse.is_some() => {
+        Ok(m) if counted => {
             let mut attempts = shared.attempts.lock().expect("attempt lock poisoned only by a panic inside it");
             let n = attempts.entry(prompt.to_owned()).or_insert(0);
             let attempt = *n;
@@ -60,6 +61,15 @@ pub async fn create_video(State(shared): State<Arc<Shared>>, headers: HeaderMap,
 
     let now = shared.clock.now_ms();
     if !shared.limiter.admit_create(&key, now) {
+        if counted {
+            // A request the rate limit turned away never reached the scripted fault: give the
+            // attempt back, so `transient-CODExN` still means N answers of CODE.
+            if let Some(n) =
+                shared.attempts.lock().expect("attempt lock poisoned only by a panic inside it").get_mut(prompt)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
         return refuse(BaseResp::code(wire::RATE_LIMIT));
     }
     if let Some(base_resp) = key_fault(&key) {

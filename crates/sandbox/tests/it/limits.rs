@@ -52,3 +52,14 @@ async fn optional_query_limit() {
     assert_eq!(sb.sandbox.stats().key(&sb.key).queries_rate_limited, 1);
     sb.sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn rate_limited_attempts_do_not_use_up_scripted_faults() {
+    let sb = TestSandbox::spawn(SandboxConfig { rpm: 1, latency_ms: Some(200), ..SandboxConfig::default() }).await;
+    let prompt = t2v("[sandbox:transient-1000]");
+    assert_eq!(sb.create(&prompt).await["base_resp"]["status_code"], 1000);
+    // The window is full: these 1002s do not count as attempts of the prompt.
+    assert_eq!(sb.create(&t2v("[sandbox:transient-1013]")).await["base_resp"]["status_code"], 1002);
+    assert_eq!(sb.create_as("second", &t2v("[sandbox:transient-1013]")).await["base_resp"]["status_code"], 1013);
+    sb.sandbox.shutdown().await;
+}
