@@ -497,3 +497,29 @@ async fn the_real_minimax_runs_a_job_end_to_end() {
     assert!(mp4_boxes_cover(&bytes), "a whole MP4 from MiniMax");
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn results_past_their_retention_are_deleted_and_the_job_shows_expired() {
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let r = app.generate(&key, &video("hailuo-2.3", "a short-lived clip")).await;
+    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let job = app.wait_terminal(&key, &id, WITHIN).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    assert_eq!(job["expired"], false);
+    let url = job["result"]["videoUrl"].as_str().unwrap().to_string();
+    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 200);
+    // With a retention of zero days the reaper, which runs at startup, takes it.
+    let app = app
+        .restart(|c, _| {
+            crate::helpers::fast_engine(c);
+            c.engine.result_retention_days = 0;
+        })
+        .await;
+    crate::helpers::eventually(WITHIN, || async { app.get_job(&key, &id).await.body["expired"] == true }).await;
+    let new_url = url.replacen(&url[..url.find("/v2/").unwrap()], &format!("http://{}", app.addr), 1);
+    assert_eq!(app.http.get(&new_url).send().await.unwrap().status(), 404);
+    let job = app.get_job(&key, &id).await.body;
+    assert_eq!(job["status"], "COMPLETED", "the job itself stays completed: {job}");
+    app.stop().await.unwrap();
+}
