@@ -263,9 +263,8 @@ pub(crate) fn next_due_at(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 }
 
 pub(crate) fn queue_depth(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
-    let queued: i64 = conn
-        .prepare_cached("select count(*) from job where stage = 'queued'")?
-        .query_row([], |r| r.get(0))?;
+    let queued: i64 =
+        conn.prepare_cached("select count(*) from job where stage = 'queued'")?.query_row([], |r| r.get(0))?;
     let active: i64 = conn
         .prepare_cached(
             "select count(*) from job where (stage = 'submitting' or stage = 'running' or stage = 'downloading')",

@@ -457,9 +457,7 @@ impl store::Store for SqliteStore {
     async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
         let (claimed, version) = self
             .writer
-            .write(move |ctx| {
-                engine::claim_in_tx(ctx, &request, UPSTREAM_WINDOW_MS).map(|c| (c, ctx.next_version()))
-            })
+            .write(move |ctx| engine::claim_in_tx(ctx, &request, UPSTREAM_WINDOW_MS).map(|c| (c, ctx.next_version())))
             .await?;
         for c in &claimed {
             self.jobs.put(c.job.record.clone(), version);
@@ -856,7 +854,8 @@ mod tests {
         assert_eq!(job.record.error.as_deref(), Some("upstream said no"));
         assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 100);
         assert_eq!(store.ledger_sum(key.account_id).unwrap(), 100);
-        let refunds = store.ledger(key.account_id).await.unwrap().iter().filter(|e| e.kind == LedgerKind::Refund).count();
+        let refunds =
+            store.ledger(key.account_id).await.unwrap().iter().filter(|e| e.kind == LedgerKind::Refund).count();
         assert_eq!(refunds, 1);
         // The cache serves the terminal version.
         let cached = store.get_job(key.account_id, id).await.unwrap().unwrap();

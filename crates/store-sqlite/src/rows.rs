@@ -1,10 +1,10 @@
 //! Row decoding: the column lists and the functions turning rows into store records.
 //! Row shapes stay private to this backend.
 
+use domain::Stage;
 use domain::{ApiKeyStatus, JobStatus, KeyDigest, WebhookStatus};
 use rusqlite::types::Type;
 use rusqlite::Row;
-use domain::Stage;
 use store::{Account, ApiKeyRecord, EngineJob, JobRecord, LedgerEntry, LedgerKind};
 
 // Column lists are macros so queries are assembled with `concat!` at compile time: the
