@@ -52,6 +52,8 @@ pub use metrics::Metrics;
 const BUDGET_WINDOW_MS: i64 = 61_000;
 /// How often the dispatcher looks for work when nothing wakes it.
 const DISPATCH_TICK: Duration = Duration::from_millis(500);
+/// The shortest pause between two dispatch rounds.
+const DISPATCH_MIN_GAP: Duration = Duration::from_millis(20);
 /// The poller's longest sleep.
 const POLL_TICK: Duration = Duration::from_millis(1000);
 /// Due jobs fetched per poller round.
@@ -298,6 +300,10 @@ impl Engine {
             if let Err(e) = self.dispatch_once(&stop, &tasks).await {
                 tracing::warn!(error = %e, "dispatch round failed; retrying shortly");
             }
+            // Under a burst of submissions every request wakes the dispatcher; rounds a
+            // few milliseconds apart serve them just as well and keep claims from
+            // crowding the writer that the submissions themselves need.
+            tokio::time::sleep(DISPATCH_MIN_GAP).await;
         }
     }
 
@@ -312,7 +318,8 @@ impl Engine {
             let after_account = *self.last_served.lock().unwrap_or_else(|p| p.into_inner());
             // Long enough for both image fetches and the create call, with room to record
             // the outcome; only a dead or hung process lets it run out.
-            let lease_ms = (self.config.submit_timeout_ms + 2 * self.image_timeout().as_millis() as u64 + 30_000) as i64;
+            let lease_ms =
+                (self.config.submit_timeout_ms + 2 * self.image_timeout().as_millis() as u64 + 30_000) as i64;
             let claimed =
                 self.store.claim_jobs(ClaimRequest { upstreams, max_jobs: free, lease_ms, after_account }).await?;
             if claimed.is_empty() {

@@ -4,8 +4,6 @@
 //! Each function runs inside one writer transaction, so every check and the write it
 //! guards are atomic: the single writer thread is this backend's lock.
 
-use std::collections::HashMap;
-
 use domain::{AccountId, JobId, Stage};
 use rusqlite::{params, Connection, OptionalExtension};
 use store::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, LedgerKind, Result, StoreError, Transition};
@@ -48,7 +46,7 @@ pub(crate) fn claim_in_tx(ctx: &WriteCtx<'_>, req: &ClaimRequest, window_ms: i64
     if rooms.iter().all(|r| r.calls <= 0 || r.slots <= 0) || req.max_jobs == 0 {
         return Ok(Vec::new());
     }
-    let mut candidates = candidates(conn, now).map_err(map_err)?;
+    let mut candidates = candidates(conn).map_err(map_err)?;
     // Round-robin: start after the account served last, wrapping around.
     if let Some(after) = req.after_account.map(|a| a.to_string()) {
         let split = candidates.iter().position(|c| c.account_id > after).unwrap_or(candidates.len());
@@ -97,22 +95,6 @@ pub(crate) fn claim_in_tx(ctx: &WriteCtx<'_>, req: &ClaimRequest, window_ms: i64
 }
 
 fn upstream_rooms(conn: &Connection, req: &ClaimRequest, now: i64, window_ms: i64) -> rusqlite::Result<Vec<Room>> {
-    // Upstream tasks in flight: created (or being created) and not finished upstream.
-    let mut in_flight: HashMap<String, i64> = HashMap::new();
-    {
-        let mut s = conn.prepare_cached(
-            "select upstream_account, count(*) from job
-             where (stage = 'submitting' or stage = 'running' or stage = 'downloading') and stage <> 'downloading'
-             group by upstream_account",
-        )?;
-        let rows = s.query_map([], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (name, n) = row?;
-            if let Some(name) = name {
-                in_flight.insert(name, n);
-            }
-        }
-    }
     let mut rooms = Vec::with_capacity(req.upstreams.len());
     for u in &req.upstreams {
         let used: i64 = conn
@@ -121,24 +103,51 @@ fn upstream_rooms(conn: &Connection, req: &ClaimRequest, now: i64, window_ms: i6
         rooms.push(Room {
             name: u.name.clone(),
             calls: i64::from(u.create_rpm) - used,
-            slots: i64::from(u.max_in_flight) - in_flight.get(&u.name).copied().unwrap_or(0),
+            slots: i64::from(u.max_in_flight),
         });
+    }
+    // Most rounds find every budget spent: skip counting tasks in flight then.
+    if rooms.iter().all(|r| r.calls <= 0) {
+        return Ok(rooms);
+    }
+    // Upstream tasks in flight: created (or being created) and not finished upstream.
+    let mut s = conn.prepare_cached(
+        "select upstream_account, count(*) from job
+         where (stage = 'submitting' or stage = 'running' or stage = 'downloading') and stage <> 'downloading'
+         group by upstream_account",
+    )?;
+    let rows = s.query_map([], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (name, n) = row?;
+        if let Some(room) = rooms.iter_mut().find(|r| name.as_deref() == Some(r.name.as_str())) {
+            room.slots -= n;
+        }
     }
     Ok(rooms)
 }
 
-/// Customer accounts with eligible queued jobs, in id order, with their free capacity.
-fn candidates(conn: &Connection, now: i64) -> rusqlite::Result<Vec<Candidate>> {
+/// Customer accounts with queued jobs, in id order, with their free capacity.
+///
+/// The accounts are found by a loose index scan: one seek in `job_queued` per account
+/// (the next account id after the last one found) instead of visiting every queued job,
+/// so a queue of a million jobs from a few accounts costs a few seeks. An account whose
+/// queued jobs are all backing off is listed too; the claim finds no job for it.
+fn candidates(conn: &Connection) -> rusqlite::Result<Vec<Candidate>> {
     let mut s = conn.prepare_cached(
-        "select q.account_id, a.max_concurrent_jobs - (
+        "with recursive queued_account(account_id) as (
+             select min(account_id) from job where stage = 'queued'
+             union all
+             select (select min(account_id) from job where stage = 'queued' and account_id > q.account_id)
+             from queued_account q where q.account_id is not null
+         )
+         select q.account_id, a.max_concurrent_jobs - (
                     select count(*) from job j where j.account_id = q.account_id
                       and (j.stage = 'submitting' or j.stage = 'running' or j.stage = 'downloading'))
-         from (select distinct account_id from job
-               where stage = 'queued' and (due_at is null or due_at <= ?1)) q
+         from queued_account q
          join account a on a.account_id = q.account_id
          order by q.account_id",
     )?;
-    let rows = s.query_map([now], |r| Ok(Candidate { account_id: r.get(0)?, capacity: r.get(1)?, drained: false }))?;
+    let rows = s.query_map([], |r| Ok(Candidate { account_id: r.get(0)?, capacity: r.get(1)?, drained: false }))?;
     rows.collect()
 }
 
