@@ -11,8 +11,13 @@
 //! once it authenticates, validates and touches the database. The load generator is the
 //! hand-written client in [`client`], because a general-purpose HTTP client would eat the
 //! CPU both servers need and flatten that ratio.
+//!
+//! `bench engine` ([`engine`]) measures the job engine instead: jobs dispatched to the
+//! MiniMax sandbox against a create budget, with the server and the sandbox as child
+//! processes.
 
 mod client;
+mod engine;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,7 +65,11 @@ const BARE_GET: &str = "GET /bare/{id}";
 
 /// Options of `bench`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Without a mode: the HTTP bench (the real API against a bare axum baseline).
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Seconds per measured endpoint.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -75,8 +84,23 @@ pub struct BenchArgs {
     pub client: ClientKind,
 }
 
+/// Other things `bench` can measure.
+#[derive(clap::Subcommand)]
+pub enum BenchMode {
+    /// Run jobs through the engine against the MiniMax sandbox.
+    ///
+    /// Starts `reelgate sim` and `reelgate serve` as child processes on a temporary data
+    /// directory, submits the jobs over HTTP and waits until every one is terminal, then
+    /// reports the dispatch rate against the create budget and each process's peak RSS
+    /// and CPU time (Linux only).
+    Engine(engine::EngineArgs),
+}
+
 /// Runs the benchmark and prints its report; fails if any request failed.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchMode::Engine(engine_args)) = args.mode {
+        return engine::run(engine_args).await;
+    }
     ensure!(args.seconds > 0, "--seconds must be at least 1");
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let plan = LoadPlan {
@@ -90,7 +114,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tempfile::Builder::new().prefix("reelgate-bench-").tempdir().context("cannot create a data directory")?;
     let mut config = service::Config::defaults();
     config.data_dir = data_dir.path().to_path_buf();
-    let keys = create_keys(&config).await.context("cannot create the bench API keys")?;
+    let keys = create_keys(&config, ACCOUNTS, 10, BENCH_CREDITS).await.context("cannot create the bench API keys")?;
 
     let real = spawn_server(|listener, shutdown| async move { Ok(service::run(config, listener, shutdown).await?) })
         .await
@@ -145,13 +169,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------
 // Setup: keys, servers, seeded jobs.
 
-/// Creates one key per bench account, through the store directly: the server is not
-/// running yet and opens its own store.
-async fn create_keys(config: &service::Config) -> anyhow::Result<Vec<String>> {
+/// Creates `accounts` bench accounts with one key each, through the store directly: the
+/// server is not running yet and opens its own store.
+async fn create_keys(
+    config: &service::Config,
+    accounts: usize,
+    max_concurrent_jobs: u32,
+    credits: i64,
+) -> anyhow::Result<Vec<String>> {
     let store = service::open_store(config)?;
     let created = async {
-        let mut keys = Vec::with_capacity(ACCOUNTS);
-        for n in 0..ACCOUNTS {
+        let mut keys = Vec::with_capacity(accounts);
+        for n in 0..accounts {
             let secret = domain::ApiKeySecret::generate();
             store
                 .create_api_key(NewApiKey {
@@ -160,9 +189,9 @@ async fn create_keys(config: &service::Config) -> anyhow::Result<Vec<String>> {
                     email: format!("bench-{n}@reelgate.local"),
                     prefix: secret.prefix.clone(),
                     digest: secret.digest,
-                    initial_credits: BENCH_CREDITS,
+                    initial_credits: credits,
                     plan: "bench".into(),
-                    max_concurrent_jobs: 10,
+                    max_concurrent_jobs,
                 })
                 .await?;
             keys.push(secret.plaintext);
