@@ -165,6 +165,32 @@ async fn transient_upstream_errors_are_retried_until_the_job_completes() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_job_waits_and_completes_and_invalid_params_fail_it() {
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let limited = app.generate(&key, &video("hailuo-2.3", "tide [sandbox:transient-1002]")).await;
+    let limited = limited.body["jobId"].as_str().unwrap().to_string();
+    let invalid = app.generate(&key, &video("hailuo-2.3", "tide [sandbox:fail-2013]")).await;
+    let invalid = invalid.body["jobId"].as_str().unwrap().to_string();
+    // After a 1002 the job is back in the queue, not failed and not charged again.
+    crate::helpers::eventually(WITHIN, || async { engine_job(&app, &limited).await.attempts == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.get_job(&key, &limited).await.body["status"], "QUEUED");
+    let job = app.wait_terminal(&key, &limited, WITHIN).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    assert_eq!(engine_job(&app, &limited).await.attempts, 2);
+    let job = app.wait_terminal(&key, &invalid, WITHIN).await;
+    assert_eq!(job["status"], "FAILED", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("2013"), "{job}");
+    let ledger = ledger_is_consistent(&app, &key).await;
+    assert_eq!(count(&ledger, store::LedgerKind::Charge, &limited), 1);
+    assert_eq!(count(&ledger, store::LedgerKind::Refund, &limited), 0);
+    assert_eq!(count(&ledger, store::LedgerKind::Refund, &invalid), 1);
+    assert!(app.metrics().await.contains("code=\"1002\""));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_job_that_keeps_failing_transiently_fails_with_one_refund() {
     let app = TestApp::spawn_engine(|c, _| c.engine.max_submit_attempts = 3).await;
     let key = app.create_key(100).await;
@@ -238,8 +264,11 @@ fn account(name: &str, key: &str, sandbox: &sandbox::Sandbox, create_rpm: u32) -
 async fn an_account_with_a_problem_leaves_rotation_and_the_job_runs_on_another() {
     let sim = standalone_sandbox(1000, 500).await;
     let app = TestApp::spawn_engine(|c, _| {
-        c.minimax.accounts =
-            vec![account("broke", "k-insufficient-balance", &sim, 1000), account("good", "k-good", &sim, 10)];
+        c.minimax.accounts = vec![
+            account("broke", "k-insufficient-balance", &sim, 1000),
+            account("wrong-region", "k-invalid-key", &sim, 1000),
+            account("good", "k-good", &sim, 10),
+        ];
     })
     .await;
     let key = app.create_key(100).await;
@@ -255,7 +284,9 @@ async fn an_account_with_a_problem_leaves_rotation_and_the_job_runs_on_another()
     }
     let metrics = app.metrics().await;
     assert!(metrics.contains("reelgate_upstream_accounts_benched_total{upstream=\"broke\"}"), "{metrics}");
+    assert!(metrics.contains("reelgate_upstream_accounts_benched_total{upstream=\"wrong-region\"}"), "{metrics}");
     assert!(metrics.contains("code=\"1008\""), "{metrics}");
+    assert!(metrics.contains("code=\"2049\""), "{metrics}");
     // Out of rotation means no further create calls: only the calls already in flight
     // when the first 1008 came back reached the broken account.
     let broke = &sim.stats().keys["k-insufficient-balance"];
