@@ -64,6 +64,12 @@ impl BitWriter {
         self.acc_bits == 0
     }
 
+    /// Bits written since the last byte boundary.
+    #[cfg(test)]
+    pub fn pending_bits(&self) -> u32 {
+        self.acc_bits
+    }
+
     /// Pads with zero bits up to the next byte boundary (pcm_alignment_zero_bit).
     pub fn align_zero(&mut self) {
         if self.acc_bits > 0 {

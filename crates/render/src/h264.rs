@@ -1,5 +1,6 @@
-//! A deliberately tiny H.264 encoder: Constrained Baseline, CAVLC, one slice per picture, and only two kinds of
-//! macroblock: I_PCM (raw samples) and P_Skip (copy from the previous picture).
+//! A deliberately small H.264 encoder: Constrained Baseline, CAVLC, one slice per picture. The first picture is
+//! Intra 16x16 (see `intra`); later pictures have only two kinds of macroblock: I_PCM (raw samples) and P_Skip
+//! (copy from the previous picture).
 //!
 //! Why this shape: the sandbox needs real, decodable H.264 without shipping or installing an encoder. I_PCM is
 //! lossless and needs no transform, prediction or entropy coding, and P_Skip costs a few bits, so a picture
@@ -7,10 +8,11 @@
 //! changes; this module only turns "these macroblocks now look like this" into NAL units.
 //!
 //! Exactness: every P_Skip macroblock here gets the motion vector (0, 0), because its neighbours are either
-//! intra (I_PCM) or P_Skip with (0, 0) themselves (spec 8.4.1.1 and 8.4.1.3), and deblocking is switched off
-//! in every slice header. So each decoded picture equals, sample for sample, what was sent.
+//! intra or P_Skip with (0, 0) themselves (spec 8.4.1.1 and 8.4.1.3), and deblocking is switched off in every
+//! slice header. So each decoded P picture equals, sample for sample, what was sent or kept.
 
 use crate::bits::{push_nal, BitWriter};
+use crate::intra::IntraEncoder;
 use crate::picture::Yuv420;
 
 /// profile_idc for Baseline.
@@ -19,9 +21,9 @@ pub const PROFILE_IDC: u8 = 66;
 pub const CONSTRAINT_FLAGS: u8 = 0b1100_0000;
 /// frame_num is written in this many bits; it wraps, which the spec allows, but 60 s at 24 fps never gets there.
 const LOG2_MAX_FRAME_NUM: u32 = 16;
-/// mb_type of I_PCM in an I slice (Table 7-11); in a P slice intra types are offset by 5 (Table 7-13).
-const MB_TYPE_I_PCM_IN_I: u32 = 25;
-const MB_TYPE_I_PCM_IN_P: u32 = 5 + MB_TYPE_I_PCM_IN_I;
+/// mb_type of I_PCM in a P slice: 25 in an I slice (Table 7-11), and intra types are offset by 5 in P slices
+/// (Table 7-13).
+const MB_TYPE_I_PCM_IN_P: u32 = 5 + 25;
 const NAL_SLICE: u8 = 1;
 const NAL_IDR_SLICE: u8 = 5;
 const NAL_SPS: u8 = 7;
@@ -156,19 +158,16 @@ impl Encoder {
         nal
     }
 
-    /// Appends the IDR picture showing all of `pic` to `out` as one length-prefixed NAL unit (MP4 sample
-    /// format); returns the bytes appended.
-    pub fn idr(&mut self, pic: &Yuv420, out: &mut Vec<u8>) -> u32 {
+    /// Appends the IDR picture showing `pic`, intra-coded at quantiser `qp` (12 ..= 29), to `out` as one
+    /// length-prefixed NAL unit (MP4 sample format). Returns the bytes appended and the picture a decoder will
+    /// reconstruct, which later P_Skip macroblocks repeat.
+    pub fn idr(&mut self, pic: &Yuv420, qp: i32, out: &mut Vec<u8>) -> (u32, Yuv420) {
         self.frame_num = 0;
-        let total = self.mb_width * self.mb_height;
         self.rbsp.clear();
-        self.slice_header(true);
-        for addr in 0..total {
-            self.rbsp.ue(MB_TYPE_I_PCM_IN_I);
-            self.pcm_samples(pic, addr);
-        }
+        self.slice_header(true, qp);
+        let reconstructed = IntraEncoder::new(pic, qp).encode(&mut self.rbsp);
         self.rbsp.trailing_bits();
-        self.finish_nal(NAL_IDR_SLICE, out)
+        (self.finish_nal(NAL_IDR_SLICE, out), reconstructed)
     }
 
     /// Appends a P picture to `out` in which the macroblocks `coded` (raster addresses, strictly increasing) are
@@ -178,7 +177,7 @@ impl Encoder {
         self.frame_num = (self.frame_num + 1) % (1 << LOG2_MAX_FRAME_NUM);
         let total = self.mb_width * self.mb_height;
         self.rbsp.clear();
-        self.slice_header(false);
+        self.slice_header(false, 26);
         let mut next = 0; // the first macroblock not yet covered
         for &addr in coded {
             assert!(addr >= next && addr < total, "coded macroblocks must be increasing and inside the picture");
@@ -196,7 +195,7 @@ impl Encoder {
         self.finish_nal(NAL_SLICE, out)
     }
 
-    fn slice_header(&mut self, idr: bool) {
+    fn slice_header(&mut self, idr: bool, qp: i32) {
         let w = &mut self.rbsp;
         w.ue(0); // first_mb_in_slice
         w.ue(if idr { 7 } else { 5 }); // slice_type: I or P, +5 meaning every slice of the picture has this type
@@ -215,7 +214,7 @@ impl Encoder {
         } else {
             w.flag(false); // adaptive_ref_pic_marking_mode_flag
         }
-        w.se(0); // slice_qp_delta: I_PCM and P_Skip carry no residual, so QP changes nothing
+        w.se(qp - 26); // slice_qp_delta from pic_init_qp 26 (I_PCM and P_Skip have no residual to quantise)
         w.ue(1); // disable_deblocking_filter_idc 1: keep the raw samples exactly as sent
     }
 
@@ -294,15 +293,11 @@ pub const MAX_SIDE_MBS: u32 = 543;
 /// The lowest level whose limits this stream meets, or None if even level 5.1 is exceeded.
 ///
 /// `frame_bytes` are the sizes of the pictures in decoding order. Checked: picture size and sides (A.3.1 f, g),
-/// macroblock rate, the per-picture size bound implied by MinCR for every picture after the first (A.3.1), and
-/// that a hypothetical decoder buffer of the level's MaxCPB, filled at MaxBR from the start and drained one
-/// picture per frame period after an initial delay of MaxCPB / MaxBR, never runs dry (C.3, variable bit rate).
-///
-/// Known deviation: the first picture is raw I_PCM, so it is about MinCR (2 or 4) times larger than A.3.1 lets
-/// any level's first access unit be. Only a real transform coder would avoid that; software decoders (FFmpeg, so
-/// Chromium and Firefox on Linux) ignore it. Hardware decoders size their buffers from the level, so the
-/// buffer check still keeps the whole first picture inside the declared CPB; that is why a 1080p stream, whose
-/// IDR picture is about 25 Mbit, declares level 4.1 (62.5 Mbit CPB) rather than 4.0 (25 Mbit).
+/// macroblock rate, the picture size bound MinCR sets (A.3.1: 384 bytes a macroblock divided by MinCR, which
+/// is why the first picture is intra-coded rather than raw), and that a hypothetical decoder buffer of the
+/// level's MaxCPB, filled at MaxBR from the start and drained one picture per frame period after an initial
+/// delay of MaxCPB / MaxBR, never runs dry (C.3, variable bit rate). Decoders seldom enforce levels, but
+/// hardware decoders size their buffers from them, so the declared level must be honest.
 pub fn choose_level(mb_width: u32, mb_height: u32, fps: u32, frame_bytes: &[u32]) -> Option<u8> {
     let fs = u64::from(mb_width) * u64::from(mb_height);
     let fps = u64::from(fps);
@@ -318,15 +313,16 @@ fn fits(l: &LevelLimits, fs: u64, mbw: u64, mbh: u64, fps: u64, frame_bytes: &[u
     }
     let rate = l.max_br * 1000; // bit/s
     let cpb = l.max_cpb * 1000; // bit
-                                // A later picture may hold at most 384 * MaxMBPS * (one frame period) / MinCR bytes (A.3.1); the first one
-                                // is exempt, see above. Work in bit * fps units so that everything stays an integer.
+                                // The first picture may hold at most 384 * Max(PicSizeInMbs, MaxMBPS / 172) / MinCR bytes, a later one
+                                // 384 * MaxMBPS * (one frame period) / MinCR (A.3.1). Work in bit * fps units so everything stays an integer.
+    let first_limit = 384 * 8 * fs.max(l.max_mbps / 172) * fps / l.min_cr;
     let later_limit = 384 * 8 * l.max_mbps / l.min_cr;
     let per_frame = rate; // bits * fps arriving per frame period
     let mut fullness = cpb * fps; // the buffer is full when the first picture is removed
     let mut remaining: u64 = frame_bytes.iter().map(|&b| u64::from(b) * 8 * fps).sum();
     for (i, &bytes) in frame_bytes.iter().enumerate() {
         let bits = u64::from(bytes) * 8 * fps;
-        if i > 0 && bits > later_limit {
+        if bits > if i == 0 { first_limit } else { later_limit } {
             return false;
         }
         if i > 0 {
@@ -347,32 +343,41 @@ mod tests {
 
     #[test]
     fn levels_follow_picture_size_and_rate() {
-        let p = |fs_bytes: u32, n: usize| {
-            let mut v = vec![2_000; n];
-            v[0] = fs_bytes;
+        let p = |first: u32, n: usize| {
+            let mut v = vec![11_000; n];
+            v[0] = first;
             v
         };
-        // 1366x768: 86x48 macroblocks, a 1.6 MB raw first picture.
-        assert_eq!(choose_level(86, 48, 24, &p(4128 * 386, 144)), Some(32));
-        // 1920x1080: 120x68 macroblocks; the 3.1 MB first picture overflows level 4.0's 25 Mbit buffer.
-        assert_eq!(choose_level(120, 68, 24, &p(8160 * 386, 240)), Some(41));
-        // 1080x1920 portrait: same area, taller than level 4.1's longest side? sqrt(8 * 8192) = 256 macroblocks.
-        assert_eq!(choose_level(68, 120, 24, &p(8160 * 386, 240)), Some(41));
+        // 1366x768 (86x48 macroblocks) with a 300 kB intra picture first: level 3.2 (MinCR 4 allows 396 kB).
+        assert_eq!(choose_level(86, 48, 24, &p(300_000, 144)), Some(32));
+        // 1920x1080 (120x68): level 4.0 allows a 783 kB first picture, 4.1 twice that.
+        assert_eq!(choose_level(120, 68, 24, &p(500_000, 240)), Some(40));
+        assert_eq!(choose_level(120, 68, 24, &p(1_000_000, 240)), Some(41));
+        // A raw 1080p picture (384 bytes a macroblock) breaks MinCR at every level.
+        assert_eq!(choose_level(120, 68, 24, &p(8160 * 386, 240)), None);
+        // 1080x1920 portrait: 120 macroblocks tall is within level 4.0's sqrt(8 * 8192) = 256.
+        assert_eq!(choose_level(68, 120, 24, &p(500_000, 240)), Some(40));
         // 2700x1080 (5:2): too many macroblocks for level 4.2.
-        assert_eq!(choose_level(169, 68, 24, &p(11492 * 386, 240)), Some(50));
+        assert_eq!(choose_level(169, 68, 24, &p(500_000, 240)), Some(50));
         // Too big for any level.
-        assert_eq!(choose_level(600, 100, 24, &p(60000 * 386, 24)), None);
+        assert_eq!(choose_level(600, 100, 24, &p(500_000, 24)), None);
     }
 
     #[test]
     fn heavy_later_pictures_raise_the_level() {
-        // 1366x768 where every picture is raw for 10 s: 1.6 MB * 24 fps = 305 Mbit/s, more than any level allows
-        // (a short burst would fit in level 5.1's 240 Mbit buffer).
-        assert_eq!(choose_level(86, 48, 24, &vec![4128 * 386; 240]), None);
-        // A few heavy pictures fit a bigger buffer.
+        // 1366x768 where every later picture is raw for 10 s: 1.6 MB * 24 fps = 305 Mbit/s, more than any level
+        // allows (a short burst would fit in level 5.1's 240 Mbit buffer).
+        assert_eq!(choose_level(86, 48, 24, &p_all(300_000, 4128 * 386, 240)), None);
+        // One raw picture after the first: too big for MinCR 4 (levels 3.1 to 4.0), fine for 4.1.
         let mut v = vec![1_000; 144];
-        v[0] = 4128 * 386;
+        v[0] = 300_000;
         v[1] = 4128 * 386;
-        assert!(choose_level(86, 48, 24, &v).unwrap() > 32);
+        assert_eq!(choose_level(86, 48, 24, &v), Some(41));
+    }
+
+    fn p_all(first: u32, rest: u32, n: usize) -> Vec<u32> {
+        let mut v = vec![rest; n];
+        v[0] = first;
+        v
     }
 }

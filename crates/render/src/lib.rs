@@ -3,18 +3,23 @@
 //! A video moves from a first picture to a last one with a wipe: the first picture is the i2v input image or a
 //! scene drawn from the prompt's hash, the last is the FL2V end image or another prompt-drawn scene. Output is
 //! Constrained Baseline H.264 at 24 fps in an MP4 with `moov` first, which Chromium plays while downloading.
+//! The first frame is intra-coded at a fine quantiser (about one level of error per sample); the last frame
+//! holds the last picture's samples losslessly.
 //!
 //! Pure and deterministic: no I/O but the writer it is given, no clock, no randomness but the prompt's hash, so
 //! the same request gives the same bytes and the sandbox can cache by `cache_key`.
 //!
 //! Modules: `input` owns the input images (sniffing, probing, decoding); `picture` the RGB pictures and their
-//! YUV planes; `schedule` which macroblock changes when; `bits` and `h264` the bitstream; `mp4` the container.
+//! YUV planes; `schedule` which macroblock changes when; `bits`, `cavlc`, `intra` and `h264` the bitstream;
+//! `mp4` the container.
 
 #![forbid(unsafe_code)]
 
 mod bits;
+mod cavlc;
 mod h264;
 mod input;
+mod intra;
 mod mp4;
 mod picture;
 mod schedule;
@@ -37,7 +42,11 @@ pub const MAX_SECONDS: u32 = 60;
 const TIMESCALE: u32 = 12_288;
 /// Bumped whenever the output for the same request changes, so caches keyed by `cache_key` never serve stale
 /// renders.
-const RENDER_VERSION: &str = "reelgate-render/1";
+const RENDER_VERSION: &str = "reelgate-render/2";
+/// Quantisers tried for the intra-coded first picture, finest first; the first whose picture is at most a
+/// quarter of the raw size is kept. QP 14 is visually lossless (about one level of error per sample); a quarter
+/// of raw meets MinCR at every level (A.3.1), and the coarser steps only matter for noise-like images.
+const IDR_QPS: [i32; 4] = [14, 20, 26, 29];
 /// How much of the prompt's scene is mixed into the input image to make the last picture of an image-to-video
 /// render without an end image (out of 255): enough to see the prompt, little enough to recognise the image.
 const I2V_END_BLEND: u8 = 110;
@@ -148,8 +157,8 @@ fn validate(req: &RenderRequest) -> Result<(), RenderError> {
 /// Renders the whole MP4 into `out` and returns the number of bytes written. Deterministic: the same request
 /// gives the same bytes.
 ///
-/// The video is encoded into memory first (its size is about two raw pictures, some 3 MB at 768p and 6 MB at
-/// 1080p) because the MP4 index, written before the samples, needs every sample's size.
+/// The video is encoded into memory first (at most a raw picture and a compressed one, some 1.7 MB at 768p and
+/// 3.3 MB at 1080p) because the MP4 index, written before the samples, needs every sample's size.
 pub fn render_mp4(req: &RenderRequest, out: &mut impl Write) -> Result<u64, RenderError> {
     validate(req)?;
     let (w, h) = (req.width, req.height);
@@ -175,21 +184,33 @@ pub fn render_mp4(req: &RenderRequest, out: &mut impl Write) -> Result<u64, Rend
     let mut encoder = Encoder::new(w, h, FPS);
     let (mbw, mbh) = (encoder.mb_width(), encoder.mb_height());
     let plan = Schedule::new(&mut Rng::from_text("sweep", &req.prompt), mbw, mbh, frames);
-    // Two raw pictures plus slack for headers and emulation prevention bytes.
+    // One raw picture for the switch-over, the intra picture, and slack for headers and emulation prevention.
     let raw_picture = (mbw * mbh) as usize * 384;
-    let mut samples = Vec::with_capacity(raw_picture * 2 + raw_picture / 16 + frames as usize * 64);
+    let mut samples = Vec::with_capacity(raw_picture + raw_picture / 2 + frames as usize * 64);
     let mut sizes = Vec::with_capacity(frames as usize);
-    sizes.push(encoder.idr(&first, &mut samples));
+    let mut shown = None;
+    for qp in IDR_QPS {
+        samples.clear();
+        let (size, reconstructed) = encoder.idr(&first, qp, &mut samples);
+        shown = Some(reconstructed);
+        if size as usize <= raw_picture / 4 {
+            break;
+        }
+    }
+    sizes.push(samples.len() as u32);
+    // What the decoder shows after the first frame: the intra picture as reconstructed, not the source.
+    let shown = shown.expect("IDR_QPS is not empty");
+    drop(first);
     let mut coded = Vec::new();
     for switching in plan.frames(frames) {
-        // A macroblock that looks the same in both pictures needs no update: skipping it is still exact.
+        // A macroblock that already looks like the last picture needs no update: skipping it is still exact.
         coded.clear();
-        coded.extend(switching.iter().map(|&(_, addr)| addr).filter(|&a| !first.same_macroblock(&last, a as usize)));
+        coded.extend(switching.iter().map(|&(_, addr)| addr).filter(|&a| !shown.same_macroblock(&last, a as usize)));
         sizes.push(encoder.p_frame(&last, &coded, &mut samples));
     }
 
-    // Streams this encoder makes always fit level 5.1 once `validate` passed (at most two raw pictures in all);
-    // fall back to it rather than fail if the estimate is ever wrong.
+    // Streams this encoder makes fit level 5.1 once `validate` passed (an intra picture, then at most one raw
+    // picture in all); fall back to it rather than fail if that reasoning is ever wrong.
     let level = h264::choose_level(mbw, mbh, FPS, &sizes).unwrap_or(51);
     let sps = encoder.sps(level);
     let pps = encoder.pps();

@@ -17,9 +17,10 @@ pub type Rgb = RgbImage;
 pub struct Yuv420 {
     mb_width: usize,
     mb_height: usize,
-    y: Vec<u8>,
-    u: Vec<u8>,
-    v: Vec<u8>,
+    // Crate-visible so the intra encoder can write its reconstruction in place.
+    pub(crate) y: Vec<u8>,
+    pub(crate) u: Vec<u8>,
+    pub(crate) v: Vec<u8>,
 }
 
 impl Yuv420 {
@@ -76,6 +77,11 @@ impl Yuv420 {
     /// The Cr plane, `chroma_stride()` samples a row.
     pub fn v(&self) -> &[u8] {
         &self.v
+    }
+
+    /// Size in macroblocks: (columns, rows).
+    pub fn mb_size(&self) -> (usize, usize) {
+        (self.mb_width, self.mb_height)
     }
 
     /// Samples per luma row: the width rounded up to whole macroblocks.
