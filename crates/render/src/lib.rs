@@ -42,7 +42,7 @@ pub const MAX_SECONDS: u32 = 60;
 const TIMESCALE: u32 = 12_288;
 /// Bumped whenever the output for the same request changes, so caches keyed by `cache_key` never serve stale
 /// renders.
-const RENDER_VERSION: &str = "reelgate-render/2";
+const RENDER_VERSION: &str = "reelgate-render/3";
 /// Quantisers tried for the intra-coded first picture, finest first; the first whose picture is at most a
 /// quarter of the raw size is kept. QP 14 is visually lossless (about one level of error per sample); a quarter
 /// of raw meets MinCR at every level (A.3.1), and the coarser steps only matter for noise-like images.
