@@ -10,4 +10,5 @@ mod engine;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod playback;
 mod spec;
