@@ -115,18 +115,40 @@ pub fn output_size(p: u32, first_frame: Option<(u32, u32)>) -> (u32, u32) {
 /// A stable hex SHA-256 of everything that determines `render_mp4`'s output: the renderer version, size, length,
 /// prompt and the input images' pixels. Cheap: the image digests are computed once, when they are decoded.
 pub fn cache_key(req: &RenderRequest) -> String {
+    let image = |img: &Option<DecodedImage>| img.as_ref().map(|i| *i.digest());
+    key(b"pixels", req.width, req.height, req.seconds, &req.prompt, [image(&req.first_frame), image(&req.last_frame)])
+}
+
+/// Like `cache_key`, but from the input images' file bytes (as fetched, before `decode_image`), so a cache can be
+/// consulted without decoding anything. Decoding is deterministic, so equal bytes mean equal output. The two kinds
+/// of key never coincide: a cache must use one kind throughout.
+pub fn cache_key_from_image_bytes(
+    width: u32,
+    height: u32,
+    seconds: u32,
+    prompt: &str,
+    first_frame: Option<&[u8]>,
+    last_frame: Option<&[u8]>,
+) -> String {
+    let digest = |bytes: Option<&[u8]>| bytes.map(|b| Sha256::digest(b).into());
+    key(b"bytes", width, height, seconds, prompt, [digest(first_frame), digest(last_frame)])
+}
+
+fn key(kind: &[u8], width: u32, height: u32, seconds: u32, prompt: &str, images: [Option<[u8; 32]>; 2]) -> String {
     let mut h = Sha256::new();
     h.update(RENDER_VERSION);
-    for n in [req.width, req.height, req.seconds, FPS] {
+    h.update(kind);
+    for n in [width, height, seconds, FPS] {
         h.update(n.to_be_bytes());
     }
-    h.update((req.prompt.len() as u64).to_be_bytes());
-    h.update(&req.prompt);
-    for image in [&req.first_frame, &req.last_frame] {
+    // Length-prefixed, so no prompt can run into the image fields.
+    h.update((prompt.len() as u64).to_be_bytes());
+    h.update(prompt);
+    for image in images {
         match image {
-            Some(img) => {
+            Some(digest) => {
                 h.update([1]);
-                h.update(img.digest());
+                h.update(digest);
             }
             None => h.update([0]),
         }
@@ -292,6 +314,43 @@ mod tests {
         // The key depends on the pixels, not on which allocation holds them.
         let a = RenderRequest { first_frame: Some(image(3)), ..base.clone() };
         assert_eq!(cache_key(&a), cache_key(&variants[4]));
+        // Pinned: a change here means every cached render is invalidated, which must come with a RENDER_VERSION bump.
+        assert_eq!(cache_key(&base), PINNED_KEY);
+    }
+
+    const PINNED_KEY: &str = "b042b3dca2cf3ffdbda3b6bbf2e64e610197ebaf962ee17ec7cdbbe71e9ba329";
+
+    /// Caches trust that the same key means the same bytes. This pins the bytes of one small render of each kind,
+    /// so a change to the output cannot slip in without bumping RENDER_VERSION. (The synthetic scenes use f32 sin
+    /// and sqrt; a platform whose libm rounds differently may need new digests without any code change.)
+    #[test]
+    fn output_changes_come_with_a_version_bump() {
+        let digest = |req: &RenderRequest| {
+            Sha256::digest(render_mp4_to_vec(req).unwrap()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let t2v = request("a red fox");
+        let fl2v = RenderRequest { first_frame: Some(image(3)), last_frame: Some(image(7)), ..request("a red fox") };
+        assert_eq!(
+            (RENDER_VERSION, digest(&t2v).as_str(), digest(&fl2v).as_str()),
+            (
+                "reelgate-render/3",
+                "8428c9082ad74b901cf8ac3eedda58e62a31a444cebabdf6bd0338cd10252a37",
+                "2d20a936c30d1db235ab188240eed59d09b8350bdb2e6f37036daba1206fa86b"
+            ),
+            "the output changed: bump RENDER_VERSION, then update the version and digests here"
+        );
+    }
+
+    #[test]
+    fn byte_keys_follow_the_bytes() {
+        let key = |first: Option<&[u8]>, last: Option<&[u8]>| cache_key_from_image_bytes(64, 48, 1, "fox", first, last);
+        let base = key(None, None);
+        assert_eq!(base, key(None, None));
+        assert_ne!(base, key(Some(b"a"), None));
+        assert_ne!(key(Some(b"a"), None), key(None, Some(b"a")));
+        assert_ne!(key(Some(b"a"), None), key(Some(b"b"), None));
+        assert_ne!(base, cache_key_from_image_bytes(64, 48, 2, "fox", None, None));
+        assert_ne!(base, cache_key(&request("fox")), "pixel keys and byte keys never coincide");
     }
 
     #[test]
