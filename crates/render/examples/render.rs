@@ -16,18 +16,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => Ok(None),
         }
     };
+    let decoding = Instant::now();
+    let (first_frame, last_frame) = (image(5)?, image(6)?);
+    let decode_ms = decoding.elapsed().as_secs_f64() * 1000.0;
     let req = render::RenderRequest {
         width: args[1].parse()?,
         height: args[2].parse()?,
         seconds: args[3].parse()?,
         prompt: args[4].clone(),
-        first_frame: image(5)?,
-        last_frame: image(6)?,
+        first_frame,
+        last_frame,
     };
     let started = Instant::now();
     let mut file = std::io::BufWriter::new(std::fs::File::create(&args[0])?);
     let bytes = render::render_mp4(&req, &mut file)?;
     let elapsed = started.elapsed();
-    println!("{}: {bytes} bytes in {:.0} ms, key {}", args[0], elapsed.as_secs_f64() * 1000.0, render::cache_key(&req));
+    let render_ms = elapsed.as_secs_f64() * 1000.0;
+    println!("{}: {bytes} bytes, rendered in {render_ms:.0} ms (images decoded in {decode_ms:.0} ms)", args[0]);
     Ok(())
 }

@@ -126,7 +126,7 @@ impl Encoder {
         w.flag(false); // pic_struct_present_flag
         w.flag(true); // bitstream_restriction_flag
         w.flag(true); // motion_vectors_over_pic_boundaries_flag
-        w.ue(0); // max_bytes_per_pic_denom: no limit (I_PCM pictures are large)
+        w.ue(0); // max_bytes_per_pic_denom: only the level limits (a P picture may be almost all I_PCM)
         w.ue(0); // max_bits_per_mb_denom: no limit
         w.ue(16); // log2_max_mv_length_horizontal
         w.ue(16); // log2_max_mv_length_vertical
@@ -214,8 +214,8 @@ impl Encoder {
         } else {
             w.flag(false); // adaptive_ref_pic_marking_mode_flag
         }
-        w.se(qp - 26); // slice_qp_delta from pic_init_qp 26 (I_PCM and P_Skip have no residual to quantise)
-        w.ue(1); // disable_deblocking_filter_idc 1: keep the raw samples exactly as sent
+        w.se(qp - 26); // slice_qp_delta from pic_init_qp 26: the intra QP (P pictures have no residual)
+        w.ue(1); // disable_deblocking_filter_idc 1: pictures stay exactly what the encoder reconstructs
     }
 
     /// I_PCM payload: zero bits to the byte boundary, then the 16x16 luma samples and the two 8x8 chroma
