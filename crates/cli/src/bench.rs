@@ -114,6 +114,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tempfile::Builder::new().prefix("reelgate-bench-").tempdir().context("cannot create a data directory")?;
     let mut config = service::Config::defaults();
     config.data_dir = data_dir.path().to_path_buf();
+    // This measures the API alone: the engine (and its in-process sandbox rendering
+    // videos) would compete for the same two cores. `bench engine` measures the engine.
+    config.engine.enabled = false;
     let keys = create_keys(&config, ACCOUNTS, 10, BENCH_CREDITS).await.context("cannot create the bench API keys")?;
 
     let real = spawn_server(|listener, shutdown| async move { Ok(service::run(config, listener, shutdown).await?) })
