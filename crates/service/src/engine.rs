@@ -81,6 +81,8 @@ pub struct Upstream {
     pub client: MiniMaxClient,
     /// Spaces query and retrieve calls to the account's query RPM.
     pacer: Pacer,
+    /// Spreads create calls over the minute instead of spending the budget at once.
+    creates: Mutex<TokenBucket>,
     /// Out of rotation until then, after an account problem.
     benched_until: Mutex<Option<Instant>>,
 }
@@ -88,7 +90,13 @@ pub struct Upstream {
 impl Upstream {
     /// An upstream account.
     pub fn new(budget: UpstreamBudget, client: MiniMaxClient, query_rpm: u32) -> Self {
-        Self { budget, client, pacer: Pacer::per_minute(query_rpm), benched_until: Mutex::new(None) }
+        Self {
+            creates: Mutex::new(TokenBucket::for_rpm(budget.create_rpm)),
+            budget,
+            client,
+            pacer: Pacer::per_minute(query_rpm),
+            benched_until: Mutex::new(None),
+        }
     }
 
     fn in_rotation(&self) -> bool {
@@ -102,6 +110,44 @@ impl Upstream {
             }
             None => true,
         }
+    }
+}
+
+/// Create calls over time: a bucket of `capacity` tokens refilled at the account's
+/// per-minute rate. MiniMax documents a "rate growth limit" (2045) against sudden
+/// spikes, so a budget of 20 a minute becomes a burst of a few and then one every three
+/// seconds, not twenty at once followed by a minute of silence.
+struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    per_ms: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn for_rpm(rpm: u32) -> Self {
+        // A tenth of a minute's budget may go at once, at least one call.
+        let capacity = (f64::from(rpm) / 6.0).max(1.0);
+        Self { tokens: capacity, capacity, per_ms: f64::from(rpm) / 60_000.0, last: Instant::now() }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64() * 1000.0;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Whole tokens available now.
+    fn available(&mut self) -> u32 {
+        self.refill();
+        self.tokens.floor().max(0.0) as u32
+    }
+
+    /// Spends `n` tokens (never more than are available).
+    fn spend(&mut self, n: u32) {
+        self.refill();
+        self.tokens = (self.tokens - f64::from(n)).max(0.0);
     }
 }
 
@@ -145,6 +191,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// Wakes the dispatcher (a new job, a freed slot).
     wake: Notify,
+    /// Wakes the poller (a job became due now).
+    poll_wake: Notify,
     /// Round-robin position across customer accounts.
     last_served: Mutex<Option<AccountId>>,
     /// Jobs with a step running in this process, so the poller does not start a second.
@@ -221,6 +269,7 @@ impl Engine {
             metrics: parts.metrics,
             config: parts.config,
             wake: Notify::new(),
+            poll_wake: Notify::new(),
             last_served: Mutex::new(None),
             busy: Mutex::new(HashSet::new()),
             download_failures: Mutex::new(HashMap::new()),
@@ -310,8 +359,16 @@ impl Engine {
     async fn dispatch_once(self: &Arc<Self>, stop: &CancellationToken, tasks: &TaskTracker) -> store::Result<()> {
         loop {
             let free = self.submits.available_permits();
-            let upstreams: Vec<UpstreamBudget> =
-                self.upstreams.iter().filter(|u| u.in_rotation()).map(|u| u.budget.clone()).collect();
+            let upstreams: Vec<UpstreamBudget> = self
+                .upstreams
+                .iter()
+                .filter(|u| u.in_rotation())
+                .map(|u| UpstreamBudget {
+                    claimable_now: u.creates.lock().unwrap_or_else(|p| p.into_inner()).available(),
+                    ..u.budget.clone()
+                })
+                .filter(|b| b.claimable_now > 0)
+                .collect();
             if free == 0 || upstreams.is_empty() || stop.is_cancelled() {
                 return Ok(());
             }
@@ -327,6 +384,10 @@ impl Engine {
             }
             if let Some(last) = claimed.last() {
                 *self.last_served.lock().unwrap_or_else(|p| p.into_inner()) = Some(last.job.record.account_id);
+            }
+            for upstream in &self.upstreams {
+                let taken = claimed.iter().filter(|c| c.upstream == upstream.budget.name).count() as u32;
+                upstream.creates.lock().unwrap_or_else(|p| p.into_inner()).spend(taken);
             }
             for job in claimed {
                 let Ok(permit) = self.submits.clone().try_acquire_owned() else {
@@ -541,6 +602,7 @@ impl Engine {
             };
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = self.poll_wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
@@ -678,7 +740,7 @@ impl Engine {
                 reschedule(now + interval, Some(p))
             }
             Ok(TaskState::Success { file_id }) => {
-                self.start_mirror(job, Stage::Running, Some(lease), file_id).await;
+                self.start_mirror(job, Some(lease), file_id).await;
                 return;
             }
             Ok(TaskState::Fail(err)) => {
@@ -715,24 +777,19 @@ impl Engine {
         }
     }
 
-    /// MiniMax reports success (by poll or callback): move to Downloading and copy the
-    /// video. `from` is Running; `if_due` the poll's lease, or `None` for a callback.
-    pub(crate) async fn start_mirror(
-        self: &Arc<Self>,
-        job: EngineJob,
-        from: Stage,
-        if_due: Option<i64>,
-        file_id: String,
-    ) {
-        let lease = Self::now_ms() + self.download_lease_ms();
-        let mut t = Transition::new(job.record.id, from, Stage::Downloading)
+    /// MiniMax reports success (by poll or callback): move to Downloading, due at once.
+    /// The poller then copies the video under a download slot; doing it here would keep
+    /// a poll slot (or a callback) waiting behind slow downloads. `if_due` is the poll's
+    /// lease, or `None` for a callback.
+    pub(crate) async fn start_mirror(&self, job: EngineJob, if_due: Option<i64>, file_id: String) {
+        let mut t = Transition::new(job.record.id, Stage::Running, Stage::Downloading)
             .if_due_at(if_due)
-            .due_at(lease)
+            .due_at(Self::now_ms())
             .progress(progress::DOWNLOADING);
         t.upstream_file_id = Some(file_id);
-        let Ok(Some(job)) = self.store.transition(t).await else { return };
-        let Ok(_permit) = self.downloads.clone().acquire_owned().await else { return };
-        self.mirror(job, lease).await;
+        if let Ok(Some(_)) = self.store.transition(t).await {
+            self.poll_wake.notify_one();
+        }
     }
 
     /// Fails a running job on MiniMax's word (callback).

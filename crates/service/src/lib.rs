@@ -162,6 +162,7 @@ async fn start_engine(
             name: "sandbox".into(),
             create_rpm: config.minimax.sandbox_create_rpm,
             max_in_flight: 10_000,
+            claimable_now: 0,
         };
         let client =
             engine::minimax::MiniMaxClient::new(&started.base_url(), "sandbox-key", submit_timeout, query_timeout);
@@ -178,6 +179,7 @@ async fn start_engine(
                     name: a.name.clone(),
                     create_rpm: a.create_rpm,
                     max_in_flight: a.max_in_flight,
+                    claimable_now: 0,
                 };
                 let client = engine::minimax::MiniMaxClient::new(&a.base_url, &a.api_key, submit_timeout, query_timeout);
                 tracing::info!(upstream = %a.name, base_url = %a.base_url, create_rpm = a.create_rpm, "MiniMax account in rotation");

@@ -102,7 +102,7 @@ fn upstream_rooms(conn: &Connection, req: &ClaimRequest, now: i64, window_ms: i6
             .query_row(params![u.name, now - window_ms], |r| r.get(0))?;
         rooms.push(Room {
             name: u.name.clone(),
-            calls: i64::from(u.create_rpm) - used,
+            calls: (i64::from(u.create_rpm) - used).min(i64::from(u.claimable_now)),
             slots: i64::from(u.max_in_flight),
         });
     }

@@ -734,7 +734,7 @@ mod tests {
     }
 
     fn budget(name: &str, rpm: u32, in_flight: u32) -> store::UpstreamBudget {
-        store::UpstreamBudget { name: name.into(), create_rpm: rpm, max_in_flight: in_flight }
+        store::UpstreamBudget { name: name.into(), create_rpm: rpm, max_in_flight: in_flight, claimable_now: u32::MAX }
     }
 
     fn claim(upstreams: Vec<store::UpstreamBudget>, max_jobs: usize, after: Option<AccountId>) -> ClaimRequest {

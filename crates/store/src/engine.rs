@@ -42,6 +42,9 @@ pub struct UpstreamBudget {
     pub create_rpm: u32,
     /// Tasks allowed to be submitting or running upstream at once.
     pub max_in_flight: u32,
+    /// Jobs this claim may take for the account at most (the caller's pacing), on top
+    /// of the per-minute budget.
+    pub claimable_now: u32,
 }
 
 /// Input for [`EngineStore::claim_jobs`].

@@ -73,9 +73,8 @@ pub async fn handle(engine: &Arc<Engine>, job_id: &str, token: &str, body: &[u8]
     match report.state() {
         Some(TaskState::Success { file_id }) => {
             tracing::info!(job.id = %id, upstream.task_id = job.upstream_task_id.as_deref().unwrap_or(""), "MiniMax callback: success");
-            // Copy the video in the background: the callback's answer should not wait for it.
-            let engine = engine.clone();
-            tokio::spawn(async move { engine.start_mirror(job, Stage::Running, None, file_id).await });
+            // The copy itself runs on the poller, so the callback's answer does not wait for it.
+            engine.start_mirror(job, None, file_id).await;
         }
         Some(TaskState::Fail(err)) => engine.fail_running(&job, err).await,
         Some(TaskState::Processing | TaskState::Preparing | TaskState::Queueing) => engine.note_processing(&job).await,
