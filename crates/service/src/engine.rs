@@ -637,6 +637,8 @@ impl Engine {
                 engine.step(job).await;
                 engine.unmark_busy(id);
                 drop(permit);
+                // A slot is free: due work waiting for one starts now, not at the next tick.
+                engine.poll_wake.notify_one();
             });
         }
         if started > 0 {
