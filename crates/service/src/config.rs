@@ -200,7 +200,14 @@ impl Config {
         }
         // Variables read elsewhere (log filter, engine switches of later features) are not
         // configuration keys; without this, deny_unknown_fields would refuse to start.
-        let env = Env::prefixed("REELGATE_").split("__").ignore(&["log", "allow_private_urls", "sandbox_latency_ms"]);
+        // REELGATE_REQUIRE_* are the test suite's switches (scripts/test sets them).
+        let env = Env::prefixed("REELGATE_").split("__").ignore(&[
+            "log",
+            "allow_private_urls",
+            "sandbox_latency_ms",
+            "require_ffmpeg",
+            "require_chromium",
+        ]);
         let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
         // The documented shortcut for the built-in sandbox's speed.
         if let Ok(ms) = std::env::var("REELGATE_SANDBOX_LATENCY_MS") {
