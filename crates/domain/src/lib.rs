@@ -11,6 +11,7 @@ pub mod job;
 pub mod keys;
 pub mod model;
 pub mod validation;
+pub mod webhook;
 
 pub use catalog::{Catalog, CatalogError, ModelSpec, PriceOverrides};
 pub use job::{JobStatus, Stage, WebhookEvent, WebhookStatus};

@@ -4,20 +4,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use store::JobRecord;
-use time::format_description::FormatItem;
-use time::macros::format_description;
-use time::OffsetDateTime;
 
-const RFC3339_MILLIS: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-
-/// Unix milliseconds as an RFC 3339 UTC timestamp with millisecond precision.
-pub fn timestamp(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(RFC3339_MILLIS).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
-}
+pub use domain::webhook::timestamp;
 
 /// The spec's Job object, serialized straight from the stored record: a typed view that
 /// borrows, so a poll does not copy the job into a tree of `Value`s first.
