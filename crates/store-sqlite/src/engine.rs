@@ -195,11 +195,13 @@ pub(crate) fn transition_in_tx(ctx: &WriteCtx<'_>, t: &Transition) -> Result<Opt
     }
     let conn = ctx.conn;
     let job_id = t.job_id.to_string();
-    let current: Option<(String, Option<i64>, i64, String)> = conn
-        .prepare_cached("select stage, due_at, credit_cost, account_id from job where job_id = ?1")
-        .and_then(|mut s| s.query_row([&job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).optional())
+    let current: Option<(String, Option<i64>, i64, String, Option<i64>)> = conn
+        .prepare_cached("select stage, due_at, credit_cost, account_id, progress from job where job_id = ?1")
+        .and_then(|mut s| {
+            s.query_row([&job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional()
+        })
         .map_err(map_err)?;
-    let Some((stage, due_at, cost, account)) = current else {
+    let Some((stage, due_at, cost, account, old_progress)) = current else {
         return Err(StoreError::NotFound(format!("job {job_id}")));
     };
     if stage != t.from.as_str() || t.if_due_at_ms.is_some_and(|expected| due_at != Some(expected)) {
@@ -250,7 +252,10 @@ pub(crate) fn transition_in_tx(ctx: &WriteCtx<'_>, t: &Transition) -> Result<Opt
         let note = if t.to == Stage::Failed { "failed" } else { "cancelled" };
         insert_ledger(ctx, account_id, LedgerKind::Refund, cost, Some(t.job_id), Some(note)).map_err(map_err)?;
     }
-    load_engine_job(conn, t.job_id).map_err(map_err)
+    let job = load_engine_job(conn, t.job_id).map_err(map_err)?.expect("updated above");
+    // The client's webhook event, in this same transaction: a crash cannot separate them.
+    crate::webhooks::raise_events(ctx, &job, old_progress.unwrap_or(0))?;
+    Ok(Some(job))
 }
 
 pub(crate) fn due_jobs(conn: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<EngineJob>> {

@@ -13,6 +13,7 @@ mod cache;
 mod engine;
 mod migrate;
 mod rows;
+mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use store::{
     Account, ApiKeyRecord, CallReservation, CancelOutcome, ClaimRequest, ClaimedJob, EngineJob, JobQuery, JobRecord,
     LedgerEntry, LedgerKind, NewApiKey, NewJob, QueueDepth, Result, StoreError, SubmitOutcome, Transition,
+    WebhookAttempt, WebhookDelivery, WebhookEventRecord,
 };
 
 use crate::cache::JobCache;
@@ -515,6 +517,35 @@ impl store::Store for SqliteStore {
             self.jobs.put(Arc::new(job), version);
         }
         Ok(())
+    }
+
+    async fn claim_webhooks(&self, now_ms: i64, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>> {
+        // The writer's clock decides what is due, like every other due time it writes.
+        let _ = now_ms;
+        self.writer.write(move |ctx| webhooks::claim_in_tx(ctx, limit, lease_ms)).await
+    }
+
+    async fn defer_webhooks(&self, event_ids: Vec<String>, until_ms: i64) -> Result<()> {
+        self.writer.write(move |ctx| webhooks::defer_in_tx(ctx, &event_ids, until_ms)).await
+    }
+
+    async fn record_webhook_attempt(&self, attempt: WebhookAttempt) -> Result<()> {
+        let (job, version) = self
+            .writer
+            .write(move |ctx| webhooks::record_in_tx(ctx, &attempt).map(|j| (j, ctx.next_version())))
+            .await?;
+        if let Some(job) = job {
+            self.jobs.put(Arc::new(job), version);
+        }
+        Ok(())
+    }
+
+    async fn webhook_events(&self, job_id: JobId) -> Result<Vec<WebhookEventRecord>> {
+        self.read(|c| webhooks::events(c, job_id))
+    }
+
+    async fn replay_webhooks(&self, job_id: JobId) -> Result<usize> {
+        self.writer.write(move |ctx| webhooks::replay_in_tx(ctx, job_id)).await
     }
 
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64> {

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub use engine::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, QueueDepth, Transition, UpstreamBudget};
+pub use webhooks::{AttemptOutcome, AttemptRecord, WebhookAttempt, WebhookDelivery, WebhookEventRecord};
 
 /// What can go wrong in a backend, by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -348,6 +350,21 @@ pub trait Store: Send + Sync + 'static {
     async fn results_to_expire(&self, before_ms: i64, limit: usize) -> Result<Vec<JobId>>;
     /// Marks a completed job's video as deleted (`expired: true`).
     async fn mark_expired(&self, id: JobId) -> Result<()>;
+
+    /// Takes up to `limit` outbox events due at `now_ms` for delivery, moving each one's
+    /// due time `lease_ms` ahead so a crashed attempt is retried, never lost.
+    async fn claim_webhooks(&self, now_ms: i64, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>>;
+    /// Puts claimed events back to be due at `until_ms` without counting an attempt.
+    async fn defer_webhooks(&self, event_ids: Vec<String>, until_ms: i64) -> Result<()>;
+    /// Records an attempt and its outcome; a completed or failed event's outcome also
+    /// sets the job's `webhookStatus`.
+    async fn record_webhook_attempt(&self, attempt: WebhookAttempt) -> Result<()>;
+    /// A job's events with their attempts, oldest first.
+    async fn webhook_events(&self, job_id: JobId) -> Result<Vec<WebhookEventRecord>>;
+    /// Schedules a job's completed or failed events for delivery again, now, with a
+    /// fresh retry schedule; returns how many. Safe from another process: it changes
+    /// only outbox rows, and the job's `webhookStatus` follows the new attempts.
+    async fn replay_webhooks(&self, job_id: JobId) -> Result<usize>;
 
     /// Forgets idempotency keys created before `before_ms`; returns how many.
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64>;
