@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod results;
 pub mod signing;
 pub mod state;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;

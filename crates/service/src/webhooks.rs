@@ -1,0 +1,3 @@
+//! Client webhooks: signing, the outbox worker and delivery.
+
+pub mod sign;
