@@ -33,6 +33,26 @@ pub struct Config {
     pub engine: EngineConfig,
     /// MiniMax accounts; none means the built-in sandbox.
     pub minimax: MiniMaxConfig,
+    /// Client webhook delivery.
+    pub webhooks: WebhookConfig,
+}
+
+/// Client webhook delivery.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Deliver webhooks from this process (runs with the engine).
+    pub enabled: bool,
+    /// Delay before each attempt, the first one included; after the last, give up.
+    pub retry_schedule_ms: Vec<u64>,
+    /// An attempt that has not answered 2xx by then has failed.
+    pub timeout_ms: u64,
+    /// Attempts in flight at once.
+    pub max_concurrent: usize,
+    /// Attempts in flight at once to one destination (scheme, host and port).
+    pub max_per_destination: usize,
+    /// Longest `Retry-After` honoured on 429 and 503.
+    pub max_retry_after_ms: u64,
 }
 
 /// The job engine: scheduling, polling, retries and result storage.
@@ -74,6 +94,10 @@ pub struct EngineConfig {
     pub max_concurrent_polls: usize,
     /// Result downloads in flight at once.
     pub max_concurrent_downloads: usize,
+    /// Let client-supplied URLs (input images, webhooks) reach loopback and private
+    /// addresses. Unset: the `REELGATE_ALLOW_PRIVATE_URLS` environment variable decides.
+    #[serde(default)]
+    pub allow_private_urls: Option<bool>,
     /// Largest input image fetched from a URL, in bytes (MiniMax's limit is 20 MB).
     pub max_input_image_bytes: u64,
     /// Largest result video accepted, in bytes.
@@ -274,6 +298,12 @@ impl Config {
                     a.name
                 )));
             }
+        }
+        let w = &self.webhooks;
+        if w.retry_schedule_ms.is_empty() || w.max_concurrent == 0 || w.max_per_destination == 0 || w.timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "webhooks: retry_schedule_ms needs at least one entry; max_concurrent, max_per_destination and timeout_ms must be positive".into(),
+            ));
         }
         if self.minimax.sandbox_create_rpm == 0 {
             return Err(ConfigError::Invalid("minimax.sandbox_create_rpm must be at least 1".into()));

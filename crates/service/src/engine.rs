@@ -193,6 +193,8 @@ pub struct Engine {
     wake: Notify,
     /// Wakes the poller (a job became due now).
     poll_wake: Notify,
+    /// Wakes the webhook worker (a transition may have raised an event).
+    webhook_wake: Arc<Notify>,
     /// Round-robin position across customer accounts.
     last_served: Mutex<Option<AccountId>>,
     /// Jobs with a step running in this process, so the poller does not start a second.
@@ -244,18 +246,19 @@ pub struct EngineParts {
     pub callbacks: bool,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Shared with the webhook worker.
+    pub webhook_wake: Arc<Notify>,
+    /// Whether client-supplied URLs may reach private addresses.
+    pub allow_private_urls: bool,
 }
 
 impl Engine {
     /// Builds the engine.
     pub fn new(parts: EngineParts) -> Arc<Self> {
-        let allow_private_urls = crate::guard::private_urls_allowed();
+        let allow_private_urls = parts.allow_private_urls;
         let c = &parts.config;
         Arc::new(Self {
-            images: crate::guard::guarded_client(
-                Duration::from_millis(c.query_timeout_ms.max(30_000)),
-                allow_private_urls,
-            ),
+            images: crate::guard::guarded_client(image_timeout(c), allow_private_urls, 3),
             submits: Arc::new(Semaphore::new(c.max_concurrent_submits)),
             polls: Arc::new(Semaphore::new(c.max_concurrent_polls)),
             downloads: Arc::new(Semaphore::new(c.max_concurrent_downloads)),
@@ -270,6 +273,7 @@ impl Engine {
             config: parts.config,
             wake: Notify::new(),
             poll_wake: Notify::new(),
+            webhook_wake: parts.webhook_wake,
             last_served: Mutex::new(None),
             busy: Mutex::new(HashSet::new()),
             download_failures: Mutex::new(HashMap::new()),
@@ -312,6 +316,16 @@ impl Engine {
 
     fn now_ms() -> i64 {
         crate::now_ms()
+    }
+
+    /// Applies a transition; one that happened may have raised a client webhook event,
+    /// so the webhook worker is woken.
+    async fn apply(&self, t: Transition) -> store::Result<Option<EngineJob>> {
+        let moved = self.store.transition(t).await?;
+        if moved.is_some() {
+            self.webhook_wake.notify_one();
+        }
+        Ok(moved)
     }
 
     fn image_timeout(&self) -> Duration {
@@ -449,7 +463,7 @@ impl Engine {
                     .due_at(Self::now_ms() + self.config.first_poll_delay_ms as i64)
                     .progress(progress::SUBMITTED);
                 t.upstream_task_id = Some(task_id.clone());
-                match self.store.transition(t).await {
+                match self.apply(t).await {
                     Ok(Some(_)) => tracing::info!(job.id = %id, upstream.task_id = %task_id, "MiniMax task created"),
                     Ok(None) => tracing::warn!(
                         job.id = %id, upstream.task_id = %task_id,
@@ -528,7 +542,7 @@ impl Engine {
 
     async fn requeue(&self, job: &EngineJob, lease: Option<i64>, not_before_ms: i64, why: &str) {
         let t = Transition::new(job.record.id, Stage::Submitting, Stage::Queued).if_due_at(lease).due_at(not_before_ms);
-        match self.store.transition(t).await {
+        match self.apply(t).await {
             Ok(Some(_)) => tracing::info!(job.id = %job.record.id, reason = why, "job back in the queue"),
             Ok(None) => {}
             Err(e) => tracing::error!(job.id = %job.record.id, error = %e, "could not requeue; the lease will"),
@@ -538,7 +552,7 @@ impl Engine {
     /// Fails a job from `from` with a refund, and counts it.
     async fn fail(&self, job: &EngineJob, from: Stage, if_due: Option<i64>, message: String, reason: &str) {
         let t = Transition::new(job.record.id, from, Stage::Failed).if_due_at(if_due).error(message);
-        match self.store.transition(t).await {
+        match self.apply(t).await {
             Ok(Some(done)) => {
                 self.metrics.inc("jobs_failed_total", &[("reason", reason)]);
                 if job.record.credit_cost > 0 {
@@ -663,7 +677,7 @@ impl Engine {
                 let t = Transition::new(job.record.id, Stage::Downloading, Stage::Downloading)
                     .if_due_at(job.due_at_ms)
                     .due_at(lease);
-                if let Ok(Some(job)) = self.store.transition(t).await {
+                if let Ok(Some(job)) = self.apply(t).await {
                     self.mirror(job, lease).await;
                 }
             }
@@ -719,7 +733,7 @@ impl Engine {
         // Claim this poll: move the due time past the call's timeout.
         let lease = Self::now_ms() + self.config.query_timeout_ms as i64 + 10_000;
         let claim = Transition::new(id, Stage::Running, Stage::Running).if_due_at(job.due_at_ms).due_at(lease);
-        let job = match self.store.transition(claim).await {
+        let job = match self.apply(claim).await {
             Ok(Some(job)) => job,
             _ => return,
         };
@@ -774,7 +788,7 @@ impl Engine {
                 reschedule(now + (interval * 2).max(self.backoff_ms(1)), None)
             }
         };
-        if let Err(e) = self.store.transition(next).await {
+        if let Err(e) = self.apply(next).await {
             tracing::error!(job.id = %id, error = %e, "could not reschedule the poll; the lease will");
         }
     }
@@ -789,7 +803,7 @@ impl Engine {
             .due_at(Self::now_ms())
             .progress(progress::DOWNLOADING);
         t.upstream_file_id = Some(file_id);
-        if let Ok(Some(_)) = self.store.transition(t).await {
+        if let Ok(Some(_)) = self.apply(t).await {
             self.poll_wake.notify_one();
         }
     }
@@ -810,7 +824,7 @@ impl Engine {
         // Keep the poll schedule as it is; only progress changes.
         let mut t = Transition::new(job.record.id, Stage::Running, Stage::Running).if_due_at(job.due_at_ms).progress(p);
         t.due_at_ms = job.due_at_ms;
-        let _ = self.store.transition(t).await;
+        let _ = self.apply(t).await;
     }
 
     // ----- result mirroring -----
@@ -831,7 +845,7 @@ impl Engine {
                     .progress(progress::DONE);
                 t.result = Some(json!({ "videoUrl": self.result_url(id) }));
                 t.result_bytes = Some(bytes as i64);
-                match self.store.transition(t).await {
+                match self.apply(t).await {
                     Ok(Some(_)) => {
                         self.download_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                         self.metrics.inc("jobs_completed_total", &[]);
@@ -861,7 +875,7 @@ impl Engine {
                     let t = Transition::new(id, Stage::Downloading, Stage::Downloading)
                         .if_due_at(Some(lease))
                         .due_at(Self::now_ms() + self.backoff_ms(failures));
-                    let _ = self.store.transition(t).await;
+                    let _ = self.apply(t).await;
                 }
             }
         }

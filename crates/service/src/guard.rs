@@ -149,10 +149,13 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// An HTTP client for client-supplied URLs: every connection and redirect passes the guard.
-pub fn guarded_client(timeout: Duration, allow_private: bool) -> reqwest::Client {
+/// An HTTP client for client-supplied URLs: every connection and redirect passes the
+/// guard. `max_redirects` 0 follows none (webhooks: a 3xx is a failed delivery).
+pub fn guarded_client(timeout: Duration, allow_private: bool, max_redirects: usize) -> reqwest::Client {
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= 3 {
+        if attempt.previous().len() > max_redirects || max_redirects == 0 {
+            attempt.stop()
+        } else if attempt.previous().len() >= max_redirects {
             attempt.error("too many redirects")
         } else if let Err(e) = check_url(attempt.url(), allow_private) {
             attempt.error(e)
@@ -229,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_resolving_to_refused_addresses_are_not_contacted() {
-        let client = guarded_client(Duration::from_secs(5), false);
+        let client = guarded_client(Duration::from_secs(5), false, 3);
         let err = client.get("http://localhost:9/x.png").send().await.unwrap_err();
         let refusal = refusal_in(&err).expect("refused by the guard, not by the network");
         assert!(refusal.contains("loopback"), "{refusal}");

@@ -84,12 +84,26 @@ pub async fn run(
     let openapi = openapi::document(&catalog).to_string();
     let addr = listener.local_addr()?;
     let metrics = Arc::new(engine::Metrics::default());
+    let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let (engine, sandbox) = if config.engine.enabled {
-        let (engine, sandbox) = start_engine(&config, store.clone(), addr, metrics.clone()).await?;
+        let (engine, sandbox) =
+            start_engine(&config, store.clone(), addr, metrics.clone(), webhook_wake.clone()).await?;
         (Some(engine), sandbox)
     } else {
         (None, None)
     };
+    // Webhooks go out wherever the engine runs: the engine raises the events.
+    let deliverer = (config.engine.enabled && config.webhooks.enabled).then(|| {
+        let allow_private = config.engine.allow_private_urls.unwrap_or_else(guard::private_urls_allowed);
+        webhooks::deliver::Deliverer::new(
+            store.clone(),
+            config.webhooks.clone(),
+            metrics.clone(),
+            webhook_wake,
+            allow_private,
+        )
+        .start()
+    });
     let state = AppState::new(Handles {
         store: store.clone(),
         keys,
@@ -108,6 +122,9 @@ pub async fn run(
     if let Some(engine) = engine {
         engine.shutdown(Duration::from_secs(5)).await;
     }
+    if let Some(deliverer) = deliverer {
+        deliverer.shutdown(Duration::from_secs(5)).await;
+    }
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
@@ -124,6 +141,7 @@ async fn start_engine(
     store: Arc<dyn Store>,
     addr: std::net::SocketAddr,
     metrics: Arc<engine::Metrics>,
+    webhook_wake: Arc<tokio::sync::Notify>,
 ) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
     let e = &config.engine;
     let signer = signing::Signer::load_or_create(&config.data_dir)
@@ -197,6 +215,8 @@ async fn start_engine(
         public_base_url,
         callbacks: e.public_base_url.is_some(),
         metrics,
+        webhook_wake,
+        allow_private_urls: e.allow_private_urls.unwrap_or_else(guard::private_urls_allowed),
     });
     Ok((engine.start(), sandbox))
 }

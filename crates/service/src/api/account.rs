@@ -30,6 +30,13 @@ async fn get_me(State(state): State<AppState>, Caller(key): Caller) -> Result<Js
             "customerId": null,
             "maxConcurrentJobs": account.max_concurrent_jobs,
         },
-        "apiKey": {"id": key.id.to_string(), "name": key.name, "prefix": key.prefix},
+        // `webhookSecret` is ours: the key's webhook signing secret in the `whsec_` form
+        // Standard Webhooks libraries take (see docs/WEBHOOKS.md).
+        "apiKey": {
+            "id": key.id.to_string(),
+            "name": key.name,
+            "prefix": key.prefix,
+            "webhookSecret": crate::webhooks::sign::SigningSecret(key.digest.0).whsec(),
+        },
     })))
 }

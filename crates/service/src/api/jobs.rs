@@ -30,6 +30,46 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v2/jobs", get(list_jobs))
         .route("/v2/jobs/{id}", get(get_job))
         .route("/v2/jobs/{id}/cancel", post(cancel_job))
+        .route("/v2/jobs/{id}/webhooks", get(get_job_webhooks))
+}
+
+/// Our addition: the job's webhook events and every delivery attempt, for the job's
+/// owner to see why a webhook did (not) arrive.
+async fn get_job_webhooks(
+    State(state): State<AppState>,
+    Caller(key): Caller,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let id = parse_job_id(&id)?;
+    let job = state.store.get_job(key.account_id, id).await?.ok_or_else(job_not_found)?;
+    let events = state.store.webhook_events(id).await?;
+    let ts = crate::api::dto::timestamp;
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.event_id,
+                "event": e.event.as_str(),
+                "url": e.url,
+                "status": e.status.as_str(),
+                "createdAt": ts(e.created_at_ms),
+                "nextAttemptAt": e.next_attempt_at_ms.filter(|_| e.status == domain::WebhookStatus::Pending).map(ts),
+                "attempts": e.attempts.iter().map(|a| serde_json::json!({
+                    "attemptedAt": ts(a.attempted_at_ms),
+                    "statusCode": a.status_code,
+                    "durationMs": a.duration_ms,
+                    "error": a.error,
+                    "responseBody": a.response_body,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "jobId": id.to_string(),
+        "webhookStatus": job.webhook_status.map(|w| w.as_str()),
+        "events": events,
+    }))
+    .into_response())
 }
 
 async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Response> {

@@ -1,0 +1,258 @@
+//! The webhook worker: delivers outbox events with bounded concurrency, a limit per
+//! destination, and retries on the configured schedule.
+//!
+//! Events are claimed from the outbox with a lease (their due time moves past the
+//! attempt's timeout), so an attempt cut short by a crash is made again after a
+//! restart: delivery is at least once, and receivers deduplicate on `webhook-id`.
+//!
+//! A slow or dead receiver costs at most `max_per_destination` connections: events for
+//! a destination already at its limit are put back a moment later instead of waiting
+//! in a task, so they never hold a worker slot or block other destinations' events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use store::{AttemptOutcome, Store, WebhookAttempt, WebhookDelivery};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::sign::{sign, SigningSecret};
+use crate::config::WebhookConfig;
+use crate::engine::Metrics;
+
+/// Events claimed per round.
+const CLAIM_BATCH: usize = 256;
+/// How far a destination's excess events are pushed back.
+const DEFER: Duration = Duration::from_millis(250);
+/// The longest sleep when nothing wakes the worker.
+const TICK: Duration = Duration::from_millis(500);
+/// Bytes of the receiver's answer kept with the attempt.
+const KEPT_RESPONSE_BYTES: usize = 1024;
+
+/// The worker.
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    config: WebhookConfig,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Stops the worker.
+pub struct DelivererHandle {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl DelivererHandle {
+    /// Stops claiming and waits up to `grace` for attempts in flight; unfinished ones
+    /// are made again after a restart (their lease expires).
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+}
+
+impl Deliverer {
+    /// A worker; `wake` is notified whenever an event may have been raised.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: WebhookConfig,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+        allow_private: bool,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            http: crate::guard::guarded_client(Duration::from_millis(config.timeout_ms), allow_private, 0),
+            slots: Arc::new(Semaphore::new(config.max_concurrent)),
+            store,
+            config,
+            metrics,
+            wake,
+            destinations: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Starts the loop.
+    pub fn start(self: &Arc<Self>) -> DelivererHandle {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(self.clone().run(stop.clone(), tasks.clone()));
+        DelivererHandle { stop, tasks }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        // Past the attempt's own timeout, with room to record it.
+        self.config.timeout_ms as i64 + 15_000
+    }
+
+    async fn run(self: Arc<Self>, stop: CancellationToken, tasks: TaskTracker) {
+        loop {
+            let full = match self.round(&tasks).await {
+                Ok(full) => full,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook round failed; retrying shortly");
+                    false
+                }
+            };
+            if full {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// Claims due events and starts an attempt for each that has room; returns whether
+    /// the claim was full (more may be due).
+    async fn round(self: &Arc<Self>, tasks: &TaskTracker) -> store::Result<bool> {
+        let free = self.slots.available_permits().min(CLAIM_BATCH);
+        if free == 0 {
+            return Ok(false);
+        }
+        let claimed = self.store.claim_webhooks(crate::now_ms(), free, self.lease_ms()).await?;
+        let full = claimed.len() == free;
+        let mut deferred = Vec::new();
+        for delivery in claimed {
+            if !self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(delivery.event_id.clone()) {
+                continue;
+            }
+            let destination = destination_of(&delivery.url);
+            let per_destination = {
+                let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+                map.entry(destination)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_per_destination)))
+                    .clone()
+            };
+            let (Ok(dest_permit), Ok(slot)) =
+                (per_destination.try_acquire_owned(), self.slots.clone().try_acquire_owned())
+            else {
+                self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&delivery.event_id);
+                deferred.push(delivery.event_id);
+                continue;
+            };
+            let worker = self.clone();
+            tasks.spawn(async move {
+                let id = delivery.event_id.clone();
+                worker.attempt(delivery).await;
+                worker.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                drop((dest_permit, slot));
+                worker.wake.notify_one();
+            });
+        }
+        if !deferred.is_empty() {
+            self.store.defer_webhooks(deferred, crate::now_ms() + DEFER.as_millis() as i64).await?;
+        }
+        Ok(full)
+    }
+
+    /// One attempt: send, record, schedule the next or settle.
+    async fn attempt(&self, d: WebhookDelivery) {
+        let started = Instant::now();
+        let attempted_at_ms = crate::now_ms();
+        let headers =
+            sign(&SigningSecret(d.secret), d.event.as_str(), &d.event_id, attempted_at_ms / 1000, d.payload.as_bytes());
+        let mut request = self
+            .http
+            .post(&d.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::USER_AGENT, concat!("reelgate-webhooks/", env!("CARGO_PKG_VERSION")));
+        for (name, value) in headers.pairs() {
+            request = request.header(name, value);
+        }
+        let sent = request.body(d.payload.clone()).send().await;
+        let (status_code, retry_after, response_body, error) = match sent {
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = retry_after_ms(&response);
+                let body = first_bytes(response).await;
+                let error = (!status.is_success()).then(|| format!("HTTP {status}"));
+                (Some(status.as_u16()), retry_after, Some(body), error)
+            }
+            Err(e) => {
+                let why = crate::guard::refusal_in(&e).unwrap_or_else(|| {
+                    if e.is_timeout() {
+                        format!("no answer within {} ms", self.config.timeout_ms)
+                    } else {
+                        format!("request failed: {e}")
+                    }
+                });
+                (None, None, None, Some(why))
+            }
+        };
+        let delivered = error.is_none();
+        let made = d.attempts as usize + 1;
+        let outcome = if delivered {
+            AttemptOutcome::Delivered
+        } else if let Some(delay) = self.config.retry_schedule_ms.get(made) {
+            let jittered = (*delay as f64 * rand::random_range(0.8..1.2)) as i64;
+            let honoured = retry_after
+                .filter(|_| matches!(status_code, Some(429 | 503)))
+                .map(|ms| ms.min(self.config.max_retry_after_ms as i64));
+            AttemptOutcome::RetryAt(crate::now_ms() + jittered.max(honoured.unwrap_or(0)))
+        } else {
+            AttemptOutcome::GaveUp
+        };
+        let label = match outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::RetryAt(_) => "retry",
+            AttemptOutcome::GaveUp => "gave_up",
+        };
+        self.metrics.inc("webhook_attempts_total", &[("outcome", label)]);
+        tracing::info!(
+            job.id = %d.job_id, webhook.id = %d.event_id, webhook.event = d.event.as_str(), attempt = made,
+            status = status_code.unwrap_or(0), error = error.as_deref().unwrap_or(""), outcome = label,
+            "webhook attempt"
+        );
+        let attempt = WebhookAttempt {
+            event_id: d.event_id.clone(),
+            attempted_at_ms,
+            status_code,
+            duration_ms: started.elapsed().as_millis() as i64,
+            error,
+            response_body,
+            outcome,
+        };
+        if let Err(e) = self.store.record_webhook_attempt(attempt).await {
+            tracing::error!(webhook.id = %d.event_id, error = %e, "could not record a webhook attempt; its lease will retry it");
+        }
+    }
+}
+
+/// Scheme, host and port: what the per-destination limit counts by.
+fn destination_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not honoured).
+fn retry_after_ms(response: &reqwest::Response) -> Option<i64> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<i64>().ok().filter(|s| *s >= 0).map(|s| s * 1000)
+}
+
+/// The first KiB of the answer, without reading the rest.
+async fn first_bytes(response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        kept.extend_from_slice(&chunk[..chunk.len().min(KEPT_RESPONSE_BYTES - kept.len())]);
+        if kept.len() >= KEPT_RESPONSE_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
