@@ -195,7 +195,9 @@ pub(crate) fn transition_in_tx(ctx: &WriteCtx<'_>, t: &Transition) -> Result<Opt
     }
     let conn = ctx.conn;
     let job_id = t.job_id.to_string();
-    let current: Option<(String, Option<i64>, i64, String, Option<i64>)> = conn
+    // stage, due_at, credit_cost, account_id, progress
+    type Current = (String, Option<i64>, i64, String, Option<i64>);
+    let current: Option<Current> = conn
         .prepare_cached("select stage, due_at, credit_cost, account_id, progress from job where job_id = ?1")
         .and_then(|mut s| {
             s.query_row([&job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional()

@@ -4,7 +4,9 @@
 use domain::webhook::{self, EventJob};
 use domain::{JobId, Stage, WebhookEvent, WebhookStatus};
 use rusqlite::{params, Connection, OptionalExtension};
-use store::{AttemptOutcome, AttemptRecord, EngineJob, Result, StoreError, WebhookAttempt, WebhookDelivery, WebhookEventRecord};
+use store::{
+    AttemptOutcome, AttemptRecord, EngineJob, Result, StoreError, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
+};
 
 use crate::map_err;
 use crate::rows::job_columns;
@@ -80,9 +82,11 @@ pub(crate) fn claim_in_tx(ctx: &WriteCtx<'_>, limit: usize, lease_ms: i64) -> Re
     .map_err(map_err)?;
     let mut out = Vec::with_capacity(rows.len());
     for delivery in rows {
-        conn.prepare_cached("update webhook_event set next_attempt_at = ?2, updated_at = ?3 where webhook_event_id = ?1")
-            .and_then(|mut s| s.execute(params![delivery.event_id, ctx.now_ms + lease_ms, ctx.now_ms]))
-            .map_err(map_err)?;
+        conn.prepare_cached(
+            "update webhook_event set next_attempt_at = ?2, updated_at = ?3 where webhook_event_id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![delivery.event_id, ctx.now_ms + lease_ms, ctx.now_ms]))
+        .map_err(map_err)?;
         out.push(delivery);
     }
     Ok(out)
