@@ -58,6 +58,18 @@ pub enum KeysCommand {
 }
 
 #[derive(clap::Subcommand)]
+pub enum WebhooksCommand {
+    /// Deliver a job's completed or failed webhook again, with a fresh retry schedule
+    /// (same `webhook-id`, so receivers that already have it can drop it).
+    Replay {
+        /// The job.
+        job: domain::JobId,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(clap::Subcommand)]
 pub enum CreditsCommand {
     /// Add credits to an account (a `grant` ledger row).
     Grant {
@@ -170,6 +182,21 @@ async fn set_status(data: &DataArgs, id: &str, status: ApiKeyStatus) -> anyhow::
     let key = store.set_api_key_status(key_id, status).await?;
     store.close().await;
     println!("key {} ({}) is now {}", key.id, key.prefix, key.status.as_str());
+    Ok(())
+}
+
+pub async fn webhooks(cmd: WebhooksCommand) -> anyhow::Result<()> {
+    match cmd {
+        WebhooksCommand::Replay { job, data } => {
+            let (_, store) = open(&data)?;
+            let n = store.replay_webhooks(job).await;
+            store.close().await;
+            match n? {
+                0 => bail!("job {job} has no completed or failed webhook event to replay"),
+                n => println!("{n} webhook event(s) of job {job} scheduled for delivery now"),
+            }
+        }
+    }
     Ok(())
 }
 

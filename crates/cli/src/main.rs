@@ -53,6 +53,9 @@ enum Command {
     /// Manage account credits.
     #[command(subcommand)]
     Credits(admin::CreditsCommand),
+    /// Client webhooks.
+    #[command(subcommand)]
+    Webhooks(admin::WebhooksCommand),
     /// Apply pending database migrations and exit.
     Migrate(DataArgs),
     /// Load and validate the configuration, then print the effective settings.
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve::run(args).await,
             Command::Keys(cmd) => admin::keys(cmd).await,
             Command::Credits(cmd) => admin::credits(cmd).await,
+            Command::Webhooks(cmd) => admin::webhooks(cmd).await,
             Command::Migrate(args) => admin::migrate(args),
             Command::Config(cmd) => admin::config(cmd),
             Command::Bench(args) => bench::run(args).await,

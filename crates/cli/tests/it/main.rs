@@ -12,3 +12,4 @@ mod jobs;
 mod lifecycle;
 mod playback;
 mod spec;
+mod webhooks;

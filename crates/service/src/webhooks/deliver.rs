@@ -42,6 +42,7 @@ pub struct Deliverer {
     slots: Arc<Semaphore>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
     busy: Mutex<HashSet<String>>,
+    allow_private: bool,
 }
 
 /// Stops the worker.
@@ -78,6 +79,7 @@ impl Deliverer {
             wake,
             destinations: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
+            allow_private,
         })
     }
 
@@ -171,7 +173,23 @@ impl Deliverer {
         for (name, value) in headers.pairs() {
             request = request.header(name, value);
         }
-        let sent = request.body(d.payload.clone()).send().await;
+        // IP-literal hosts never reach the guard's resolver: check them here.
+        let refused = match reqwest::Url::parse(&d.url) {
+            Ok(url) => crate::guard::check_url(&url, self.allow_private).err().map(|e| e.to_string()),
+            Err(_) => Some("not a valid URL".to_string()),
+        };
+        let sent = match refused {
+            Some(why) => Err(why),
+            None => request.body(d.payload.clone()).send().await.map_err(|e| {
+                crate::guard::refusal_in(&e).unwrap_or_else(|| {
+                    if e.is_timeout() {
+                        format!("no answer within {} ms", self.config.timeout_ms)
+                    } else {
+                        format!("request failed: {e}")
+                    }
+                })
+            }),
+        };
         let (status_code, retry_after, response_body, error) = match sent {
             Ok(response) => {
                 let status = response.status();
@@ -180,16 +198,7 @@ impl Deliverer {
                 let error = (!status.is_success()).then(|| format!("HTTP {status}"));
                 (Some(status.as_u16()), retry_after, Some(body), error)
             }
-            Err(e) => {
-                let why = crate::guard::refusal_in(&e).unwrap_or_else(|| {
-                    if e.is_timeout() {
-                        format!("no answer within {} ms", self.config.timeout_ms)
-                    } else {
-                        format!("request failed: {e}")
-                    }
-                });
-                (None, None, None, Some(why))
-            }
+            Err(why) => (None, None, None, Some(why)),
         };
         let delivered = error.is_none();
         let made = d.attempts as usize + 1;

@@ -1,0 +1,250 @@
+//! Client webhooks end to end: a receiver on an ephemeral port records what reelgate
+//! sends; signatures are checked with code independent of reelgate's signer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{TestApp, TestKey};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A webhook receiver answering with the statuses of `script` in turn (then 200).
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn receiver(script: Vec<u16>) -> Receiver {
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let script = Arc::new(Mutex::new(script.into_iter()));
+    let (g, s) = (got.clone(), script.clone());
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                g.lock().unwrap().push(Received { headers, body: body.to_vec() });
+                let status = s.lock().unwrap().next().unwrap_or(200);
+                let mut response = axum::response::IntoResponse::into_response((
+                    StatusCode::from_u16(status).unwrap(),
+                    format!("answer {status}"),
+                ));
+                if status == 302 {
+                    response.headers_mut().insert("location", "http://127.0.0.1:9/elsewhere".parse().unwrap());
+                }
+                response
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Receiver { url: format!("http://{addr}/hook"), got }
+}
+
+impl Receiver {
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn fast_webhooks(c: &mut service::Config) {
+    c.webhooks.retry_schedule_ms = vec![0, 100, 200, 300];
+    c.webhooks.timeout_ms = 2000;
+}
+
+async fn submit(app: &TestApp, key: &TestKey, prompt: &str, url: &str, events: Option<&[&str]>) -> String {
+    let mut body = json!({"model": "hailuo-2.3", "prompt": prompt, "webhookUrl": url});
+    if let Some(events) = events {
+        body["webhookEvents"] = json!(events);
+    }
+    let r = app.generate(key, &body).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    r.body["jobId"].as_str().unwrap().to_string()
+}
+
+async fn webhook_status(app: &TestApp, key: &TestKey, id: &str) -> Value {
+    app.get_job(key, id).await.body["webhookStatus"].clone()
+}
+
+async fn history(app: &TestApp, key: &TestKey, id: &str) -> Value {
+    let r =
+        app.http.get(app.url(&format!("/v2/jobs/{id}/webhooks"))).header("X-API-Key", &key.key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn header<'a>(r: &'a Received, name: &str) -> &'a str {
+    r.headers.get(name).unwrap_or_else(|| panic!("no {name} header")).to_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_completed_job_is_delivered_signed_both_ways() {
+    let hook = receiver(vec![]).await;
+    let app = TestApp::spawn_engine(|c, _| fast_webhooks(c)).await;
+    let key = app.create_key(100).await;
+    let id = submit(&app, &key, "a lighthouse", &hook.url, None).await;
+    assert_eq!(webhook_status(&app, &key, &id).await, "pending");
+    assert_eq!(app.wait_terminal(&key, &id, WITHIN).await["status"], "COMPLETED");
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "delivered" }).await;
+    let got = hook.received();
+    assert_eq!(got.len(), 1, "only the completed event by default");
+    let r = &got[0];
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["event"], "completed");
+    assert_eq!(body["jobId"], id.as_str());
+    assert_eq!(body["status"], "COMPLETED");
+    assert_eq!(body["progress"], 100);
+    assert_eq!(body["creditCost"], 5);
+    assert!(body["result"]["videoUrl"].as_str().unwrap().contains(&id));
+    assert!(body["completedAt"].is_string());
+    assert_eq!(header(r, "x-webhook-event"), "completed");
+
+    // Apiframe's scheme: HMAC-SHA256 keyed with the raw SHA-256 digest of the API key.
+    let secret: [u8; 32] = Sha256::digest(key.key.as_bytes()).into();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+    mac.update(&r.body);
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(header(r, "x-webhook-signature"), format!("sha256={hex}"));
+
+    // Standard Webhooks, with the whsec_ secret the account reads from /v2/me.
+    let me = app.me(&key.key).await.body;
+    let whsec = me["apiKey"]["webhookSecret"].as_str().unwrap();
+    let secret = base64::engine::general_purpose::STANDARD.decode(whsec.strip_prefix("whsec_").unwrap()).unwrap();
+    let (msg_id, ts) = (header(r, "webhook-id"), header(r, "webhook-timestamp"));
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+    mac.update(format!("{msg_id}.{ts}.").as_bytes());
+    mac.update(&r.body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(header(r, "webhook-signature"), format!("v1,{expected}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now - ts.parse::<i64>().unwrap()).abs() < 60);
+
+    let h = history(&app, &key, &id).await;
+    assert_eq!(h["webhookStatus"], "delivered");
+    assert_eq!(h["events"][0]["id"], msg_id);
+    assert_eq!(h["events"][0]["attempts"][0]["statusCode"], 200);
+    assert_eq!(h["events"][0]["attempts"][0]["responseBody"], "answer 200");
+    // Another account cannot read this job's deliveries.
+    let other = app.create_key(1).await;
+    let r =
+        app.http.get(app.url(&format!("/v2/jobs/{id}/webhooks"))).header("X-API-Key", &other.key).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn webhook_events_filter_what_is_sent() {
+    let hook = receiver(vec![]).await;
+    let app = TestApp::spawn_engine(|c, _| fast_webhooks(c)).await;
+    let key = app.create_key(100).await;
+    let with_progress = submit(&app, &key, "waves", &hook.url, Some(&["progress", "completed"])).await;
+    let failing = submit(&app, &key, "banned [sandbox:fail-1026]", &hook.url, None).await;
+    let failed_only = submit(&app, &key, "calm", &hook.url, Some(&["failed"])).await;
+    for id in [&with_progress, &failing, &failed_only] {
+        app.wait_terminal(&key, id, WITHIN).await;
+    }
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &failing).await == "delivered" }).await;
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &with_progress).await == "delivered" })
+        .await;
+    let events_of = |id: &str| {
+        hook.received()
+            .iter()
+            .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+            .filter(|b| b["jobId"] == id)
+            .map(|b| (b["event"].as_str().unwrap().to_string(), b["progress"].as_i64()))
+            .collect::<Vec<_>>()
+    };
+    let progress = events_of(&with_progress);
+    assert!(progress.iter().filter(|(e, _)| e == "progress").count() >= 2, "{progress:?}");
+    assert_eq!(progress.iter().filter(|(e, _)| e == "completed").count(), 1, "{progress:?}");
+    let failed = events_of(&failing);
+    assert_eq!(failed.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(), vec!["failed"]);
+    let body = hook
+        .received()
+        .into_iter()
+        .find(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["jobId"] == failing.as_str())
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body.body).unwrap();
+    assert_eq!((body["status"].as_str(), body.as_object().unwrap().len()), (Some("FAILED"), 5));
+    assert!(body["error"].as_str().unwrap().contains("1026"));
+    assert!(events_of(&failed_only).is_empty(), "a completed job sends nothing to a failed-only subscriber");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_with_the_same_id_and_recorded() {
+    let hook = receiver(vec![500, 503]).await;
+    let app = TestApp::spawn_engine(|c, _| fast_webhooks(c)).await;
+    let key = app.create_key(100).await;
+    let id = submit(&app, &key, "retry me", &hook.url, None).await;
+    app.wait_terminal(&key, &id, WITHIN).await;
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "delivered" }).await;
+    let got = hook.received();
+    assert_eq!(got.len(), 3);
+    let ids: Vec<&str> = got.iter().map(|r| header(r, "webhook-id")).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "webhook-id is stable across retries: {ids:?}");
+    assert!(got.windows(2).all(|w| w[0].body == w[1].body), "every attempt sends the same bytes");
+    let h = history(&app, &key, &id).await;
+    let codes: Vec<i64> =
+        h["events"][0]["attempts"].as_array().unwrap().iter().map(|a| a["statusCode"].as_i64().unwrap()).collect();
+    assert_eq!(codes, vec![500, 503, 200]);
+    assert_eq!(h["events"][0]["attempts"][0]["error"], "HTTP 500 Internal Server Error");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_the_last_failure_marks_the_job() {
+    let hook = receiver(vec![302, 302, 302, 302]).await;
+    let app = TestApp::spawn_engine(|c, _| fast_webhooks(c)).await;
+    let key = app.create_key(100).await;
+    let id = submit(&app, &key, "moved", &hook.url, None).await;
+    app.wait_terminal(&key, &id, WITHIN).await;
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "failed" }).await;
+    assert_eq!(hook.received().len(), 4, "one request per scheduled attempt, none to the redirect target");
+    let h = history(&app, &key, &id).await;
+    assert_eq!(h["events"][0]["status"], "failed");
+    assert!(h["events"][0]["attempts"].as_array().unwrap().iter().all(|a| a["statusCode"] == 302));
+    // An operator can replay it: the receiver now answers 200.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reelgate"))
+        .args(["webhooks", "replay", &id, "--data-dir", app.config.data_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "delivered" }).await;
+    assert_eq!(hook.received().len(), 5);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn private_destinations_are_refused_unless_allowed() {
+    let hook = receiver(vec![]).await;
+    let app = TestApp::spawn_engine(|c, _| {
+        fast_webhooks(c);
+        c.engine.allow_private_urls = Some(false);
+    })
+    .await;
+    let key = app.create_key(100).await;
+    let id = submit(&app, &key, "inside", &hook.url, None).await;
+    app.wait_terminal(&key, &id, WITHIN).await;
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "failed" }).await;
+    assert!(hook.received().is_empty(), "nothing reached the loopback receiver");
+    let h = history(&app, &key, &id).await;
+    let error = h["events"][0]["attempts"][0]["error"].as_str().unwrap().to_string();
+    assert!(error.contains("loopback") && error.contains("not allowed"), "{error}");
+    app.stop().await.unwrap();
+}
