@@ -235,6 +235,20 @@ pub fn document(catalog: &Catalog) -> Value {
                     "409": error_response("The job is no longer QUEUED.")
                 }
             }},
+            "/v2/jobs/{id}/webhooks": {"get": {
+                "summary": "A job's webhook deliveries (reelgate's addition)",
+                "description": "Every webhook event the job raised, with its delivery state and every attempt: time, HTTP status, duration, error and the first KiB of the receiver's answer.",
+                "tags": ["Jobs"],
+                "security": secured(),
+                "parameters": [{"in": "path", "name": "id", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+                "responses": {
+                    "200": {"description": "The job's webhook events.", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "400": error_response("`id` is not a valid UUID."),
+                    "401": unauthorized(),
+                    "403": forbidden(),
+                    "404": error_response("Job not found, or owned by another account.")
+                }
+            }},
             "/v2/results/{id}/{file}": {"get": {
                 "summary": "Download a completed job's video (reelgate's addition)",
                 "description": "The `result.videoUrl` of a completed job: reelgate's own copy of the video, made before MiniMax's link expires. The URL carries a token and needs no API key, so players can open it. Supports HTTP Range requests (206, 416).",
