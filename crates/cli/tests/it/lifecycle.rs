@@ -296,3 +296,93 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     store.close().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
+    // The receiver's port is closed at first: every event waits in the outbox, retrying.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let config = dir.path().join("reelgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {d:?}\n[engine]\nfirst_poll_delay_ms = 100\npoll_interval_ms = 100\n\
+             [minimax]\nsandbox_latency_ms = 300\nsandbox_create_rpm = 1000\n\
+             [webhooks]\nretry_schedule_ms = [0, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300]\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) =
+        reelgate(&["keys", "create", "--name", "hooks", "--credits", "100", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let key = out.lines().last().unwrap().to_string();
+    let server_port = free_port();
+    let base = format!("http://127.0.0.1:{server_port}");
+    let mut server = serve(&config, server_port).await;
+    let http = reqwest::Client::new();
+    let hook_url = format!("http://127.0.0.1:{port}/hook");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let body = json!({"model": "hailuo-2.3", "prompt": format!("crash hook {i}"), "webhookUrl": hook_url});
+        let r =
+            http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await.unwrap();
+        ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string());
+    }
+    // Wait until every job is COMPLETED (its event is in the outbox), then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let job: Value = http
+                .get(format!("{base}/v2/jobs/{id}"))
+                .header("X-API-Key", &key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if job["status"] == "COMPLETED" {
+                assert_eq!(job["webhookStatus"], "pending");
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not complete");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let hook = crate::webhooks::receiver_on(listener, vec![]).await;
+    let mut server = serve(&config, server_port).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let job: Value = http
+                .get(format!("{base}/v2/jobs/{id}"))
+                .header("X-API-Key", &key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if job["webhookStatus"] == "delivered" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "webhook of {id} not delivered after the restart: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let delivered: std::collections::HashSet<String> = hook
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["jobId"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        assert!(delivered.contains(id), "the completed event of {id} arrived");
+    }
+}

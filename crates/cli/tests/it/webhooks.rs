@@ -16,19 +16,24 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
-struct Received {
-    headers: HeaderMap,
-    body: Vec<u8>,
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
 }
 
 /// A webhook receiver answering with the statuses of `script` in turn (then 200).
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 async fn receiver(script: Vec<u16>) -> Receiver {
+    receiver_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), script).await
+}
+
+/// A receiver on `listener` answering with the statuses of `script` in turn (then 200).
+pub async fn receiver_on(listener: tokio::net::TcpListener, script: Vec<u16>) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let script = Arc::new(Mutex::new(script.into_iter()));
     let (g, s) = (got.clone(), script.clone());
@@ -50,14 +55,13 @@ async fn receiver(script: Vec<u16>) -> Receiver {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     Receiver { url: format!("http://{addr}/hook"), got }
 }
 
 impl Receiver {
-    fn received(&self) -> Vec<Received> {
+    pub fn received(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 }
