@@ -252,3 +252,40 @@ async fn private_destinations_are_refused_unless_allowed() {
     assert!(error.contains("loopback") && error.contains("not allowed"), "{error}");
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_hanging_receiver_times_out_without_delaying_a_healthy_one() {
+    // Accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hang.accept().await {
+            held.push(socket);
+        }
+    });
+    let healthy = receiver(vec![]).await;
+    let app = TestApp::spawn_engine(|c, _| {
+        c.webhooks.retry_schedule_ms = vec![0, 60_000];
+        c.webhooks.timeout_ms = 1500;
+    })
+    .await;
+    let key = app.create_key(100).await;
+    let stuck = submit(&app, &key, "into the void", &hang_url, None).await;
+    let fine = submit(&app, &key, "into good hands", &healthy.url, None).await;
+    app.wait_terminal(&key, &stuck, WITHIN).await;
+    app.wait_terminal(&key, &fine, WITHIN).await;
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &fine).await == "delivered" }).await;
+    // The hanging attempt ends at its timeout, recorded, and is rescheduled.
+    crate::helpers::eventually(WITHIN, || async {
+        history(&app, &key, &stuck).await["events"][0]["attempts"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let h = history(&app, &key, &stuck).await;
+    let attempt = &h["events"][0]["attempts"][0];
+    assert!(attempt["error"].as_str().unwrap().contains("no answer within 1500 ms"), "{attempt}");
+    assert!(attempt["durationMs"].as_i64().unwrap() >= 1400, "{attempt}");
+    assert_eq!(h["events"][0]["status"], "pending", "retried later");
+    assert_eq!(webhook_status(&app, &key, &stuck).await, "pending");
+    app.stop().await.unwrap();
+}
