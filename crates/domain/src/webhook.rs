@@ -128,7 +128,10 @@ mod tests {
         assert_eq!(v["completedAt"], "1970-01-01T00:00:00.000Z");
         let failed = EventJob { status: JobStatus::Failed, error: Some("no"), result: None, ..job };
         let v: Value = serde_json::from_str(&payload(WebhookEvent::Failed, &failed)).unwrap();
-        assert_eq!((v["event"].as_str(), v["error"].as_str(), v.as_object().unwrap().len()), (Some("failed"), Some("no"), 5));
+        assert_eq!(
+            (v["event"].as_str(), v["error"].as_str(), v.as_object().unwrap().len()),
+            (Some("failed"), Some("no"), 5)
+        );
         let running = EventJob { status: JobStatus::Processing, progress: 25, ..failed };
         let v: Value = serde_json::from_str(&payload(WebhookEvent::Progress, &running)).unwrap();
         assert_eq!((v["status"].as_str(), v["progress"].as_i64()), (Some("PROCESSING"), Some(25)));
