@@ -116,7 +116,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         rpm,
         "MiniMax sandbox listening: a simulated API that renders test videos, not real generations"
     );
-    shutdown_signal().await;
+    crate::serve::shutdown_signal().await;
     let stats = sim.stats();
     sim.shutdown().await;
     tracing::info!(
@@ -127,28 +127,4 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         "MiniMax sandbox stopped"
     );
     Ok(())
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
 }
