@@ -186,6 +186,35 @@ async fn serve(config: &std::path::Path, port: u16) -> std::process::Child {
     server
 }
 
+/// Polls `GET /v2/jobs/{id}` on the server at `base` until `done` holds for the job,
+/// and returns it; fails once `deadline` passes, naming `what` was awaited.
+async fn wait_for_job(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    id: &str,
+    deadline: Instant,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let job: Value = http
+            .get(format!("{base}/v2/jobs/{id}"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id}: {what} not reached in time; last seen {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_most_once() {
     // The sandbox runs in this test process, so MiniMax's side survives the server's death.
@@ -252,27 +281,12 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut statuses = std::collections::BTreeMap::new();
     for id in &ids {
-        loop {
-            let job: Value = http
-                .get(format!("{base}/v2/jobs/{id}"))
-                .header("X-API-Key", &key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let status = job["status"].as_str().unwrap().to_string();
-            if ["COMPLETED", "FAILED", "CANCELLED"].contains(&status.as_str()) {
-                *statuses.entry(status).or_insert(0) += 1;
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} stuck in {status} after the restart (stages at kill: {stages:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("a terminal status after the restart (stages at kill: {stages:?})");
+        let job = wait_for_job(&http, &base, &key, id, deadline, &what, |job| {
+            matches!(job["status"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED"))
+        })
+        .await;
+        *statuses.entry(job["status"].as_str().unwrap().to_string()).or_insert(0) += 1;
     }
     server.kill().unwrap();
     server.wait().unwrap();
@@ -332,23 +346,8 @@ async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
     // Wait until every job is COMPLETED (its event is in the outbox), then kill -9.
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
-        loop {
-            let job: Value = http
-                .get(format!("{base}/v2/jobs/{id}"))
-                .header("X-API-Key", &key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["status"] == "COMPLETED" {
-                assert_eq!(job["webhookStatus"], "pending");
-                break;
-            }
-            assert!(Instant::now() < deadline, "job {id} did not complete");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let job = wait_for_job(&http, &base, &key, id, deadline, "COMPLETED", |job| job["status"] == "COMPLETED").await;
+        assert_eq!(job["webhookStatus"], "pending");
     }
     server.kill().unwrap();
     server.wait().unwrap();
@@ -358,22 +357,8 @@ async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
     let mut server = serve(&config, server_port).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
-        loop {
-            let job: Value = http
-                .get(format!("{base}/v2/jobs/{id}"))
-                .header("X-API-Key", &key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["webhookStatus"] == "delivered" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "webhook of {id} not delivered after the restart: {job}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = "its webhook delivered after the restart";
+        wait_for_job(&http, &base, &key, id, deadline, what, |job| job["webhookStatus"] == "delivered").await;
     }
     server.kill().unwrap();
     server.wait().unwrap();
