@@ -15,6 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use domain::byte_range::ByteRange;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use crate::api::{authenticate, ok_json, Shared};
@@ -165,10 +166,10 @@ async fn download(
     let total = video.len;
     let (status, start, len) = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => (StatusCode::OK, 0, total),
-        Some(range) => match parse_range(range, total) {
-            RangeSpec::Whole => (StatusCode::OK, 0, total),
-            RangeSpec::Part(start, end) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-            RangeSpec::Unsatisfiable => {
+        Some(range) => match domain::byte_range::parse(range, total) {
+            ByteRange::Whole => (StatusCode::OK, 0, total),
+            ByteRange::Part(start, end) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+            ByteRange::Unsatisfiable => {
                 return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{total}"))], ())
                     .into_response();
             }
@@ -221,56 +222,4 @@ fn file_stream(
             Err(e) => Some((Err(e), (file, 0, false))),
         }
     })
-}
-
-/// One parsed `Range` header.
-#[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
-    /// No usable range: serve the whole file (RFC 9110 lets a server ignore what it can't parse).
-    Whole,
-    /// Inclusive byte positions.
-    Part(u64, u64),
-    Unsatisfiable,
-}
-
-fn parse_range(header: &str, total: u64) -> RangeSpec {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
-        return RangeSpec::Whole;
-    };
-    if spec.contains(',') {
-        // Multipart ranges are legal to ignore, and no video client sends them.
-        return RangeSpec::Whole;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeSpec::Whole;
-    };
-    match (first.parse::<u64>(), last.parse::<u64>()) {
-        (Ok(start), _) if start >= total => RangeSpec::Unsatisfiable,
-        (Ok(start), Ok(end)) if end >= start => RangeSpec::Part(start, end.min(total - 1)),
-        (Ok(_), Ok(_)) => RangeSpec::Whole,
-        (Ok(start), Err(_)) if last.is_empty() => RangeSpec::Part(start, total - 1),
-        (Err(_), Ok(0)) if first.is_empty() => RangeSpec::Unsatisfiable,
-        (Err(_), Ok(n)) if first.is_empty() && total > 0 => RangeSpec::Part(total.saturating_sub(n), total - 1),
-        _ => RangeSpec::Whole,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        use RangeSpec::*;
-        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 9));
-        assert_eq!(parse_range("bytes=90-", 100), Part(90, 99));
-        assert_eq!(parse_range("bytes=90-200", 100), Part(90, 99));
-        assert_eq!(parse_range("bytes=-10", 100), Part(90, 99));
-        assert_eq!(parse_range("bytes=-200", 100), Part(0, 99));
-        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=5-2", 100), Whole);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
-        assert_eq!(parse_range("items=0-1", 100), Whole);
-    }
 }

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use domain::byte_range::{self, ByteRange};
 use domain::JobId;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -42,10 +43,10 @@ async fn get_result(
         .ok_or_else(|| ApiError::NotFound("This result has expired or does not exist".into()))?;
     let len = stored.len;
     let mut reader = stored.reader;
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| parse_range(v, len));
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| byte_range::parse(v, len));
     let (status, start, count) = match range {
-        Some(RangeRequest::Satisfiable(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-        Some(RangeRequest::Unsatisfiable) => {
+        Some(ByteRange::Part(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Some(ByteRange::Unsatisfiable) => {
             let mut response = ApiError::RangeNotSatisfiable.into_response();
             response
                 .headers_mut()
@@ -54,7 +55,7 @@ async fn get_result(
         }
         // No Range, or one we do not serve (several ranges, bad syntax): the whole file,
         // which RFC 9110 allows.
-        Some(RangeRequest::Ignored) | None => (StatusCode::OK, 0, len),
+        Some(ByteRange::Whole) | None => (StatusCode::OK, 0, len),
     };
     if start > 0 {
         reader
@@ -75,67 +76,4 @@ async fn get_result(
         h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).expect("ASCII"));
     }
     Ok(response)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RangeRequest {
-    /// Inclusive byte positions.
-    Satisfiable(u64, u64),
-    Unsatisfiable,
-    Ignored,
-}
-
-/// Parses a single `bytes=` range against a file of `len` bytes.
-fn parse_range(value: &str, len: u64) -> RangeRequest {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeRequest::Ignored };
-    if spec.contains(',') {
-        return RangeRequest::Ignored;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else { return RangeRequest::Ignored };
-    let (first, last) = (first.trim(), last.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
-    match (first.is_empty(), last.is_empty()) {
-        // bytes=-N: the last N bytes.
-        (true, false) => match parse(last) {
-            Some(0) => RangeRequest::Unsatisfiable,
-            Some(n) if len > 0 => RangeRequest::Satisfiable(len.saturating_sub(n), len - 1),
-            Some(_) => RangeRequest::Unsatisfiable,
-            None => RangeRequest::Ignored,
-        },
-        // bytes=A-: from A to the end.
-        (false, true) => match parse(first) {
-            Some(a) if a < len => RangeRequest::Satisfiable(a, len - 1),
-            Some(_) => RangeRequest::Unsatisfiable,
-            None => RangeRequest::Ignored,
-        },
-        // bytes=A-B, B clamped to the end.
-        (false, false) => match (parse(first), parse(last)) {
-            (Some(a), Some(b)) if a > b => RangeRequest::Ignored,
-            (Some(a), Some(_)) if a >= len => RangeRequest::Unsatisfiable,
-            (Some(a), Some(b)) => RangeRequest::Satisfiable(a, b.min(len - 1)),
-            _ => RangeRequest::Ignored,
-        },
-        (true, true) => RangeRequest::Ignored,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_parse_as_rfc_9110_says() {
-        use RangeRequest::*;
-        assert_eq!(parse_range("bytes=0-99", 1000), Satisfiable(0, 99));
-        assert_eq!(parse_range("bytes=900-", 1000), Satisfiable(900, 999));
-        assert_eq!(parse_range("bytes=-100", 1000), Satisfiable(900, 999));
-        assert_eq!(parse_range("bytes=-5000", 1000), Satisfiable(0, 999));
-        assert_eq!(parse_range("bytes=990-5000", 1000), Satisfiable(990, 999));
-        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
-        assert_eq!(parse_range("bytes=5-1", 1000), Ignored);
-        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ignored);
-        assert_eq!(parse_range("items=0-1", 1000), Ignored);
-        assert_eq!(parse_range("bytes=x-1", 1000), Ignored);
-    }
 }
