@@ -39,6 +39,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::background::Background;
 use crate::config::EngineConfig;
 use crate::results::ResultStore;
 use crate::signing::{Purpose, Signer};
@@ -210,21 +211,14 @@ pub struct Engine {
 pub struct EngineHandle {
     /// The engine.
     pub engine: Arc<Engine>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
+    background: Background,
 }
 
 impl EngineHandle {
     /// Stops claiming work and waits (up to `grace`) for steps in flight. A step cut
     /// short is safe: its lease expires and the job is taken up again after a restart.
     pub async fn shutdown(self, grace: Duration) {
-        self.stop.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            tracing::warn!(
-                "engine steps still running at shutdown; their leases will expire and they resume on restart"
-            );
-        }
+        self.background.shutdown(grace).await;
     }
 }
 
@@ -282,12 +276,12 @@ impl Engine {
 
     /// Starts the loops.
     pub fn start(self: &Arc<Self>) -> EngineHandle {
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
+        let background = Background::new("engine steps");
+        let (stop, tasks) = (&background.stop, &background.tasks);
         tasks.spawn(self.clone().dispatch_loop(stop.clone(), tasks.clone()));
         tasks.spawn(self.clone().poll_loop(stop.clone(), tasks.clone()));
         tasks.spawn(self.clone().reap_loop(stop.clone()));
-        EngineHandle { engine: self.clone(), stop, tasks }
+        EngineHandle { engine: self.clone(), background }
     }
 
     /// Tells the dispatcher there may be new work.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::sign::{sign, SigningSecret};
+use crate::background::Background;
 use crate::config::WebhookConfig;
 use crate::engine::Metrics;
 
@@ -45,22 +46,6 @@ pub struct Deliverer {
     allow_private: bool,
 }
 
-/// Stops the worker.
-pub struct DelivererHandle {
-    stop: CancellationToken,
-    tasks: TaskTracker,
-}
-
-impl DelivererHandle {
-    /// Stops claiming and waits up to `grace` for attempts in flight; unfinished ones
-    /// are made again after a restart (their lease expires).
-    pub async fn shutdown(self, grace: Duration) {
-        self.stop.cancel();
-        self.tasks.close();
-        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
-    }
-}
-
 impl Deliverer {
     /// A worker; `wake` is notified whenever an event may have been raised.
     pub fn new(
@@ -83,12 +68,13 @@ impl Deliverer {
         })
     }
 
-    /// Starts the loop.
-    pub fn start(self: &Arc<Self>) -> DelivererHandle {
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(self.clone().run(stop.clone(), tasks.clone()));
-        DelivererHandle { stop, tasks }
+    /// Starts the loop. Shutting the returned handle down stops claiming and waits for
+    /// attempts in flight; unfinished ones are made again after a restart (their lease
+    /// expires).
+    pub fn start(self: &Arc<Self>) -> Background {
+        let background = Background::new("webhook attempts");
+        background.tasks.spawn(self.clone().run(background.stop.clone(), background.tasks.clone()));
+        background
     }
 
     fn lease_ms(&self) -> i64 {
