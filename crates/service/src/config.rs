@@ -196,6 +196,14 @@ pub struct Limits {
     pub idempotency_ttl_hours: u32,
 }
 
+impl EngineConfig {
+    /// Whether client-supplied URLs may reach private addresses: the setting, else
+    /// `REELGATE_ALLOW_PRIVATE_URLS`.
+    pub fn allow_private_urls(&self) -> bool {
+        self.allow_private_urls.unwrap_or_else(crate::guard::private_urls_allowed)
+    }
+}
+
 impl Limits {
     /// The oldest creation time (unix ms) an Idempotency-Key may have at `now_ms` and
     /// still replay its job; older keys are forgotten.

@@ -95,7 +95,7 @@ pub async fn run(
     };
     // Webhooks go out wherever the engine runs: the engine raises the events.
     let deliverer = (config.engine.enabled && config.webhooks.enabled).then(|| {
-        let allow_private = config.engine.allow_private_urls.unwrap_or_else(guard::private_urls_allowed);
+        let allow_private = config.engine.allow_private_urls();
         webhooks::deliver::Deliverer::new(
             store.clone(),
             config.webhooks.clone(),
@@ -217,7 +217,7 @@ async fn start_engine(
         callbacks: e.public_base_url.is_some(),
         metrics,
         webhook_wake,
-        allow_private_urls: e.allow_private_urls.unwrap_or_else(guard::private_urls_allowed),
+        allow_private_urls: e.allow_private_urls(),
     });
     Ok((engine.start(), sandbox))
 }

@@ -519,9 +519,7 @@ impl store::Store for SqliteStore {
         Ok(())
     }
 
-    async fn claim_webhooks(&self, now_ms: i64, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>> {
-        // The writer's clock decides what is due, like every other due time it writes.
-        let _ = now_ms;
+    async fn claim_webhooks(&self, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>> {
         self.writer.write(move |ctx| webhooks::claim_in_tx(ctx, limit, lease_ms)).await
     }
 

@@ -351,9 +351,10 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a completed job's video as deleted (`expired: true`).
     async fn mark_expired(&self, id: JobId) -> Result<()>;
 
-    /// Takes up to `limit` outbox events due at `now_ms` for delivery, moving each one's
-    /// due time `lease_ms` ahead so a crashed attempt is retried, never lost.
-    async fn claim_webhooks(&self, now_ms: i64, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>>;
+    /// Takes up to `limit` outbox events that are due (by the store's clock, which wrote
+    /// their due times) for delivery, moving each one's due time `lease_ms` ahead so a
+    /// crashed attempt is retried, never lost.
+    async fn claim_webhooks(&self, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>>;
     /// Puts claimed events back to be due at `until_ms` without counting an attempt.
     async fn defer_webhooks(&self, event_ids: Vec<String>, until_ms: i64) -> Result<()>;
     /// Records an attempt and its outcome; a completed or failed event's outcome also

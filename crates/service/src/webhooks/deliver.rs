@@ -109,7 +109,7 @@ impl Deliverer {
         if free == 0 {
             return Ok(false);
         }
-        let claimed = self.store.claim_webhooks(crate::now_ms(), free, self.lease_ms()).await?;
+        let claimed = self.store.claim_webhooks(free, self.lease_ms()).await?;
         let full = claimed.len() == free;
         let mut deferred = Vec::new();
         for delivery in claimed {
