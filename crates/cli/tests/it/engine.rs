@@ -24,9 +24,7 @@ fn count(entries: &[store::LedgerEntry], kind: store::LedgerKind, job: &str) -> 
 async fn a_text_to_video_job_completes_and_its_video_is_served_with_ranges() {
     let app = TestApp::spawn_engine(|_, _| {}).await;
     let key = app.create_key(100).await;
-    let r = app.generate(&key, &video("hailuo-2.3", "a lighthouse at dusk")).await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let id = app.submit(&key, &video("hailuo-2.3", "a lighthouse at dusk")).await;
 
     // Progress only rises while the job runs.
     let mut seen = Vec::new();
@@ -90,8 +88,7 @@ async fn content_policy_failures_fail_the_job_with_one_refund() {
     // 1026 answers the create call; 1027 ends the task after it ran.
     let mut ids = Vec::new();
     for prompt in ["a cat [sandbox:fail-1026]", "a dog [sandbox:fail-1027]"] {
-        let r = app.generate(&key, &video("hailuo-02", prompt)).await;
-        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+        ids.push(app.submit(&key, &video("hailuo-02", prompt)).await);
     }
     for (id, code) in ids.iter().zip(["1026", "1027"]) {
         let job = app.wait_terminal(&key, id, WITHIN).await;
@@ -147,8 +144,7 @@ async fn transient_upstream_errors_are_retried_until_the_job_completes() {
     ];
     let mut ids = Vec::new();
     for (marker, _) in cases {
-        let r = app.generate(&key, &video("hailuo-2.3", &format!("waves {marker}"))).await;
-        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+        ids.push(app.submit(&key, &video("hailuo-2.3", &format!("waves {marker}"))).await);
     }
     for (id, (marker, attempts)) in ids.iter().zip(cases) {
         let job = app.wait_terminal(&key, id, WITHIN).await;
@@ -168,10 +164,8 @@ async fn transient_upstream_errors_are_retried_until_the_job_completes() {
 async fn a_rate_limited_job_waits_and_completes_and_invalid_params_fail_it() {
     let app = TestApp::spawn_engine(|_, _| {}).await;
     let key = app.create_key(100).await;
-    let limited = app.generate(&key, &video("hailuo-2.3", "tide [sandbox:transient-1002]")).await;
-    let limited = limited.body["jobId"].as_str().unwrap().to_string();
-    let invalid = app.generate(&key, &video("hailuo-2.3", "tide [sandbox:fail-2013]")).await;
-    let invalid = invalid.body["jobId"].as_str().unwrap().to_string();
+    let limited = app.submit(&key, &video("hailuo-2.3", "tide [sandbox:transient-1002]")).await;
+    let invalid = app.submit(&key, &video("hailuo-2.3", "tide [sandbox:fail-2013]")).await;
     // After a 1002 the job is back in the queue, not failed and not charged again.
     crate::helpers::eventually(WITHIN, || async { engine_job(&app, &limited).await.attempts == 1 }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -194,8 +188,7 @@ async fn a_rate_limited_job_waits_and_completes_and_invalid_params_fail_it() {
 async fn a_job_that_keeps_failing_transiently_fails_with_one_refund() {
     let app = TestApp::spawn_engine(|c, _| c.engine.max_submit_attempts = 3).await;
     let key = app.create_key(100).await;
-    let r = app.generate(&key, &video("hailuo-2.3", "rain [sandbox:transient-1000x9]")).await;
-    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let id = app.submit(&key, &video("hailuo-2.3", "rain [sandbox:transient-1000x9]")).await;
     let job = app.wait_terminal(&key, &id, WITHIN).await;
     assert_eq!(job["status"], "FAILED", "{job}");
     assert!(job["error"].as_str().unwrap().contains("temporary"), "{job}");
@@ -211,8 +204,7 @@ async fn expired_links_and_interrupted_downloads_are_fetched_again() {
     let key = app.create_key(100).await;
     let mut ids = Vec::new();
     for marker in ["[sandbox:expired-link]", "[sandbox:truncated-download]", "[sandbox:retrieve-error-1000]"] {
-        let r = app.generate(&key, &video("hailuo-2.3", &format!("forest {marker}"))).await;
-        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+        ids.push(app.submit(&key, &video("hailuo-2.3", &format!("forest {marker}"))).await);
     }
     for id in &ids {
         let job = app.wait_terminal(&key, id, WITHIN).await;
@@ -232,8 +224,7 @@ async fn expired_links_and_interrupted_downloads_are_fetched_again() {
 async fn a_job_past_its_deadline_fails_with_a_refund() {
     let app = TestApp::spawn_engine(|c, _| c.engine.job_deadline_ms = 1500).await;
     let key = app.create_key(100).await;
-    let r = app.generate(&key, &video("hailuo-2.3", "forever [sandbox:stuck]")).await;
-    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let id = app.submit(&key, &video("hailuo-2.3", "forever [sandbox:stuck]")).await;
     let job = app.wait_terminal(&key, &id, WITHIN).await;
     assert_eq!(job["status"], "FAILED", "{job}");
     assert!(job["error"].as_str().unwrap().contains("not ready within"), "{job}");
@@ -274,8 +265,7 @@ async fn an_account_with_a_problem_leaves_rotation_and_the_job_runs_on_another()
     let key = app.create_key(100).await;
     let mut ids = Vec::new();
     for i in 0..4 {
-        let r = app.generate(&key, &video("hailuo-2.3", &format!("boats {i}"))).await;
-        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+        ids.push(app.submit(&key, &video("hailuo-2.3", &format!("boats {i}"))).await);
     }
     for id in &ids {
         let job = app.wait_terminal(&key, id, WITHIN).await;
@@ -315,8 +305,7 @@ async fn creates_are_spread_within_the_budget_and_waiting_jobs_stay_queued() {
     let key = app.create_key(100).await;
     let mut ids = Vec::new();
     for i in 0..6 {
-        let r = app.generate(&key, &video("hailuo-2.3", &format!("kites {i}"))).await;
-        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+        ids.push(app.submit(&key, &video("hailuo-2.3", &format!("kites {i}"))).await);
     }
     for id in &ids[..2] {
         assert_eq!(app.wait_terminal(&key, id, WITHIN).await["status"], "COMPLETED");
@@ -354,8 +343,7 @@ async fn one_accounts_burst_does_not_delay_another_accounts_job_by_more_than_a_r
         let r = app.generate(&big, &video("hailuo-2.3", &format!("burst {i}"))).await;
         assert_eq!(r.status, 202);
     }
-    let r = app.generate(&small, &video("hailuo-2.3", "the only one")).await;
-    let single = r.body["jobId"].as_str().unwrap().to_string();
+    let single = app.submit(&small, &video("hailuo-2.3", "the only one")).await;
     // Now run the engine with a budget of 12 creates a minute, of which 2 may go at once:
     // the first round takes one job per account.
     let sim = standalone_sandbox(12, 300).await;
@@ -392,11 +380,9 @@ async fn callbacks_and_polls_racing_finish_the_job_once() {
     let key = app.create_key(1000).await;
     let mut ids = Vec::new();
     for i in 0..10 {
-        let r = app.generate(&key, &video("hailuo-2.3", &format!("race {i}"))).await;
-        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+        ids.push(app.submit(&key, &video("hailuo-2.3", &format!("race {i}"))).await);
     }
-    let failing = app.generate(&key, &video("hailuo-2.3", "race lost [sandbox:task-fail-1027]")).await;
-    let failing = failing.body["jobId"].as_str().unwrap().to_string();
+    let failing = app.submit(&key, &video("hailuo-2.3", "race lost [sandbox:task-fail-1027]")).await;
     for id in &ids {
         assert_eq!(app.wait_terminal(&key, id, WITHIN).await["status"], "COMPLETED");
     }
@@ -483,9 +469,7 @@ async fn image_to_video_fetches_checks_and_forwards_the_images() {
     ];
     let mut ids = Vec::new();
     for (body, _) in &cases {
-        let r = app.generate(&key, body).await;
-        assert_eq!(r.status, 202, "{:?}", r.body);
-        ids.push(r.body["jobId"].as_str().unwrap().to_string());
+        ids.push(app.submit(&key, body).await);
     }
     for (id, (body, expected)) in ids.iter().zip(&cases) {
         let job = app.wait_terminal(&key, id, WITHIN).await;
@@ -532,8 +516,7 @@ async fn the_real_minimax_runs_a_job_end_to_end() {
     })
     .await;
     let key = app.create_key(100).await;
-    let r = app.generate(&key, &video("hailuo-02", "A paper boat drifting on a calm pond, morning light")).await;
-    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let id = app.submit(&key, &video("hailuo-02", "A paper boat drifting on a calm pond, morning light")).await;
     let job = app.wait_terminal(&key, &id, Duration::from_secs(20 * 60)).await;
     assert_eq!(job["status"], "COMPLETED", "{job}");
     let bytes = app.http.get(job["result"]["videoUrl"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
@@ -545,8 +528,7 @@ async fn the_real_minimax_runs_a_job_end_to_end() {
 async fn results_past_their_retention_are_deleted_and_the_job_shows_expired() {
     let app = TestApp::spawn_engine(|_, _| {}).await;
     let key = app.create_key(100).await;
-    let r = app.generate(&key, &video("hailuo-2.3", "a short-lived clip")).await;
-    let id = r.body["jobId"].as_str().unwrap().to_string();
+    let id = app.submit(&key, &video("hailuo-2.3", "a short-lived clip")).await;
     let job = app.wait_terminal(&key, &id, WITHIN).await;
     assert_eq!(job["status"], "COMPLETED", "{job}");
     assert_eq!(job["expired"], false);

@@ -194,6 +194,13 @@ impl TestApp {
         self.call(Method::POST, "/v2/videos/generate", "/v2/videos/generate", Some(&key.key), Some(body), &[]).await
     }
 
+    /// Submits a job that must be accepted (202) and returns its id.
+    pub async fn submit(&self, key: &TestKey, body: &Value) -> String {
+        let r = self.generate(key, body).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        r.body["jobId"].as_str().expect("jobId").to_string()
+    }
+
     pub async fn generate_idem(&self, key: &TestKey, body: &Value, idem: &str) -> Reply {
         let headers = [("Idempotency-Key", idem)];
         self.call(Method::POST, "/v2/videos/generate", "/v2/videos/generate", Some(&key.key), Some(body), &headers)

@@ -76,9 +76,7 @@ async fn submit(app: &TestApp, key: &TestKey, prompt: &str, url: &str, events: O
     if let Some(events) = events {
         body["webhookEvents"] = json!(events);
     }
-    let r = app.generate(key, &body).await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    r.body["jobId"].as_str().unwrap().to_string()
+    app.submit(key, &body).await
 }
 
 async fn webhook_status(app: &TestApp, key: &TestKey, id: &str) -> Value {
