@@ -19,6 +19,8 @@ const WITHIN: Duration = Duration::from_secs(30);
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// When it arrived, by the wall clock (comparable with the server's timestamps).
+    pub at: std::time::SystemTime,
 }
 
 /// A webhook receiver answering with the statuses of `script` in turn (then 200).
@@ -34,15 +36,24 @@ async fn receiver(script: Vec<u16>) -> Receiver {
 
 /// A receiver on `listener` answering with the statuses of `script` in turn (then 200).
 pub async fn receiver_on(listener: tokio::net::TcpListener, script: Vec<u16>) -> Receiver {
+    receiver_with_retry_after(listener, script, None).await
+}
+
+/// Like [`receiver_on`], adding `Retry-After: <retry_after>` to its 429 and 503 answers.
+async fn receiver_with_retry_after(
+    listener: tokio::net::TcpListener,
+    script: Vec<u16>,
+    retry_after: Option<String>,
+) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let script = Arc::new(Mutex::new(script.into_iter()));
     let (g, s) = (got.clone(), script.clone());
     let router = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let (g, s) = (g.clone(), s.clone());
+            let (g, s, retry_after) = (g.clone(), s.clone(), retry_after.clone());
             async move {
-                g.lock().unwrap().push(Received { headers, body: body.to_vec() });
+                g.lock().unwrap().push(Received { headers, body: body.to_vec(), at: std::time::SystemTime::now() });
                 let status = s.lock().unwrap().next().unwrap_or(200);
                 let mut response = axum::response::IntoResponse::into_response((
                     StatusCode::from_u16(status).unwrap(),
@@ -50,6 +61,9 @@ pub async fn receiver_on(listener: tokio::net::TcpListener, script: Vec<u16>) ->
                 ));
                 if status == 302 {
                     response.headers_mut().insert("location", "http://127.0.0.1:9/elsewhere".parse().unwrap());
+                }
+                if let Some(value) = retry_after.filter(|_| matches!(status, 429 | 503)) {
+                    response.headers_mut().insert("retry-after", value.parse().unwrap());
                 }
                 response
             }
@@ -285,5 +299,116 @@ async fn a_hanging_receiver_times_out_without_delaying_a_healthy_one() {
     assert!(attempt["durationMs"].as_i64().unwrap() >= 1400, "{attempt}");
     assert_eq!(h["events"][0]["status"], "pending", "retried later");
     assert_eq!(webhook_status(&app, &key, &stuck).await, "pending");
+    app.stop().await.unwrap();
+}
+
+/// The time between a receiver's first two requests.
+async fn gap_between_first_two(hook: &Receiver) -> Duration {
+    crate::helpers::eventually(WITHIN, || async { hook.received().len() >= 2 }).await;
+    let got = hook.received();
+    got[1].at.duration_since(got[0].at).unwrap()
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_is_honoured_on_429() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = receiver_with_retry_after(listener, vec![429], Some("2".into())).await;
+    let app = TestApp::spawn_engine(|c, _| fast_webhooks(c)).await;
+    let key = app.create_key(100).await;
+    let id = submit(&app, &key, "slow down", &hook.url, None).await;
+    app.wait_terminal(&key, &id, WITHIN).await;
+    let gap = gap_between_first_two(&hook).await;
+    // The schedule alone would retry after about 100 ms.
+    assert!(gap >= Duration::from_millis(1900), "waited {gap:?} for Retry-After: 2");
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "delivered" }).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_as_a_date_is_honoured_within_the_configured_bound() {
+    // An hour from now, as an HTTP date; the server caps what it honours at 1.5 s.
+    let in_an_hour = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let date = httpdate::fmt_http_date(in_an_hour);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = receiver_with_retry_after(listener, vec![503], Some(date)).await;
+    let app = TestApp::spawn_engine(|c, _| {
+        fast_webhooks(c);
+        c.webhooks.max_retry_after_ms = 1500;
+    })
+    .await;
+    let key = app.create_key(100).await;
+    let id = submit(&app, &key, "come back tomorrow", &hook.url, None).await;
+    app.wait_terminal(&key, &id, WITHIN).await;
+    let gap = gap_between_first_two(&hook).await;
+    assert!(gap >= Duration::from_millis(1400), "the date was honoured up to the bound: {gap:?}");
+    crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "delivered" }).await;
+    app.stop().await.unwrap();
+}
+
+/// Parses a timestamp of the API (`2026-01-02T03:04:05.678Z`).
+fn api_time(value: &Value) -> std::time::SystemTime {
+    let at = time::OffsetDateTime::parse(value.as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{value}: {e}"));
+    std::time::UNIX_EPOCH + Duration::from_nanos(at.unix_timestamp_nanos() as u64)
+}
+
+#[tokio::test]
+async fn a_backlog_for_a_dead_receiver_does_not_delay_a_healthy_one() {
+    const DEAD_EVENTS: usize = 1000;
+    // The dead receiver accepts connections and never answers.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/hook", dead.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = dead.accept().await {
+            held.push(socket);
+        }
+    });
+    let healthy = receiver(vec![]).await;
+    let app = TestApp::spawn_engine(|c, _| {
+        c.webhooks.retry_schedule_ms = vec![0, 5_000, 300_000];
+        c.webhooks.timeout_ms = 2000;
+        c.accounts.default_max_concurrent_jobs = 200;
+        c.minimax.sandbox_latency_ms = 200;
+        c.minimax.sandbox_create_rpm = 100_000;
+    })
+    .await;
+    let key = app.create_key(10 * DEAD_EVENTS as i64).await;
+    // Each of these fails at its first create call, raising one `failed` event for the dead receiver.
+    let backlog: Vec<Vec<String>> = futures_util::future::join_all((0..8).map(|worker| {
+        let (app, key, url) = (&app, &key, &dead_url);
+        async move {
+            let mut ids = Vec::new();
+            for n in (worker..DEAD_EVENTS).step_by(8) {
+                ids.push(submit(app, key, &format!("[sandbox:fail-1026] backlog {n}"), url, None).await);
+            }
+            ids
+        }
+    }))
+    .await;
+    let refunds = |text: String| {
+        text.lines().find_map(|l| l.strip_prefix("reelgate_refunds_total ")).map_or(0, |v| v.parse::<usize>().unwrap())
+    };
+    crate::helpers::eventually(Duration::from_secs(120), || async { refunds(app.metrics().await) == DEAD_EVENTS })
+        .await;
+    // Every backlog event is still waiting: the dead receiver holds its few slots to the timeout.
+    let last = history(&app, &key, backlog[7].last().unwrap()).await;
+    assert_eq!(last["events"][0]["status"], "pending", "{last}");
+
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(submit(&app, &key, &format!("[sandbox:fail-1026] healthy {n}"), &healthy.url, None).await);
+    }
+    crate::helpers::eventually(WITHIN, || async { healthy.received().len() == ids.len() }).await;
+    for got in healthy.received() {
+        let body: Value = serde_json::from_slice(&got.body).unwrap();
+        let job = app.get_job(&key, body["jobId"].as_str().unwrap()).await.body;
+        let finished = api_time(&job["completedAt"]);
+        let latency = got.at.duration_since(finished).unwrap_or_default();
+        assert!(
+            latency < Duration::from_secs(1),
+            "delivered {latency:?} after the job finished, behind {DEAD_EVENTS} dead events"
+        );
+    }
     app.stop().await.unwrap();
 }

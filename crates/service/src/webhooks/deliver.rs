@@ -6,10 +6,14 @@
 //! restart: delivery is at least once, and receivers deduplicate on `webhook-id`.
 //!
 //! A slow or dead receiver costs at most `max_per_destination` connections: events for
-//! a destination already at its limit are put back a moment later instead of waiting
-//! in a task, so they never hold a worker slot or block other destinations' events.
+//! a destination already at its limit are put back instead of waiting in a task, so
+//! they never hold a worker slot or block other destinations' events. They are put back
+//! for about as long as that destination's recent attempts took, since no slot frees up
+//! sooner: a receiver that hangs until the timeout does not make the worker re-claim
+//! its backlog four times a second.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,12 +30,20 @@ use crate::engine::Metrics;
 
 /// Events claimed per round.
 const CLAIM_BATCH: usize = 256;
-/// How far a destination's excess events are pushed back.
+/// The shortest time a destination's excess events are pushed back.
 const DEFER: Duration = Duration::from_millis(250);
 /// The longest sleep when nothing wakes the worker.
 const TICK: Duration = Duration::from_millis(500);
 /// Bytes of the receiver's answer kept with the attempt.
 const KEPT_RESPONSE_BYTES: usize = 1024;
+
+/// One receiver (scheme, host and port) as the worker sees it.
+struct Destination {
+    /// Attempts in flight to it.
+    permits: Arc<Semaphore>,
+    /// How long its latest attempt took, in milliseconds.
+    last_attempt_ms: AtomicU64,
+}
 
 /// The worker.
 pub struct Deliverer {
@@ -41,7 +53,7 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
-    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    destinations: Mutex<HashMap<String, Arc<Destination>>>,
     busy: Mutex<HashSet<String>>,
     allow_private: bool,
 }
@@ -111,38 +123,61 @@ impl Deliverer {
         }
         let claimed = self.store.claim_webhooks(free, self.lease_ms()).await?;
         let full = claimed.len() == free;
-        let mut deferred = Vec::new();
+        // Events put back, grouped by when they are due again.
+        let mut deferred: HashMap<i64, Vec<String>> = HashMap::new();
         for delivery in claimed {
             if !self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(delivery.event_id.clone()) {
                 continue;
             }
-            let destination = destination_of(&delivery.url);
-            let per_destination = {
-                let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-                map.entry(destination)
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_per_destination)))
-                    .clone()
-            };
+            let destination = self.destination(&delivery.url);
             let (Ok(dest_permit), Ok(slot)) =
-                (per_destination.try_acquire_owned(), self.slots.clone().try_acquire_owned())
+                (destination.permits.clone().try_acquire_owned(), self.slots.clone().try_acquire_owned())
             else {
                 self.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&delivery.event_id);
-                deferred.push(delivery.event_id);
+                deferred.entry(self.put_back_until(&destination)).or_default().push(delivery.event_id);
                 continue;
             };
             let worker = self.clone();
             tasks.spawn(async move {
                 let id = delivery.event_id.clone();
+                let started = Instant::now();
                 worker.attempt(delivery).await;
+                destination.last_attempt_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 worker.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 drop((dest_permit, slot));
                 worker.wake.notify_one();
             });
         }
-        if !deferred.is_empty() {
-            self.store.defer_webhooks(deferred, crate::now_ms() + DEFER.as_millis() as i64).await?;
+        for (until_ms, events) in deferred {
+            self.store.defer_webhooks(events, until_ms).await?;
         }
         Ok(full)
+    }
+
+    fn destination(&self, url: &str) -> Arc<Destination> {
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(destination_of(url))
+            .or_insert_with(|| {
+                Arc::new(Destination {
+                    permits: Arc::new(Semaphore::new(self.config.max_per_destination)),
+                    last_attempt_ms: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// When an event for a destination at its limit is due again: after about as long as
+    /// its attempts take (between [`DEFER`] and the attempt timeout), spread a little so a
+    /// backlog does not come back all at once.
+    fn put_back_until(&self, destination: &Destination) -> i64 {
+        let typical = destination
+            .last_attempt_ms
+            .load(Ordering::Relaxed)
+            .clamp(DEFER.as_millis() as u64, self.config.timeout_ms.max(DEFER.as_millis() as u64));
+        let spread = (typical as f64 * rand::random_range(1.0..1.5)) as i64;
+        // Rounded to the DEFER step so one round's put-backs share a few writes.
+        let step = DEFER.as_millis() as i64;
+        (crate::now_ms() + spread) / step * step + step
     }
 
     /// One attempt: send, record, schedule the next or settle.
@@ -233,10 +268,16 @@ fn destination_of(url: &str) -> String {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not honoured).
+/// How long `Retry-After` asks to wait, in either of its forms: delay seconds or an
+/// HTTP date (a date in the past means now).
 fn retry_after_ms(response: &reqwest::Response) -> Option<i64> {
-    let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<i64>().ok().filter(|s| *s >= 0).map(|s| s * 1000)
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<i64>() {
+        return (seconds >= 0).then(|| seconds.saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    Some(wait.as_millis().min(i64::MAX as u128) as i64)
 }
 
 /// The first KiB of the answer, without reading the rest.
