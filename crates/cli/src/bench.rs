@@ -18,6 +18,7 @@
 
 mod client;
 mod engine;
+mod webhook_receiver;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -12,6 +12,10 @@
 //! one's peak memory (`VmHWM`) and CPU time can be read from `/proc` on its own, without
 //! the bench's own work in them. That makes this mode Linux-only.
 //!
+//! With `--webhooks`, every job also asks for its `completed` event at a receiver inside
+//! the bench process, and the report adds the delivery latency from the job's
+//! `completedAt` to the event's arrival (p50/p99/max).
+//!
 //! Every job has the same prompt: the sandbox renders a video once per distinct request,
 //! and rendering 10,000 different videos would measure the renderer instead of the engine.
 
@@ -25,6 +29,7 @@ use anyhow::{bail, ensure, Context};
 use serde_json::{json, Value};
 
 use super::client::{ClientKind, Connection};
+use super::webhook_receiver::{Latencies, WebhookReceiver};
 
 /// Options of `bench engine`.
 #[derive(clap::Args)]
@@ -47,6 +52,9 @@ pub struct EngineArgs {
     /// Give up waiting for the jobs after this many seconds [default: from the budget and latency].
     #[arg(long)]
     pub timeout_secs: Option<u64>,
+    /// Ask for a webhook on every job, received by the bench, and report the delivery latency.
+    #[arg(long)]
+    pub webhooks: bool,
 }
 
 /// The sandbox's only accepted key, which the server's MiniMax account uses.
@@ -62,6 +70,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The engine counts its create budget over 61 s (one more than MiniMax, see
 /// `BUDGET_WINDOW_MS` in the engine), so dispatching N jobs takes this long per budget's worth.
 const ENGINE_WINDOW: Duration = Duration::from_secs(61);
+/// How long to wait for the last webhooks once every job is terminal.
+const WEBHOOK_GRACE: Duration = Duration::from_secs(60);
 /// Linux's `USER_HZ`: `/proc/PID/stat` counts CPU time in these ticks. It is 100 on every
 /// architecture Linux supports today; reading it would need `sysconf` and unsafe code.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -84,6 +94,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     let paths = Paths::new(data_dir.path())?;
     let sim_addr = free_loopback_port()?;
     let api_addr = free_loopback_port()?;
+    let receiver = if args.webhooks { Some(WebhookReceiver::start().await?) } else { None };
     let server_config = server_config(&args, &paths, api_addr, sim_addr);
     std::fs::write(&paths.config, &server_config).context("cannot write the server's config file")?;
 
@@ -104,7 +115,8 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
             serve.pid(),
             paths.root.display()
         );
-        let measured = drive(&args, &keys, &paths, (api_addr, sim_addr), (&mut serve, &mut sim), timeout).await;
+        let measured =
+            drive(&args, &keys, &paths, (api_addr, sim_addr), (&mut serve, &mut sim), receiver.as_ref(), timeout).await;
         // Stop both whatever happened; a measurement error is reported first.
         let serve_exit = serve.stop().await;
         let sim_exit = sim.stop().await;
@@ -195,6 +207,8 @@ fn server_config(args: &EngineArgs, paths: &Paths, api: SocketAddr, sim: SocketA
          [engine]\n\
          first_poll_delay_ms = {first_poll}\n\
          poll_interval_ms = {interval}\n\
+         # The bench's webhook receiver is on loopback.\n\
+         allow_private_urls = {webhooks}\n\
          \n\
          [[minimax.accounts]]\n\
          name = \"sandbox\"\n\
@@ -206,6 +220,7 @@ fn server_config(args: &EngineArgs, paths: &Paths, api: SocketAddr, sim: SocketA
         data_dir = paths.root.display().to_string(),
         rpm = args.rpm,
         max_in_flight = u32::try_from(args.jobs).unwrap_or(u32::MAX),
+        webhooks = args.webhooks,
     )
 }
 
@@ -491,6 +506,8 @@ struct Measured {
     usage: Vec<(&'static str, Usage)>,
     results_bytes: u64,
     exits: Vec<(&'static str, ExitStatus)>,
+    /// With `--webhooks`: the delivery latencies.
+    webhooks: Option<Latencies>,
 }
 
 async fn drive(
@@ -499,10 +516,12 @@ async fn drive(
     paths: &Paths,
     (api, sim): (SocketAddr, SocketAddr),
     (serve, sandbox): (&mut ChildProcess, &mut ChildProcess),
+    receiver: Option<&WebhookReceiver>,
     timeout: Duration,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
-    submit(api, keys, args.jobs, args.concurrency).await.context("cannot submit the jobs")?;
+    let webhook_url = receiver.map(|r| r.url.as_str());
+    submit(api, keys, args.jobs, args.concurrency, webhook_url).await.context("cannot submit the jobs")?;
     let submit_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "bench engine: {} jobs submitted in {submit_secs:.2} s over {} accounts; waiting for them",
@@ -554,6 +573,16 @@ async fn drive(
         tokio::time::sleep(SAMPLE_EVERY).await;
     };
     let wall_secs = samples.last().map_or(0.0, |s| s.at);
+    let webhooks = match receiver {
+        Some(receiver) => {
+            let waiting = Instant::now();
+            while receiver.received() < engine.completed as usize && waiting.elapsed() < WEBHOOK_GRACE {
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
+            Some(receiver.latencies())
+        }
+        None => None,
+    };
 
     // Figures of the processes first, before anything else adds to them.
     let usage = vec![("serve", serve.usage()?), ("sim", sandbox.usage()?), ("bench", Usage::of(std::process::id())?)];
@@ -582,14 +611,21 @@ async fn drive(
         usage,
         results_bytes: dir_bytes(&paths.root.join("results")),
         exits: Vec::new(),
+        webhooks,
     })
 }
 
 /// Submits `jobs` identical jobs, job `j` on account `j % keys.len()`, from
 /// `concurrency` connections, each sending its next request once the last is answered.
-async fn submit(addr: SocketAddr, keys: &[String], jobs: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn submit(
+    addr: SocketAddr,
+    keys: &[String],
+    jobs: usize,
+    concurrency: usize,
+    webhook_url: Option<&str>,
+) -> anyhow::Result<()> {
     let host = addr.to_string();
-    let requests: Vec<Vec<u8>> = keys.iter().map(|key| generate_request(&host, key)).collect();
+    let requests: Vec<Vec<u8>> = keys.iter().map(|key| generate_request(&host, key, webhook_url)).collect();
     let requests = std::sync::Arc::new(requests);
     let mut tasks = Vec::with_capacity(concurrency);
     for client in 0..concurrency.min(jobs) {
@@ -615,9 +651,17 @@ async fn submit(addr: SocketAddr, keys: &[String], jobs: usize, concurrency: usi
 }
 
 /// The one request every job is created with (per account key).
-fn generate_request(host: &str, key: &str) -> Vec<u8> {
-    let body =
-        r#"{"model":"hailuo-2.3","prompt":"bench engine clip","hailuoParams":{"duration":6,"resolution":"768p"}}"#;
+fn generate_request(host: &str, key: &str, webhook_url: Option<&str>) -> Vec<u8> {
+    let mut body = json!({
+        "model": "hailuo-2.3",
+        "prompt": "bench engine clip",
+        "hailuoParams": {"duration": 6, "resolution": "768p"},
+    });
+    if let Some(url) = webhook_url {
+        body["webhookUrl"] = json!(url);
+        body["webhookEvents"] = json!(["completed", "failed"]);
+    }
+    let body = body.to_string();
     format!(
         "POST /v2/videos/generate HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -763,6 +807,12 @@ fn report(args: &EngineArgs, m: &Measured, load_before: Option<f64>, load_after:
     if let Some((early, late)) = server_rss_growth {
         println!("server RSS during the run: {early:.1} MiB a tenth of the way in, {late:.1} MiB at the end");
     }
+    if let Some(w) = &m.webhooks {
+        println!(
+            "webhooks: {} of {completed} completed events received ({} deliveries); completion to delivery p50 {} ms, p99 {} ms, max {} ms",
+            w.received, w.deliveries, w.p50_ms, w.p99_ms, w.max_ms
+        );
+    }
     println!(
         "per account (completed/failed): {}",
         m.accounts.iter().map(|a| format!("{}/{}", a.completed, a.failed)).collect::<Vec<_>>().join(", ")
@@ -780,6 +830,9 @@ fn report(args: &EngineArgs, m: &Measured, load_before: Option<f64>, load_after:
     }
     if max_in_window > u64::from(args.rpm) {
         failures.push(format!("{max_in_window} creates in one 60 s window, over the budget of {}", args.rpm));
+    }
+    if let Some(w) = m.webhooks.filter(|w| w.received as u64 != completed) {
+        failures.push(format!("{} of {completed} completed events reached the webhook receiver", w.received));
     }
     for (name, status) in &m.exits {
         if !status.success() {
@@ -845,6 +898,13 @@ fn report(args: &EngineArgs, m: &Measured, load_before: Option<f64>, load_after:
                 "download_failures": m.engine.download_failures,
             },
             "results_mib": round(m.results_bytes as f64 / (1024.0 * 1024.0), 1),
+            "webhooks": m.webhooks.map(|w| json!({
+                "received": w.received,
+                "deliveries": w.deliveries,
+                "p50_ms": w.p50_ms,
+                "p99_ms": w.p99_ms,
+                "max_ms": w.max_ms,
+            })),
             "processes": processes,
             "failures": failures,
         })
