@@ -412,3 +412,44 @@ async fn a_backlog_for_a_dead_receiver_does_not_delay_a_healthy_one() {
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_private_address_class_is_refused_at_delivery() {
+    let destinations = [
+        ("private 10/8", "http://10.0.0.1/hook"),
+        ("private 172.16/12", "http://172.16.0.1/hook"),
+        ("private 192.168/16", "http://192.168.0.1/hook"),
+        ("cloud metadata", "http://169.254.169.254/latest/meta-data/"),
+        ("link-local", "http://169.254.10.10/hook"),
+        ("CGNAT", "http://100.64.0.1/hook"),
+        ("multicast", "http://224.0.0.1/hook"),
+        ("unspecified", "http://0.0.0.0/hook"),
+        ("loopback v6", "http://[::1]/hook"),
+        ("unique local v6", "http://[fd00::1]/hook"),
+        ("link-local v6", "http://[fe80::1]/hook"),
+        ("v4-mapped loopback", "http://[::ffff:127.0.0.1]/hook"),
+        ("name resolving to loopback", "http://localhost:9/hook"),
+    ];
+    let app = TestApp::spawn_engine(|c, _| {
+        fast_webhooks(c);
+        c.engine.allow_private_urls = Some(false);
+    })
+    .await;
+    let key = app.create_key(1000).await;
+    let mut jobs = Vec::new();
+    for (class, url) in destinations {
+        jobs.push((class, submit(&app, &key, &format!("[sandbox:fail-1026] {class}"), url, None).await));
+    }
+    for (class, id) in &jobs {
+        crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, id).await == "failed" }).await;
+        let h = history(&app, &key, id).await;
+        let attempts = h["events"][0]["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 4, "{class}: every scheduled attempt was made and refused");
+        for attempt in attempts {
+            let error = attempt["error"].as_str().unwrap_or_default();
+            assert!(error.contains("not allowed"), "{class}: {attempt}");
+            assert!(attempt["statusCode"].is_null(), "{class}: nothing answered: {attempt}");
+        }
+    }
+    app.stop().await.unwrap();
+}
