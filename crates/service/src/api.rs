@@ -39,11 +39,25 @@ pub fn router(state: AppState) -> Router {
         .merge(engine_routes::router())
         .route("/v2/openapi.json", get(get_openapi))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(get_readyz))
         .fallback(|| async { ApiError::NotFound("No such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Ready when the store answered its latest ping (see `readiness`): a load balancer
+/// sends traffic elsewhere while this node cannot reach its database.
+async fn get_readyz(State(state): State<AppState>) -> Response {
+    if state.readiness.is_ready() {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        // Built here rather than from `ApiError::Unavailable`, which logs every time: a
+        // load balancer asks every few seconds, and the monitor already logged the outage.
+        let body = serde_json::json!({"error": "Not ready: the database is unreachable"});
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], axum::Json(body)).into_response()
+    }
 }
 
 async fn get_openapi(State(state): State<AppState>) -> Response {

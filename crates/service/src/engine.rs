@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::background::Background;
 use crate::config::EngineConfig;
+use crate::readiness::Readiness;
 use crate::results::ResultStore;
 use crate::signing::{Purpose, Signer};
 use minimax::{CreateTask, MiniMaxClient, TaskState, UpstreamError};
@@ -188,6 +189,8 @@ pub struct Engine {
     /// Fetches client-supplied image URLs through the SSRF guard.
     images: reqwest::Client,
     allow_private_urls: bool,
+    /// Whether the store answers; no work is claimed while it does not.
+    readiness: Readiness,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Wakes the dispatcher (a new job, a freed slot).
@@ -244,6 +247,8 @@ pub struct EngineParts {
     pub webhook_wake: Arc<Notify>,
     /// Whether client-supplied URLs may reach private addresses.
     pub allow_private_urls: bool,
+    /// Whether the store answers.
+    pub readiness: Readiness,
 }
 
 impl Engine {
@@ -268,6 +273,7 @@ impl Engine {
             wake: Notify::new(),
             poll_wake: Notify::new(),
             webhook_wake: parts.webhook_wake,
+            readiness: parts.readiness,
             last_served: Mutex::new(None),
             busy: Mutex::new(HashSet::new()),
             download_failures: Mutex::new(HashMap::new()),
@@ -377,7 +383,7 @@ impl Engine {
                 })
                 .filter(|b| b.claimable_now > 0)
                 .collect();
-            if free == 0 || upstreams.is_empty() || stop.is_cancelled() {
+            if free == 0 || upstreams.is_empty() || stop.is_cancelled() || !self.readiness.is_ready() {
                 return Ok(());
             }
             let after_account = *self.last_served.lock().unwrap_or_else(|p| p.into_inner());
@@ -619,6 +625,9 @@ impl Engine {
     /// Starts a step for every due job not already being worked on; returns how long
     /// to sleep before the next round.
     async fn poll_once(self: &Arc<Self>, tasks: &TaskTracker) -> store::Result<Duration> {
+        if !self.readiness.is_ready() {
+            return Ok(POLL_TICK);
+        }
         let now = Self::now_ms();
         let due = self.store.due_jobs(now, POLL_BATCH).await?;
         let mut started = 0;

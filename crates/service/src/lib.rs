@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod guard;
 pub mod openapi;
+pub mod readiness;
 pub mod results;
 pub mod signing;
 pub mod state;
@@ -86,9 +87,13 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let metrics = Arc::new(engine::Metrics::default());
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
+    let readiness = readiness::Readiness::default();
+    let stop_monitor = tokio_util::sync::CancellationToken::new();
+    let monitor = readiness.monitor(store.clone(), stop_monitor.clone());
     let (engine, sandbox) = if config.engine.enabled {
         let (engine, sandbox) =
-            start_engine(&config, store.clone(), addr, metrics.clone(), webhook_wake.clone()).await?;
+            start_engine(&config, store.clone(), addr, metrics.clone(), webhook_wake.clone(), readiness.clone())
+                .await?;
         (Some(engine), sandbox)
     } else {
         (None, None)
@@ -102,6 +107,7 @@ pub async fn run(
             metrics.clone(),
             webhook_wake,
             allow_private,
+            readiness.clone(),
         )
         .start()
     });
@@ -113,6 +119,7 @@ pub async fn run(
         openapi,
         engine: engine.as_ref().map(|e| e.engine.clone()),
         metrics,
+        readiness,
     });
 
     let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.clone()));
@@ -120,6 +127,8 @@ pub async fn run(
     tracing::info!(listen.addr = %addr, data_dir = %state.config.data_dir.display(), "reelgate listening on http://{addr}");
     let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await;
     housekeeping.abort();
+    stop_monitor.cancel();
+    let _ = monitor.await;
     if let Some(engine) = engine {
         engine.shutdown(Duration::from_secs(5)).await;
     }
@@ -143,6 +152,7 @@ async fn start_engine(
     addr: std::net::SocketAddr,
     metrics: Arc<engine::Metrics>,
     webhook_wake: Arc<tokio::sync::Notify>,
+    readiness: readiness::Readiness,
 ) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
     let e = &config.engine;
     let signer = signing::Signer::load_or_create(&config.data_dir)
@@ -218,6 +228,7 @@ async fn start_engine(
         metrics,
         webhook_wake,
         allow_private_urls: e.allow_private_urls(),
+        readiness,
     });
     Ok((engine.start(), sandbox))
 }

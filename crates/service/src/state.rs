@@ -9,6 +9,7 @@ use store::Store;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::engine::{Engine, Metrics};
+use crate::readiness::Readiness;
 
 /// Cheap to clone: axum clones the state for every request, so it is one `Arc`.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct Handles {
     pub engine: Option<Arc<Engine>>,
     /// Engine counters (also present, empty, without an engine).
     pub metrics: Arc<Metrics>,
+    /// Whether the store answers (`/readyz`, and new jobs are refused while it does not).
+    pub readiness: Readiness,
 }
 
 impl AppState {

@@ -558,6 +558,13 @@ impl store::Store for SqliteStore {
             .await
     }
 
+    async fn ping(&self) -> Result<()> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        self.read(|c| c.query_row("select 1", [], |r| r.get::<_, i64>(0))).map(|_| ())
+    }
+
     async fn close(&self) {
         self.writer.close().await;
         if let Ok(mut pool) = self.readers.lock() {

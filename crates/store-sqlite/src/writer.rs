@@ -126,6 +126,11 @@ impl Writer {
         rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
     }
 
+    /// Whether the writer thread has stopped taking writes.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Finishes every queued write, then stops the thread.
     pub(crate) async fn close(&self) {
         let (tx, rx) = oneshot::channel();

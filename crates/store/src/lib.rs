@@ -367,6 +367,10 @@ pub trait Store: Send + Sync + 'static {
     /// only outbox rows, and the job's `webhookStatus` follows the new attempts.
     async fn replay_webhooks(&self, job_id: JobId) -> Result<usize>;
 
+    /// Answers whether the database can be reached and used right now (for readiness):
+    /// `Unavailable` when it cannot.
+    async fn ping(&self) -> Result<()>;
+
     /// Forgets idempotency keys created before `before_ms`; returns how many.
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64>;
 

@@ -79,3 +79,13 @@ async fn every_response_has_a_request_id_and_unknown_routes_use_the_error_shape(
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn readyz_answers_ready_while_the_store_answers() {
+    let app = TestApp::spawn().await;
+    let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    app.stop().await.unwrap();
+}

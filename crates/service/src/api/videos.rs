@@ -27,6 +27,10 @@ async fn create_video(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response> {
+    // Fail fast, before any write, while this node cannot reach its database.
+    if !state.readiness.is_ready() {
+        return Err(ApiError::Unavailable("the database is unreachable".into()));
+    }
     let idempotency_key = idempotency_key(&headers)?;
     let request = parse_generate(&body)?;
     let cost = state

@@ -27,6 +27,7 @@ use super::sign::{sign, SigningSecret};
 use crate::background::Background;
 use crate::config::WebhookConfig;
 use crate::engine::Metrics;
+use crate::readiness::Readiness;
 
 /// Events claimed per round.
 const CLAIM_BATCH: usize = 256;
@@ -56,6 +57,7 @@ pub struct Deliverer {
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
     busy: Mutex<HashSet<String>>,
     allow_private: bool,
+    readiness: Readiness,
 }
 
 impl Deliverer {
@@ -66,6 +68,7 @@ impl Deliverer {
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
         allow_private: bool,
+        readiness: Readiness,
     ) -> Arc<Self> {
         Arc::new(Self {
             http: crate::guard::guarded_client(Duration::from_millis(config.timeout_ms), allow_private, 0),
@@ -77,6 +80,7 @@ impl Deliverer {
             destinations: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             allow_private,
+            readiness,
         })
     }
 
@@ -118,7 +122,7 @@ impl Deliverer {
     /// the claim was full (more may be due).
     async fn round(self: &Arc<Self>, tasks: &TaskTracker) -> store::Result<bool> {
         let free = self.slots.available_permits().min(CLAIM_BATCH);
-        if free == 0 {
+        if free == 0 || !self.readiness.is_ready() {
             return Ok(false);
         }
         let claimed = self.store.claim_webhooks(free, self.lease_ms()).await?;
