@@ -60,6 +60,9 @@ pub enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The shared signing secret could not be read or stored.
+    #[error("cannot set up the signing secret: {0}")]
+    Secret(#[from] signing::SecretError),
     /// The built-in sandbox could not start.
     #[error("cannot start the MiniMax sandbox: {0}")]
     Sandbox(String),
@@ -155,8 +158,7 @@ async fn start_engine(
     readiness: readiness::Readiness,
 ) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
     let e = &config.engine;
-    let signer = signing::Signer::load_or_create(&config.data_dir)
-        .map_err(|source| RunError::Setup { what: "the signing secret", source })?;
+    let signer = signing::Signer::shared(store.as_ref(), &config.data_dir).await?;
     let results = results::fs::FsResults::open(&config.results_dir())
         .map_err(|source| RunError::Setup { what: "the results directory", source })?;
     let public_base_url = match &e.public_base_url {

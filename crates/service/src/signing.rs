@@ -2,14 +2,28 @@
 //!
 //! Result URLs must open in a browser or video player, which cannot send an API key,
 //! and MiniMax's callbacks carry no signature. Both therefore carry a token: an HMAC of
-//! the job id under a secret kept in the data directory, so only URLs reelgate made are
-//! accepted and one job's token opens nothing else.
+//! the job id under a secret kept in the database, so only URLs reelgate made are
+//! accepted, one job's token opens nothing else, and a URL made by one node is accepted
+//! by every node sharing the database.
 
-use std::io::Write;
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+/// Why the shared secret could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The store refused or is unreachable.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// An earlier `secret.key` could not be read.
+    #[error("cannot read the earlier secret.key: {0}")]
+    Io(std::io::Error),
+    /// A secret of the wrong length.
+    #[error("{0} must hold exactly 32 bytes")]
+    Invalid(String),
+}
 
 /// What a token is for; a token made for one purpose is worthless for the other.
 #[derive(Clone, Copy, Debug)]
@@ -36,36 +50,18 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Reads `secret.key` in `data_dir`, creating it (readable by the owner only) on first start.
-    pub fn load_or_create(data_dir: &Path) -> std::io::Result<Self> {
-        let path = data_dir.join("secret.key");
-        match std::fs::read(&path) {
-            Ok(bytes) if bytes.len() == 32 => return Ok(Self { key: bytes.try_into().expect("length checked") }),
-            Ok(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} must hold exactly 32 bytes", path.display()),
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let key: [u8; 32] = rand::random();
-        // Written to a temporary file and renamed, so a crash never leaves half a key.
-        let mut tmp = tempfile::NamedTempFile::new_in(data_dir)?;
-        tmp.write_all(&key)?;
-        tmp.as_file().sync_all()?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        match tmp.persist_noclobber(&path) {
-            Ok(_) => Ok(Self { key }),
-            // Another process created it first: use theirs.
-            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(data_dir),
-            Err(e) => Err(e.error),
-        }
+    /// The secret shared through `store`, stored on first start. A `secret.key` left in
+    /// `data_dir` by an earlier version is what gets stored, so its URLs keep working.
+    pub async fn shared(store: &dyn store::Store, data_dir: &Path) -> Result<Self, SecretError> {
+        let earlier = data_dir.join("secret.key");
+        let candidate: [u8; 32] = match std::fs::read(&earlier) {
+            Ok(bytes) => bytes.try_into().map_err(|_| SecretError::Invalid(earlier.display().to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => rand::random(),
+            Err(e) => return Err(SecretError::Io(e)),
+        };
+        let stored = store.shared_secret("signing", candidate.to_vec()).await?;
+        let key = stored.try_into().map_err(|_| SecretError::Invalid("the stored signing secret".into()))?;
+        Ok(Self { key })
     }
 
     /// A 32-hex-digit token for `id`.
@@ -89,18 +85,34 @@ impl Signer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_are_stable_per_secret_and_bound_to_purpose_and_id() {
+    async fn signer_on(dir: &Path) -> Signer {
+        let store = store_sqlite::SqliteStore::open(&dir.join("reelgate.db")).unwrap();
+        let signer = Signer::shared(&store, dir).await.unwrap();
+        store::Store::close(&store).await;
+        signer
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stable_per_secret_and_bound_to_purpose_and_id() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Signer::load_or_create(dir.path()).unwrap();
-        let again = Signer::load_or_create(dir.path()).unwrap();
+        let a = signer_on(dir.path()).await;
+        let again = signer_on(dir.path()).await;
         let t = a.token(Purpose::Result, "job-1");
         assert_eq!(t.len(), 32);
         assert!(again.verify(Purpose::Result, "job-1", &t), "the secret persists across restarts");
         assert!(!a.verify(Purpose::Callback, "job-1", &t));
         assert!(!a.verify(Purpose::Result, "job-2", &t));
         assert!(!a.verify(Purpose::Result, "job-1", &t[..31]));
-        let other = Signer::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let other = signer_on(tempfile::tempdir().unwrap().path()).await;
         assert!(!other.verify(Purpose::Result, "job-1", &t));
+    }
+
+    #[tokio::test]
+    async fn a_secret_key_file_of_an_earlier_version_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = [7u8; 32];
+        std::fs::write(dir.path().join("secret.key"), earlier).unwrap();
+        let signer = signer_on(dir.path()).await;
+        assert_eq!(signer.key, earlier, "URLs made before the upgrade keep working");
     }
 }

@@ -558,6 +558,25 @@ impl store::Store for SqliteStore {
             .await
     }
 
+    async fn shared_secret(&self, name: &str, candidate: Vec<u8>) -> Result<Vec<u8>> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |ctx| {
+                ctx.conn
+                    .prepare_cached(
+                        "insert into server_secret (name, secret, created_at) values (?1, ?2, ?3)
+                         on conflict (name) do nothing",
+                    )
+                    .and_then(|mut s| s.execute(rusqlite::params![name, candidate, ctx.now_ms]))
+                    .map_err(map_err)?;
+                ctx.conn
+                    .prepare_cached("select secret from server_secret where name = ?1")
+                    .and_then(|mut s| s.query_row([&name], |r| r.get(0)))
+                    .map_err(map_err)
+            })
+            .await
+    }
+
     async fn ping(&self) -> Result<()> {
         if self.writer.is_closed() {
             return Err(StoreError::Unavailable("the store is closed".into()));

@@ -367,6 +367,10 @@ pub trait Store: Send + Sync + 'static {
     /// only outbox rows, and the job's `webhookStatus` follows the new attempts.
     async fn replay_webhooks(&self, job_id: JobId) -> Result<usize>;
 
+    /// The secret called `name` that every process on this database shares: the one
+    /// stored, or `candidate` if none was, stored now. Concurrent first calls agree.
+    async fn shared_secret(&self, name: &str, candidate: Vec<u8>) -> Result<Vec<u8>>;
+
     /// Answers whether the database can be reached and used right now (for readiness):
     /// `Unavailable` when it cannot.
     async fn ping(&self) -> Result<()>;
