@@ -2,13 +2,16 @@
 //! the same directory and renamed into place only once complete and synced, so a
 //! reader or a crash never sees half a video under the final name.
 
-use std::io::Write;
+use std::io::{SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use domain::JobId;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{ResultStore, ResultWriter, StoredResult};
+use super::{ResultBody, ResultStore, ResultStream, ResultWriter, StoredResult};
 
 /// The file system result store.
 pub struct FsResults {
@@ -89,8 +92,10 @@ impl ResultStore for FsResults {
     async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>> {
         match tokio::fs::File::open(self.path(job)).await {
             Ok(file) => {
+                // The open handle keeps reading the file it measured even if the reaper
+                // unlinks it or a new copy is renamed over it meanwhile.
                 let len = file.metadata().await?.len();
-                Ok(Some(StoredResult { len, reader: Box::new(file) }))
+                Ok(Some(StoredResult::new(len, Box::new(FsBody(file)))))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -102,5 +107,19 @@ impl ResultStore for FsResults {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// An open result file.
+struct FsBody(tokio::fs::File);
+
+#[async_trait]
+impl ResultBody for FsBody {
+    async fn read(self: Box<Self>, range: Range<u64>) -> std::io::Result<ResultStream> {
+        let mut file = self.0;
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start)).await?;
+        }
+        Ok(tokio_util::io::ReaderStream::new(file.take(range.end - range.start)).boxed())
     }
 }
