@@ -440,7 +440,9 @@ impl S3Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(format!("results.s3: {msg}")));
         match self.bucket.as_deref() {
-            None | Some("") => return invalid("results.backend = \"s3\" needs results.s3.bucket".into()),
+            None | Some("") => {
+                return Err(ConfigError::Invalid("results.backend = \"s3\" needs results.s3.bucket".into()))
+            }
             Some(b) if b.contains('/') || b.trim() != b => {
                 return invalid(format!("bucket {b:?} is not a bucket name"))
             }
