@@ -93,7 +93,11 @@ async fn presigned_video_urls_fetch_the_same_bytes_straight_from_the_bucket() {
     let bucket = s3.create_bucket().await;
     let app = app_on(&s3, &bucket, VideoUrls::Presigned).await;
     let key = app.create_key(100).await;
-    let (id, job) = completed_job(&app, &key).await;
+    let hook = crate::webhooks::receiver_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), vec![]).await;
+    let body = serde_json::json!({"model": "hailuo-2.3", "prompt": "a paper boat", "webhookUrl": hook.url});
+    let id = app.submit(&key, &body).await;
+    let job = app.wait_terminal(&key, &id, WITHIN).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
 
     let presigned = job["result"]["videoUrl"].as_str().unwrap();
     assert!(presigned.starts_with(&format!("{}/{bucket}/results/{id}.mp4?", s3.endpoint)), "{presigned}");
@@ -112,6 +116,13 @@ async fn presigned_video_urls_fetch_the_same_bytes_straight_from_the_bucket() {
     let part = app.http.get(presigned).header("Range", "bytes=100-199").send().await.unwrap();
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
     assert!(part.bytes().await.unwrap() == bytes[100..200]);
+
+    // The completed webhook carries a presigned URL too, signed when it was sent.
+    crate::helpers::eventually(WITHIN, || async { !hook.received().is_empty() }).await;
+    let event: serde_json::Value = serde_json::from_slice(&hook.received()[0].body).unwrap();
+    let hooked = event["result"]["videoUrl"].as_str().unwrap();
+    assert!(hooked.starts_with(&format!("{}/{bucket}/results/{id}.mp4?", s3.endpoint)), "{event}");
+    assert!(app.http.get(hooked).send().await.unwrap().bytes().await.unwrap() == bytes, "the webhook's URL works");
 
     // The stored URL stays reelgate's own (it never expires) and serves the same bytes.
     let stored = app.store.get_job(key.account_id, id.parse().unwrap()).await.unwrap().unwrap();
