@@ -134,13 +134,7 @@ impl ResultStore for S3Results {
     async fn begin(&self, job: JobId) -> std::io::Result<Box<dyn ResultWriter>> {
         let key = self.key(job);
         let upload = self.store.put_multipart(&key).await.map_err(io_error)?;
-        Ok(Box::new(S3Writer {
-            upload: Some(upload),
-            part: Vec::with_capacity(PART_SIZE),
-            uploading: JoinSet::new(),
-            written: 0,
-            key,
-        }))
+        Ok(Box::new(S3Writer { upload: Some(upload), part: Vec::new(), uploading: JoinSet::new(), written: 0, key }))
     }
 
     async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>> {
@@ -189,7 +183,7 @@ impl S3Writer {
         while self.uploading.len() >= PARTS_IN_FLIGHT {
             self.join_one().await?;
         }
-        let part = std::mem::replace(&mut self.part, Vec::with_capacity(PART_SIZE));
+        let part = std::mem::take(&mut self.part);
         let upload = self.upload.as_mut().ok_or_else(|| std::io::Error::other("the upload has ended"))?;
         // Part numbers are assigned here, in call order, so uploading them concurrently
         // still assembles the object in order.
@@ -225,6 +219,12 @@ impl S3Writer {
 impl ResultWriter for S3Writer {
     async fn write(&mut self, mut chunk: &[u8]) -> std::io::Result<()> {
         while !chunk.is_empty() {
+            if self.part.capacity() == 0 {
+                // One allocation per part, made when the part's first byte arrives, so
+                // a writer holds no idle buffer before its first write or after a part
+                // it has handed to the upload.
+                self.part.reserve_exact(PART_SIZE);
+            }
             let take = chunk.len().min(PART_SIZE - self.part.len());
             self.part.extend_from_slice(&chunk[..take]);
             self.written += take as u64;
