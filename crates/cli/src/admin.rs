@@ -105,7 +105,7 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Check { data } = cmd;
     let config = data.load()?;
     let catalog = config.catalog()?;
-    // The configuration holds no secrets yet; when it does, they print redacted.
+    // Secrets (MiniMax API keys, the S3 secret access key) print redacted.
     println!("{config:#?}");
     for model in catalog.models() {
         println!("{}: {}", model.id, model.price_table());

@@ -35,7 +35,89 @@ pub struct Config {
     pub minimax: MiniMaxConfig,
     /// Client webhook delivery.
     pub webhooks: WebhookConfig,
+    /// Where result videos are stored.
+    pub results: ResultsConfig,
 }
+
+/// Where result videos are stored.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// `fs` (files under `<data_dir>/results/`) or `s3` (an S3-compatible bucket).
+    pub backend: ResultsBackend,
+    /// The bucket, for `backend = "s3"`.
+    pub s3: S3Config,
+}
+
+/// Which [`ResultStore`](crate::results::ResultStore) holds result videos.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultsBackend {
+    /// Files in the data directory.
+    Fs,
+    /// An S3-compatible object store.
+    S3,
+}
+
+/// What a completed job's `videoUrl` points at when results are in S3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoUrls {
+    /// reelgate's own URL; reelgate streams the video from the bucket (Range supported).
+    Proxy,
+    /// A presigned GET URL for the object, made on every read of the job.
+    Presigned,
+}
+
+/// An S3-compatible bucket for result videos.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket name (required for `backend = "s3"`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// The service URL, for S3-compatible servers (MinIO, Ceph, R2, ...); unset means
+    /// AWS. `http://` is allowed for loopback hosts only.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bucket's region (request signatures include it).
+    pub region: String,
+    /// Access key id; unset: the `AWS_ACCESS_KEY_ID` environment variable.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key; unset: the `AWS_SECRET_ACCESS_KEY` environment variable. Never logged.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Put before `<job id>.mp4` to make each object's key, e.g. `results/`.
+    pub prefix: String,
+    /// Address the bucket in the path (`endpoint/bucket/key`) instead of the host name
+    /// (`bucket.endpoint/key`). Most self-hosted servers need this.
+    pub path_style: bool,
+    /// `proxy`: `videoUrl` is reelgate's own URL. `presigned`: a presigned URL of the
+    /// object, so clients download straight from the bucket.
+    pub video_urls: VideoUrls,
+    /// How long a presigned URL stays valid, in seconds (at most 604800, 7 days).
+    pub presigned_url_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("video_urls", &self.video_urls)
+            .field("presigned_url_ttl_secs", &self.presigned_url_ttl_secs)
+            .finish()
+    }
+}
+
+/// The longest validity S3 accepts for a presigned URL (SigV4: 7 days).
+pub const MAX_PRESIGNED_URL_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Client webhook delivery.
 #[derive(Clone, Debug, Deserialize)]
@@ -241,6 +323,14 @@ impl Config {
             "require_chromium",
         ]);
         let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        // The S3 credentials may come from where every AWS tool looks for them.
+        let s3 = &mut config.results.s3;
+        if s3.access_key_id.is_none() {
+            s3.access_key_id = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|v| !v.is_empty());
+        }
+        if s3.secret_access_key.is_none() {
+            s3.secret_access_key = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|v| !v.is_empty());
+        }
         // The documented shortcut for the built-in sandbox's speed.
         if let Ok(ms) = std::env::var("REELGATE_SANDBOX_LATENCY_MS") {
             config.minimax.sandbox_latency_ms = ms
@@ -316,6 +406,9 @@ impl Config {
         if self.minimax.sandbox_create_rpm == 0 {
             return Err(ConfigError::Invalid("minimax.sandbox_create_rpm must be at least 1".into()));
         }
+        if self.results.backend == ResultsBackend::S3 {
+            self.results.s3.validate()?;
+        }
         self.catalog()?;
         Ok(())
     }
@@ -339,6 +432,61 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("catalog file {}: {e}", path.display())))?,
         };
         Catalog::with_overrides(&overrides).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+impl S3Config {
+    /// Checks the settings `backend = "s3"` needs.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(format!("results.s3: {msg}")));
+        match self.bucket.as_deref() {
+            None | Some("") => {
+                return Err(ConfigError::Invalid("results.backend = \"s3\" needs results.s3.bucket".into()))
+            }
+            Some(b) if b.contains('/') || b.trim() != b => {
+                return invalid(format!("bucket {b:?} is not a bucket name"))
+            }
+            Some(_) => {}
+        }
+        if self.region.trim().is_empty() {
+            return invalid("region is empty (use the bucket's region, e.g. \"us-east-1\")".into());
+        }
+        if self.access_key_id.as_deref().unwrap_or("").is_empty()
+            || self.secret_access_key.as_deref().unwrap_or("").is_empty()
+        {
+            return invalid(
+                "access_key_id and secret_access_key are required (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    .into(),
+            );
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let url = match url::Url::parse(endpoint) {
+                Ok(url) => url,
+                Err(e) => return invalid(format!("endpoint {endpoint:?} is not a URL: {e}")),
+            };
+            if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+                return invalid(format!(
+                    "endpoint {endpoint:?} must be a plain URL (no credentials, query or fragment)"
+                ));
+            }
+            match url.scheme() {
+                "https" => {}
+                // Plain HTTP would expose every video and request signature on the
+                // network; on loopback (a local MinIO, the test server) nothing travels.
+                "http" if crate::results::s3::is_loopback(&url) => {}
+                "http" => return invalid(format!("endpoint {endpoint:?}: http is allowed for loopback hosts only")),
+                other => return invalid(format!("endpoint {endpoint:?}: unsupported scheme {other:?}")),
+            }
+        }
+        if let Err(why) = crate::results::s3::check_prefix(&self.prefix) {
+            return invalid(format!("prefix {:?}: {why}", self.prefix));
+        }
+        if self.presigned_url_ttl_secs == 0 || self.presigned_url_ttl_secs > MAX_PRESIGNED_URL_TTL_SECS {
+            return invalid(format!(
+                "presigned_url_ttl_secs must be between 1 and {MAX_PRESIGNED_URL_TTL_SECS} (7 days, the S3 maximum)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -370,5 +518,56 @@ mod tests {
         c.catalog_file = Some(bad);
         assert!(c.validate().is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn s3(tweak: impl FnOnce(&mut S3Config)) -> Result<(), String> {
+        let mut c = Config::defaults();
+        c.results.backend = ResultsBackend::S3;
+        c.results.s3.bucket = Some("videos".into());
+        c.results.s3.access_key_id = Some("AKID".into());
+        c.results.s3.secret_access_key = Some("secret".into());
+        tweak(&mut c.results.s3);
+        c.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn s3_settings_are_checked_only_when_s3_is_the_backend() {
+        let c = Config::defaults();
+        assert_eq!(c.results.backend, ResultsBackend::Fs);
+        assert_eq!(c.results.s3.video_urls, VideoUrls::Proxy);
+        assert_eq!(c.results.s3.presigned_url_ttl_secs, MAX_PRESIGNED_URL_TTL_SECS);
+        assert!(c.results.s3.bucket.is_none(), "fs needs no bucket");
+
+        s3(|_| {}).unwrap();
+        s3(|c| c.endpoint = Some("https://minio.example.com".into())).unwrap();
+        s3(|c| c.endpoint = Some("http://127.0.0.1:9000".into())).unwrap();
+        s3(|c| c.endpoint = Some("http://localhost:9000".into())).unwrap();
+        s3(|c| c.prefix = String::new()).unwrap();
+        s3(|c| c.prefix = "a/b/".into()).unwrap();
+        type Tweak = fn(&mut S3Config);
+        let refused: [(&str, Tweak); 9] = [
+            ("needs results.s3.bucket", |c| c.bucket = None),
+            ("needs results.s3.bucket", |c| c.bucket = Some(String::new())),
+            ("AWS_ACCESS_KEY_ID", |c| c.access_key_id = None),
+            ("AWS_SECRET_ACCESS_KEY", |c| c.secret_access_key = None),
+            ("loopback hosts only", |c| c.endpoint = Some("http://minio.internal:9000".into())),
+            ("not a URL", |c| c.endpoint = Some("minio.internal".into())),
+            ("prefix", |c| c.prefix = "/abs/".into()),
+            ("prefix", |c| c.prefix = "a//b/".into()),
+            ("presigned_url_ttl_secs", |c| c.presigned_url_ttl_secs = MAX_PRESIGNED_URL_TTL_SECS + 1),
+        ];
+        for (expected, tweak) in refused {
+            let err = s3(tweak).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn the_secret_access_key_never_prints() {
+        let mut c = Config::defaults();
+        c.results.s3.secret_access_key = Some("very-secret-value".into());
+        let printed = format!("{c:#?}");
+        assert!(!printed.contains("very-secret-value"), "{printed}");
+        assert!(printed.contains("<redacted>"));
     }
 }

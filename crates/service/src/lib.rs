@@ -111,6 +111,7 @@ pub async fn run(
             webhook_wake,
             allow_private,
             readiness.clone(),
+            engine.as_ref().map(|e| e.engine.results().clone()),
         )
         .start()
     });
@@ -159,8 +160,7 @@ async fn start_engine(
 ) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
     let e = &config.engine;
     let signer = signing::Signer::shared(store.as_ref(), &config.data_dir).await?;
-    let results = results::fs::FsResults::open(&config.results_dir())
-        .map_err(|source| RunError::Setup { what: "the results directory", source })?;
+    let results = open_results(config)?;
     let public_base_url = match &e.public_base_url {
         Some(url) => url.clone(),
         None => {
@@ -223,7 +223,7 @@ async fn start_engine(
         store,
         config: e.clone(),
         upstreams,
-        results: Arc::new(results),
+        results,
         signer,
         public_base_url,
         callbacks: e.public_base_url.is_some(),
@@ -233,6 +233,29 @@ async fn start_engine(
         readiness,
     });
     Ok((engine.start(), sandbox))
+}
+
+/// Opens the result store `results.backend` names.
+fn open_results(config: &Config) -> Result<Arc<dyn results::ResultStore>, RunError> {
+    Ok(match config.results.backend {
+        config::ResultsBackend::Fs => Arc::new(
+            results::fs::FsResults::open(&config.results_dir())
+                .map_err(|source| RunError::Setup { what: "the results directory", source })?,
+        ),
+        config::ResultsBackend::S3 => {
+            let s3 = &config.results.s3;
+            let store = results::s3::S3Results::new(s3)
+                .map_err(|source| RunError::Setup { what: "the S3 result store", source })?;
+            tracing::info!(
+                s3.bucket = s3.bucket.as_deref().unwrap_or(""),
+                s3.endpoint = s3.endpoint.as_deref().unwrap_or("AWS"),
+                s3.prefix = %s3.prefix,
+                s3.video_urls = ?s3.video_urls,
+                "result videos are stored in S3"
+            );
+            Arc::new(store)
+        }
+    })
 }
 
 /// How often expired idempotency keys are deleted.

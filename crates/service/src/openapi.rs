@@ -251,7 +251,7 @@ pub fn document(catalog: &Catalog) -> Value {
             }},
             "/v2/results/{id}/{file}": {"get": {
                 "summary": "Download a completed job's video (reelgate's addition)",
-                "description": "The `result.videoUrl` of a completed job: reelgate's own copy of the video, made before MiniMax's link expires. The URL carries a token and needs no API key, so players can open it. Supports HTTP Range requests (206, 416).",
+                "description": "The `result.videoUrl` of a completed job: reelgate's own copy of the video, made before MiniMax's link expires. The URL carries a token and needs no API key, so players can open it. Supports HTTP Range requests (206, 416). When the server keeps results in S3 with `video_urls = \"presigned\"`, `videoUrl` is instead a presigned URL of the bucket's object, signed on every read; this route still serves the video.",
                 "tags": ["Jobs"],
                 "parameters": [
                     {"in": "path", "name": "id", "required": true, "schema": {"type": "string", "format": "uuid"}},

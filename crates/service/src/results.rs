@@ -1,14 +1,30 @@
 //! Where finished videos live once reelgate has copied them from MiniMax, behind the
-//! [`ResultStore`] trait. This build keeps them on the local file system
-//! ([`fs::FsResults`]); an object store is a second implementation of the same trait.
+//! [`ResultStore`] trait: on the local file system ([`fs::FsResults`]) or in an
+//! S3-compatible bucket ([`s3::S3Results`]). Which one runs is `results.backend`.
 //!
-//! Videos stream in and out in chunks: a result is never held in memory whole.
+//! Videos stream in and out in chunks: a result is never held in memory whole. Reading
+//! is "open, then read one byte range": an object store cannot seek inside a response
+//! the way a file can, but it can start a response at any offset, and the HTTP Range
+//! requests players send need nothing more.
+//!
+//! This module decides nothing about HTTP (that is `api/results.rs`) nor about which
+//! URL a client is given (that is the engine's `result_url` and [`presigned_video_url`]).
 
 pub mod fs;
+pub mod s3;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+use std::ops::Range;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use domain::JobId;
-use tokio::io::{AsyncRead, AsyncSeek};
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+
+/// The bytes of a result, in chunks, as they arrive from storage.
+pub type ResultStream = BoxStream<'static, std::io::Result<Bytes>>;
 
 /// A result being written. Dropping it without [`finish`](ResultWriter::finish) leaves
 /// nothing behind.
@@ -20,16 +36,47 @@ pub trait ResultWriter: Send {
     async fn finish(self: Box<Self>) -> std::io::Result<u64>;
 }
 
-/// Something a stored result can be read from, at any offset (for Range requests).
-pub trait ResultReader: AsyncRead + AsyncSeek + Send + Unpin {}
-impl<T: AsyncRead + AsyncSeek + Send + Unpin> ResultReader for T {}
+/// The reading half of an opened result, implemented by each backend.
+#[async_trait]
+pub trait ResultBody: Send {
+    /// Streams the bytes in `range`, which [`StoredResult::read`] has checked lies
+    /// within the result and is not empty.
+    async fn read(self: Box<Self>, range: Range<u64>) -> std::io::Result<ResultStream>;
+}
 
-/// An opened result.
+/// An opened result: its size, known before any byte is sent (for `Content-Length` and
+/// for answering 416), and one read of any part of it.
+///
+/// Opening pins the version that was measured (the file handle, or the object's ETag),
+/// so a result replaced or deleted between the two steps is never served with the old
+/// length: the read then fails instead.
 pub struct StoredResult {
     /// Size in bytes.
     pub len: u64,
-    /// Its bytes.
-    pub reader: Box<dyn ResultReader>,
+    body: Box<dyn ResultBody>,
+}
+
+impl StoredResult {
+    /// An opened result of `len` bytes read through `body`.
+    pub fn new(len: u64, body: Box<dyn ResultBody>) -> Self {
+        Self { len, body }
+    }
+
+    /// Streams the bytes in `range` (end exclusive). A range reaching past the end is
+    /// an `InvalidInput` error; a result gone since it was opened is `NotFound`.
+    pub async fn read(self, range: Range<u64>) -> std::io::Result<ResultStream> {
+        if range.start > range.end || range.end > self.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("range {range:?} outside a result of {} bytes", self.len),
+            ));
+        }
+        if range.is_empty() {
+            // Object stores refuse an empty range, and there is nothing to fetch anyway.
+            return Ok(Box::pin(futures_util::stream::empty()));
+        }
+        self.body.read(range).await
+    }
 }
 
 /// Storage for result videos.
@@ -41,4 +88,33 @@ pub trait ResultStore: Send + Sync + 'static {
     async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>>;
     /// Deletes the result of `job`; deleting a missing result is not an error.
     async fn delete(&self, job: JobId) -> std::io::Result<()>;
+    /// A URL that fetches the result of `job` straight from storage, made now, when
+    /// this store is configured to hand such URLs out; `None` means clients get
+    /// reelgate's own result URL.
+    async fn presigned_url(&self, _job: JobId) -> std::io::Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// The result object to show a client for `job` in place of `stored`, when results are
+/// handed out as presigned URLs: `stored` with a `videoUrl` signed now. `None` means
+/// show `stored` as it is.
+///
+/// The stored object always holds reelgate's own URL, which never expires. Presigned
+/// URLs do expire (7 days at most on S3), so they are made on every read and never
+/// written down. If signing fails the client still gets the stored URL, which works.
+pub async fn presigned_video_url(results: &dyn ResultStore, job: JobId, stored: &Value) -> Option<Value> {
+    stored.get("videoUrl")?;
+    match results.presigned_url(job).await {
+        Ok(Some(url)) => {
+            let mut fresh = stored.clone();
+            fresh["videoUrl"] = Value::String(url);
+            Some(fresh)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(job.id = %job, error = %e, "could not presign the result URL; handing out reelgate's own");
+            None
+        }
+    }
 }

@@ -11,5 +11,6 @@ mod generate;
 mod jobs;
 mod lifecycle;
 mod playback;
+mod results_s3;
 mod spec;
 mod webhooks;

@@ -1,5 +1,7 @@
 //! Wire shapes shared by several resources: the Job object and timestamps.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -16,7 +18,7 @@ pub struct JobView<'a> {
     status: &'static str,
     model: &'a str,
     progress: Option<i64>,
-    result: Option<&'a Value>,
+    result: Option<Cow<'a, Value>>,
     error: Option<&'a str>,
     credit_cost: i64,
     webhook_status: Option<&'static str>,
@@ -37,7 +39,7 @@ impl<'a> JobView<'a> {
             status: job.status.as_str(),
             model: &job.model,
             progress: job.progress,
-            result: job.result.as_ref(),
+            result: job.result.as_ref().map(Cow::Borrowed),
             error: job.error.as_deref(),
             credit_cost: job.credit_cost,
             webhook_status: job.webhook_status.map(|w| w.as_str()),
@@ -46,6 +48,12 @@ impl<'a> JobView<'a> {
             expired: job.expired,
             input: with_input.then_some(&*job.input),
         }
+    }
+
+    /// The same view showing `result` instead of the stored result object.
+    pub fn with_result(mut self, result: Value) -> Self {
+        self.result = Some(Cow::Owned(result));
+        self
     }
 }
 

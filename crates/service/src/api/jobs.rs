@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use domain::{JobId, JobStatus, ValidationErrors};
 use serde::Serialize;
-use store::{CancelOutcome, JobCursor, JobQuery};
+use store::{CancelOutcome, JobCursor, JobQuery, JobRecord};
 
 use crate::api::dto::JobView;
 use crate::api::error::{ApiError, Result};
@@ -76,7 +76,7 @@ async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): P
     let id = parse_job_id(&id)?;
     // Another account's job is indistinguishable from a missing one.
     let job = state.store.get_job(key.account_id, id).await?.ok_or_else(job_not_found)?;
-    Ok(Json(JobView::new(&job, true)).into_response())
+    Ok(Json(view(&state, &job, true).await).into_response())
 }
 
 /// Cancels a job that has not been submitted upstream yet and refunds it in full.
@@ -91,6 +91,17 @@ async fn cancel_job(State(state): State<AppState>, Caller(key): Caller, Path(id)
             JobStatus::Cancelled => "Job is already CANCELLED".to_string(),
             other => format!("Job is {}; only QUEUED jobs can be cancelled", other.as_str()),
         })),
+    }
+}
+
+/// The job as a client sees it. When result videos are handed out as presigned bucket
+/// URLs, a completed job's `videoUrl` is signed now, on every read, so it is never stale.
+async fn view<'a>(state: &AppState, job: &'a JobRecord, with_input: bool) -> JobView<'a> {
+    let view = JobView::new(job, with_input);
+    let (Some(engine), Some(stored), false) = (&state.engine, &job.result, job.expired) else { return view };
+    match crate::results::presigned_video_url(engine.results().as_ref(), job.id, stored).await {
+        Some(fresh) => view.with_result(fresh),
+        None => view,
     }
 }
 
@@ -177,7 +188,10 @@ async fn list_jobs(
         true => Some(state.store.job_models(key.account_id, api_key_id).await?),
         false => None,
     };
-    let jobs: Vec<JobView<'_>> = rows.iter().map(|j| JobView::new(j, false)).collect();
+    let mut jobs: Vec<JobView<'_>> = Vec::with_capacity(rows.len());
+    for job in &rows {
+        jobs.push(view(&state, job, false).await);
+    }
     Ok(Json(JobListView { jobs, next_cursor, has_more, models }).into_response())
 }
 

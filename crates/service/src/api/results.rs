@@ -2,8 +2,11 @@
 //! job, streamed from the result store with HTTP Range support so browsers and players
 //! can seek. The token (see `signing`) makes the URL a capability: players cannot send
 //! an API key, and a URL opens only its own job's video.
-
-use std::io::SeekFrom;
+//!
+//! Every backend answers the same way (status, `Content-Length`, `Content-Range`):
+//! the store only measures the result and streams the one byte range chosen here.
+//! With S3 in `presigned` mode this route still works; clients are simply shown the
+//! bucket's URL instead.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -13,7 +16,6 @@ use axum::routing::get;
 use axum::Router;
 use domain::byte_range::{self, ByteRange};
 use domain::JobId;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::api::error::{ApiError, Result};
 use crate::signing::Purpose;
@@ -42,7 +44,6 @@ async fn get_result(
         .map_err(|e| ApiError::Internal(format!("opening result {id}: {e}")))?
         .ok_or_else(|| ApiError::NotFound("This result has expired or does not exist".into()))?;
     let len = stored.len;
-    let mut reader = stored.reader;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| byte_range::parse(v, len));
     let (status, start, count) = match range {
         Some(ByteRange::Part(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
@@ -57,13 +58,15 @@ async fn get_result(
         // which RFC 9110 allows.
         Some(ByteRange::Whole) | None => (StatusCode::OK, 0, len),
     };
-    if start > 0 {
-        reader
-            .seek(SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::Internal(format!("seeking result {id}: {e}")))?;
-    }
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader.take(count)));
+    let stream = match stored.read(start..start + count).await {
+        Ok(stream) => stream,
+        // Deleted (by the reaper) between opening and reading.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::NotFound("This result has expired or does not exist".into()))
+        }
+        Err(e) => return Err(ApiError::Internal(format!("reading result {id}: {e}"))),
+    };
+    let body = Body::from_stream(stream);
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();

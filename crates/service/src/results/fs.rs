@@ -2,13 +2,16 @@
 //! the same directory and renamed into place only once complete and synced, so a
 //! reader or a crash never sees half a video under the final name.
 
-use std::io::Write;
+use std::io::{SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use domain::JobId;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{ResultStore, ResultWriter, StoredResult};
+use super::{ResultBody, ResultStore, ResultStream, ResultWriter, StoredResult};
 
 /// The file system result store.
 pub struct FsResults {
@@ -89,8 +92,10 @@ impl ResultStore for FsResults {
     async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>> {
         match tokio::fs::File::open(self.path(job)).await {
             Ok(file) => {
+                // The open handle keeps reading the file it measured even if the reaper
+                // unlinks it or a new copy is renamed over it meanwhile.
                 let len = file.metadata().await?.len();
-                Ok(Some(StoredResult { len, reader: Box::new(file) }))
+                Ok(Some(StoredResult::new(len, Box::new(FsBody(file)))))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -102,5 +107,73 @@ impl ResultStore for FsResults {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// An open result file.
+struct FsBody(tokio::fs::File);
+
+#[async_trait]
+impl ResultBody for FsBody {
+    async fn read(self: Box<Self>, range: Range<u64>) -> std::io::Result<ResultStream> {
+        let mut file = self.0;
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start)).await?;
+        }
+        Ok(tokio_util::io::ReaderStream::new(file.take(range.end - range.start)).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::TryStreamExt;
+
+    use super::*;
+
+    async fn read(stored: StoredResult, range: Range<u64>) -> std::io::Result<Vec<u8>> {
+        let chunks: Vec<bytes::Bytes> = stored.read(range).await?.try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    #[tokio::test]
+    async fn results_read_by_range_and_an_opened_file_survives_its_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = FsResults::open(dir.path()).unwrap();
+        let job = JobId::new();
+        assert!(results.open(job).await.unwrap().is_none());
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut writer = results.begin(job).await.unwrap();
+        writer.write(&bytes[..70_000]).await.unwrap();
+        assert!(results.open(job).await.unwrap().is_none(), "nothing is visible before finish");
+        writer.write(&bytes[70_000..]).await.unwrap();
+        assert_eq!(writer.finish().await.unwrap(), bytes.len() as u64);
+
+        let stored = results.open(job).await.unwrap().unwrap();
+        assert_eq!(stored.len, bytes.len() as u64);
+        assert_eq!(read(stored, 0..100_000).await.unwrap(), bytes);
+        let stored = results.open(job).await.unwrap().unwrap();
+        assert_eq!(read(stored, 99_990..100_000).await.unwrap(), bytes[99_990..]);
+        let stored = results.open(job).await.unwrap().unwrap();
+        assert_eq!(read(stored, 7..7).await.unwrap(), b"");
+        let stored = results.open(job).await.unwrap().unwrap();
+        let err = read(stored, 0..100_001).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+
+        // The reaper deleting a result mid-request does not cut the answer short.
+        let stored = results.open(job).await.unwrap().unwrap();
+        results.delete(job).await.unwrap();
+        assert_eq!(read(stored, 1000..2000).await.unwrap(), bytes[1000..2000]);
+        assert!(results.open(job).await.unwrap().is_none());
+        results.delete(job).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = FsResults::open(dir.path()).unwrap();
+        let mut writer = results.begin(JobId::new()).await.unwrap();
+        writer.write(b"half a video").await.unwrap();
+        drop(writer);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -28,6 +28,7 @@ use crate::background::Background;
 use crate::config::WebhookConfig;
 use crate::engine::Metrics;
 use crate::readiness::Readiness;
+use crate::results::ResultStore;
 
 /// Events claimed per round.
 const CLAIM_BATCH: usize = 256;
@@ -58,6 +59,9 @@ pub struct Deliverer {
     busy: Mutex<HashSet<String>>,
     allow_private: bool,
     readiness: Readiness,
+    /// The result store, to presign `videoUrl` at send time when results are handed
+    /// out that way (the stored payload holds reelgate's own, non-expiring URL).
+    results: Option<Arc<dyn ResultStore>>,
 }
 
 impl Deliverer {
@@ -69,6 +73,7 @@ impl Deliverer {
         wake: Arc<Notify>,
         allow_private: bool,
         readiness: Readiness,
+        results: Option<Arc<dyn ResultStore>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             http: crate::guard::guarded_client(Duration::from_millis(config.timeout_ms), allow_private, 0),
@@ -81,6 +86,7 @@ impl Deliverer {
             busy: Mutex::new(HashSet::new()),
             allow_private,
             readiness,
+            results,
         })
     }
 
@@ -184,12 +190,30 @@ impl Deliverer {
         (crate::now_ms() + spread) / step * step + step
     }
 
+    /// The body to send: the stored payload, except that a `completed` event gets a
+    /// `videoUrl` presigned now when results are handed out that way, so even the last
+    /// retry, hours later, carries a URL with its full validity.
+    async fn payload_of(&self, d: &WebhookDelivery) -> String {
+        let Some(results) = self.results.as_ref().filter(|_| d.event == domain::WebhookEvent::Completed) else {
+            return d.payload.clone();
+        };
+        let Ok(mut body) = serde_json::from_str::<serde_json::Value>(&d.payload) else { return d.payload.clone() };
+        match crate::results::presigned_video_url(results.as_ref(), d.job_id, &body["result"]).await {
+            Some(fresh) => {
+                body["result"] = fresh;
+                body.to_string()
+            }
+            None => d.payload.clone(),
+        }
+    }
+
     /// One attempt: send, record, schedule the next or settle.
     async fn attempt(&self, d: WebhookDelivery) {
+        let payload = self.payload_of(&d).await;
         let started = Instant::now();
         let attempted_at_ms = crate::now_ms();
         let headers =
-            sign(&SigningSecret(d.secret), d.event.as_str(), &d.event_id, attempted_at_ms / 1000, d.payload.as_bytes());
+            sign(&SigningSecret(d.secret), d.event.as_str(), &d.event_id, attempted_at_ms / 1000, payload.as_bytes());
         let mut request = self
             .http
             .post(&d.url)
@@ -205,7 +229,7 @@ impl Deliverer {
         };
         let sent = match refused {
             Some(why) => Err(why),
-            None => request.body(d.payload.clone()).send().await.map_err(|e| {
+            None => request.body(payload).send().await.map_err(|e| {
                 crate::guard::refusal_in(&e).unwrap_or_else(|| {
                     if e.is_timeout() {
                         format!("no answer within {} ms", self.config.timeout_ms)
