@@ -315,13 +315,11 @@ impl Config {
         // Variables read elsewhere (log filter, engine switches of later features) are not
         // configuration keys; without this, deny_unknown_fields would refuse to start.
         // REELGATE_REQUIRE_* are the test suite's switches (scripts/test sets them).
-        let env = Env::prefixed("REELGATE_").split("__").ignore(&[
-            "log",
-            "allow_private_urls",
-            "sandbox_latency_ms",
-            "require_ffmpeg",
-            "require_chromium",
-        ]);
+        // REELGATE_TEST_* and REELGATE_SKIP_* belong to the test suite, not to the server.
+        let env = Env::prefixed("REELGATE_")
+            .filter(|key| !(key.starts_with("test_") || key.starts_with("skip_")))
+            .split("__")
+            .ignore(&["log", "allow_private_urls", "sandbox_latency_ms", "require_ffmpeg", "require_chromium"]);
         let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
         // The S3 credentials may come from where every AWS tool looks for them.
         let s3 = &mut config.results.s3;
