@@ -2,9 +2,14 @@
 //!
 //! The writes that create work announce it on the channel [`WAKEUP_CHANNEL`], inside
 //! their own statement or transaction, so the notification is delivered exactly when
-//! the work becomes visible (PostgreSQL sends it at commit, and drops it on rollback):
-//! - payload `jobs`: a job was submitted, or put back in the queue for a retry;
-//! - payload `webhooks`: a transition raised a webhook event, or events were replayed.
+//! the work becomes visible (PostgreSQL sends it at commit, and drops it on rollback).
+//! The payload is `<schema>/<kind>`:
+//! - kind `jobs`: a job was submitted, or put back in the queue for a retry;
+//! - kind `webhooks`: a transition raised a webhook event, or events were replayed.
+//!
+//! Channels are per database, not per schema, so the schema in the payload keeps
+//! deployments (or test runs) that share a database in separate schemas from waking
+//! each other.
 //!
 //! [`Wakeups`] holds one dedicated connection in `LISTEN` and turns each notification
 //! into a [`Notify`] permit, so the dispatcher and the webhook worker of every node react
@@ -34,10 +39,10 @@ pub const WAKEUP_CHANNEL: &str = "reelgate_work";
 /// with [`WAKEUP_CHANNEL`]; a test checks it.
 macro_rules! notify_sql {
     (jobs) => {
-        "pg_notify('reelgate_work', 'jobs')"
+        "pg_notify('reelgate_work', current_schema() || '/jobs')"
     };
     (webhooks) => {
-        "pg_notify('reelgate_work', 'webhooks')"
+        "pg_notify('reelgate_work', current_schema() || '/webhooks')"
     };
 }
 pub(crate) use notify_sql;
@@ -111,30 +116,35 @@ async fn listen_once(
     webhooks: &Notify,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
-    // The connection must be driven while LISTEN runs, and afterwards to receive the
-    // notifications: `poll_message` does both.
-    let statement = format!("listen {WAKEUP_CHANNEL}");
-    let subscribe = client.batch_execute(&statement);
+    // The connection must be driven while the setup queries run, and afterwards to
+    // receive the notifications: `poll_message` does both.
+    let subscribe = async {
+        // The same connection options as the store's, so the same schema.
+        let schema: String = client.query_one("select current_schema()::text", &[]).await?.try_get(0)?;
+        client.batch_execute(&format!("listen {WAKEUP_CHANNEL}")).await?;
+        Ok::<_, tokio_postgres::Error>(schema)
+    };
     tokio::pin!(subscribe);
-    let mut subscribed = false;
+    let mut topics: Option<(String, String)> = None;
     loop {
         tokio::select! {
-            outcome = &mut subscribe, if !subscribed => {
-                outcome?;
-                subscribed = true;
+            outcome = &mut subscribe, if topics.is_none() => {
+                let schema = outcome?;
+                topics = Some((format!("{schema}/jobs"), format!("{schema}/webhooks")));
                 // Anything announced before this point was missed: look once.
                 jobs.notify_one();
                 webhooks.notify_one();
             }
             message = poll_fn(|cx| connection.poll_message(cx)) => match message {
-                Some(Ok(AsyncMessage::Notification(n))) => match n.payload() {
-                    "jobs" => jobs.notify_one(),
-                    "webhooks" => webhooks.notify_one(),
-                    _ => {
-                        jobs.notify_one();
-                        webhooks.notify_one();
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if let Some((jobs_topic, webhooks_topic)) = &topics {
+                        if n.payload() == jobs_topic {
+                            jobs.notify_one();
+                        } else if n.payload() == webhooks_topic {
+                            webhooks.notify_one();
+                        }
                     }
-                },
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
                 // The server closed the connection.
