@@ -73,6 +73,7 @@ macro_rules! contract_tests {
             insufficient_credits_write_nothing,
             idempotent_replays_return_the_original_job,
             concurrent_submissions_never_overdraw,
+            concurrent_keyed_submissions_never_overdraw,
             racing_requests_with_one_key_make_one_job,
             purged_idempotency_keys_are_forgotten,
             cancelling_a_queued_job_refunds_it_once,

@@ -121,6 +121,31 @@ pub async fn concurrent_submissions_never_overdraw(db: Db) {
     assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 20);
 }
 
+pub async fn concurrent_keyed_submissions_never_overdraw(db: Db) {
+    // Distinct keys racing for one balance: the refused ones must leave no key behind.
+    let key = account(&db, 20, 1).await;
+    let outcomes = concurrently(50, |i| {
+        let (db, key) = (db.clone(), key.clone());
+        async move { (i, db.submit_job(with_key(job(&key, 1), &format!("k{i}"), 1, 0)).await.expect("submit")) }
+    })
+    .await;
+    let refused: Vec<usize> =
+        outcomes.iter().filter(|(_, o)| !matches!(o, SubmitOutcome::Created { .. })).map(|(i, _)| *i).collect();
+    assert_eq!(refused.len(), 30, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .filter(|(i, _)| refused.contains(i))
+        .all(|(_, o)| *o == SubmitOutcome::InsufficientCredits { required: 1, available: 0 }));
+    assert_balance(&db, key.account_id, 0).await;
+    assert_eq!(ledger_rows(&db, key.account_id, LedgerKind::Charge).await, 20);
+    db.grant_credits(key.account_id, 30, None).await.unwrap();
+    for i in refused {
+        submit(&db, with_key(job(&key, 1), &format!("k{i}"), 1, 0)).await;
+    }
+    assert_balance(&db, key.account_id, 0).await;
+    assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 50);
+}
+
 pub async fn racing_requests_with_one_key_make_one_job(db: Db) {
     let key = account(&db, 100, 1).await;
     let outcomes = concurrently(20, |_| {
