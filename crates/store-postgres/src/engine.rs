@@ -25,7 +25,7 @@ use store::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, QueueDepth, Re
 use uuid::Uuid;
 
 use crate::rows::{self, engine_job_columns, ENGINE_JOB_COLUMNS};
-use crate::wakeups::notify_sql;
+use crate::wakeups::{Announcer, Work};
 use crate::{db_err, locks, Clock, Param};
 
 /// The window a claim uses to count an upstream account's recent create calls. The
@@ -306,7 +306,12 @@ pub(crate) async fn reserve_upstream_call(
     Ok(CallReservation::Granted)
 }
 
-pub(crate) async fn transition(client: &mut Object, t: &Transition, now_ms: i64) -> Result<Option<EngineJob>> {
+pub(crate) async fn transition(
+    client: &mut Object,
+    t: &Transition,
+    now_ms: i64,
+    announcer: &Announcer,
+) -> Result<Option<EngineJob>> {
     if !t.from.can_move_to(t.to) {
         return Err(StoreError::Internal(format!("job {}: {:?} -> {:?} is not a transition", t.job_id, t.from, t.to)));
     }
@@ -374,14 +379,17 @@ pub(crate) async fn transition(client: &mut Object, t: &Transition, now_ms: i64)
         crate::accounts::refund(&tx, account, t.job_id, cost, note, now_ms).await?;
     }
     // The client's webhook event, in this same transaction: a crash cannot separate them.
-    crate::webhooks::raise_event(&tx, &job, webhook_url, webhook_events, old_progress.unwrap_or(0), now_ms).await?;
+    let raised =
+        crate::webhooks::raise_event(&tx, &job, webhook_url, webhook_events, old_progress.unwrap_or(0), now_ms).await?;
+    tx.commit().await.map_err(db_err)?;
+    if raised {
+        announcer.announce(Work::Webhooks);
+    }
     if t.to == Stage::Queued {
         // Back in the queue (a retry after a transient error): any node's dispatcher may
         // take it once its back-off is over.
-        let stmt = tx.prepare_cached(concat!("select ", notify_sql!(jobs))).await.map_err(db_err)?;
-        tx.execute(&stmt, &[]).await.map_err(db_err)?;
+        announcer.announce(Work::Jobs);
     }
-    tx.commit().await.map_err(db_err)?;
     Ok(Some(job))
 }
 

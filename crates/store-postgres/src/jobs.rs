@@ -4,10 +4,11 @@
 //! `submit_job` is the hot path, so a submission is a single statement and a single
 //! round trip: a data-modifying CTE that debits the account only if the balance covers
 //! the cost, inserts the job and its `charge` row from the debit's result, records the
-//! idempotency key, and announces the work with `pg_notify`. A lone statement is its own
+//! idempotency key. A lone statement is its own
 //! transaction, so either all of it happens or none of it. Only the rare outcomes
 //! (insufficient credits, an idempotent replay, a key reused with another body) cost a
-//! second query, which reads what decided them.
+//! second query, which reads what decided them. A created job is announced to every
+//! node's dispatcher after the commit (see `wakeups` for why not inside it).
 
 use deadpool_postgres::{GenericClient, Object};
 use domain::{AccountId, ApiKeyId, JobId, JobStatus};
@@ -15,7 +16,7 @@ use store::{CancelOutcome, JobQuery, JobRecord, NewJob, Result, StoreError, Subm
 use tokio_postgres::error::SqlState;
 
 use crate::rows::{self, job_columns};
-use crate::wakeups::notify_sql;
+use crate::wakeups::{Announcer, Work};
 use crate::{db_err, Clock, Param};
 
 /// How often a submission is retried when a concurrent write changed what decided its
@@ -53,12 +54,8 @@ macro_rules! submit_sql {
              charge as (
                  insert into ledger_entry (account_id, kind, amount, job_id, created_at)
                  select account_id, 'charge', -$2::bigint, $4::uuid, $3::bigint from debit
-             ),
-             wake as (select ",
-            notify_sql!(jobs),
-            " from new_job)
+             )
              select (select count(*) from new_job) = 1 as created,
-                    (select count(*) from wake) as woken,
                     (select credits from account where account_id = $1::uuid) as balance"
         )
     };
@@ -103,7 +100,12 @@ const EXPLAIN_REFUSAL: &str = "select a.credits, k.fingerprint, k.job_id, k.crea
      left join idempotency_key k on k.account_id = p.account_id and k.idempotency_key = $2::text
      left join job j on j.job_id = k.job_id";
 
-pub(crate) async fn submit_job(client: &Object, job: &NewJob, clock: &Clock) -> Result<SubmitOutcome> {
+pub(crate) async fn submit_job(
+    client: &Object,
+    job: &NewJob,
+    clock: &Clock,
+    announcer: &Announcer,
+) -> Result<SubmitOutcome> {
     let events = job.webhook_events.as_ref().map(|e| e.join(","));
     let webhook_status = job.webhook_url.as_ref().map(|_| "pending");
     for _ in 0..SUBMIT_ATTEMPTS {
@@ -136,9 +138,10 @@ pub(crate) async fn submit_job(client: &Object, job: &NewJob, clock: &Clock) -> 
         let balance_seen = match ran {
             Ok(row) => {
                 if rows::get::<bool>(&row, 0)? {
+                    announcer.announce(Work::Jobs);
                     return Ok(SubmitOutcome::Created { job_id: job.id, status: JobStatus::Queued });
                 }
-                let balance: Option<i64> = rows::get(&row, 2)?;
+                let balance: Option<i64> = rows::get(&row, 1)?;
                 balance
             }
             // The key-row-without-a-job case described at SUBMIT_WITH_KEY; any other

@@ -45,6 +45,7 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+use wakeups::Announcer;
 pub use wakeups::{Wakeups, WAKEUP_CHANNEL};
 
 /// Connections a store keeps open at most. Several nodes share one server, whose
@@ -60,8 +61,10 @@ pub struct PgStore {
     /// Kept to open the dedicated LISTEN connections of [`PgStore::subscribe_wakeups`].
     config: tokio_postgres::Config,
     clock: Clock,
-    /// Set to `true` by `close`; wake-up listeners stop when they see it.
+    /// Set to `true` by `close`; wake-up listeners and the announcer stop when they see it.
     closed: watch::Sender<bool>,
+    /// Tells other nodes about new work, see [`wakeups`].
+    announcer: Announcer,
 }
 
 impl PgStore {
@@ -84,7 +87,9 @@ impl PgStore {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
-        let store = PgStore { pool, config, clock: Clock::default(), closed: watch::channel(false).0 };
+        let closed = watch::channel(false).0;
+        let announcer = Announcer::start(pool.clone(), closed.subscribe());
+        let store = PgStore { pool, config, clock: Clock::default(), closed, announcer };
         let mut client = store.client().await?;
         migrate::apply(&mut client, store.clock.now_ms()).await?;
         Ok(store)
@@ -228,7 +233,7 @@ impl store::Store for PgStore {
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
-        jobs::submit_job(&self.client().await?, &job, &self.clock).await
+        jobs::submit_job(&self.client().await?, &job, &self.clock, &self.announcer).await
     }
 
     async fn cancel_job(&self, account_id: AccountId, id: JobId) -> Result<CancelOutcome> {
@@ -263,7 +268,7 @@ impl store::Store for PgStore {
     }
 
     async fn transition(&self, transition: Transition) -> Result<Option<EngineJob>> {
-        engine::transition(&mut self.client().await?, &transition, self.clock.now_ms()).await
+        engine::transition(&mut self.client().await?, &transition, self.clock.now_ms(), &self.announcer).await
     }
 
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<EngineJob>> {
@@ -307,7 +312,7 @@ impl store::Store for PgStore {
     }
 
     async fn replay_webhooks(&self, job_id: JobId) -> Result<usize> {
-        webhooks::replay(&self.client().await?, job_id, self.clock.now_ms()).await
+        webhooks::replay(&self.client().await?, job_id, self.clock.now_ms(), &self.announcer).await
     }
 
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64> {

@@ -11,12 +11,12 @@ use store::{
 };
 
 use crate::rows;
-use crate::wakeups::notify_sql;
+use crate::wakeups::{Announcer, Work};
 use crate::{db_err, Param};
 
 /// Writes the event a transition raises for the job's client, inside the transition's
-/// transaction, and wakes the delivery workers when it commits. `old_progress` is the
-/// progress before the transition; `url` and `events` are the job's subscription.
+/// transaction; returns whether there was one. `old_progress` is the progress before the
+/// transition; `url` and `events` are the job's subscription.
 pub(crate) async fn raise_event(
     tx: &impl GenericClient,
     job: &EngineJob,
@@ -24,8 +24,8 @@ pub(crate) async fn raise_event(
     events: Option<&str>,
     old_progress: i64,
     now_ms: i64,
-) -> Result<()> {
-    let Some(url) = url else { return Ok(()) };
+) -> Result<bool> {
+    let Some(url) = url else { return Ok(false) };
     let subscribed = webhook::parse_events(events);
     let progress = job.record.progress.unwrap_or(0);
     let raised = match job.stage {
@@ -34,7 +34,7 @@ pub(crate) async fn raise_event(
         s if s.is_active() && progress > old_progress => Some(WebhookEvent::Progress),
         _ => None,
     };
-    let Some(event) = raised.filter(|e| webhook::wants(subscribed.as_deref(), *e)) else { return Ok(()) };
+    let Some(event) = raised.filter(|e| webhook::wants(subscribed.as_deref(), *e)) else { return Ok(false) };
     let r = &job.record;
     let payload = webhook::payload(
         event,
@@ -50,21 +50,13 @@ pub(crate) async fn raise_event(
         },
     );
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-    const SQL: &str = concat!(
-        "with raised as (
-             insert into webhook_event (webhook_event_id, job_id, event, url, payload, status, next_attempt_at,
-                                        created_at, updated_at)
-             values ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)
-             returning 1
-         )
-         select ",
-        notify_sql!(webhooks),
-        " from raised"
-    );
+    const SQL: &str = "insert into webhook_event (webhook_event_id, job_id, event, url, payload, status,
+                                                 next_attempt_at, created_at, updated_at)
+                       values ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)";
     let stmt = tx.prepare_cached(SQL).await.map_err(db_err)?;
     let params: [Param<'_>; 6] = [&id, &r.id.0, &event.as_str(), &url, &payload, &now_ms];
     tx.execute(&stmt, &params).await.map_err(db_err)?;
-    Ok(())
+    Ok(true)
 }
 
 pub(crate) async fn claim(client: &Object, limit: usize, lease_ms: i64, now_ms: i64) -> Result<Vec<WebhookDelivery>> {
@@ -234,19 +226,17 @@ pub(crate) async fn events(client: &Object, job: JobId) -> Result<Vec<WebhookEve
     Ok(events)
 }
 
-pub(crate) async fn replay(client: &Object, job: JobId, now_ms: i64) -> Result<usize> {
-    const SQL: &str = concat!(
-        "with replayed as (
-             update webhook_event set status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2
-             where job_id = $1 and event in ('completed', 'failed')
-             returning 1
-         ),
-         wake as (select ",
-        notify_sql!(webhooks),
-        " where exists (select 1 from replayed))
-         select (select count(*) from replayed), (select count(*) from wake)"
-    );
-    let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
-    let replayed: i64 = rows::get(&client.query_one(&stmt, &[&job.0, &now_ms]).await.map_err(db_err)?, 0)?;
+pub(crate) async fn replay(client: &Object, job: JobId, now_ms: i64, announcer: &Announcer) -> Result<usize> {
+    let stmt = client
+        .prepare_cached(
+            "update webhook_event set status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2
+             where job_id = $1 and event in ('completed', 'failed')",
+        )
+        .await
+        .map_err(db_err)?;
+    let replayed = client.execute(&stmt, &[&job.0, &now_ms]).await.map_err(db_err)?;
+    if replayed > 0 {
+        announcer.announce(Work::Webhooks);
+    }
     Ok(replayed as usize)
 }
