@@ -3,12 +3,13 @@
 //!
 //! `submit_job` is the hot path, so a submission is a single statement and a single
 //! round trip: a data-modifying CTE that debits the account only if the balance covers
-//! the cost, inserts the job and its `charge` row from the debit's result, records the
-//! idempotency key. A lone statement is its own
-//! transaction, so either all of it happens or none of it. Only the rare outcomes
-//! (insufficient credits, an idempotent replay, a key reused with another body) cost a
-//! second query, which reads what decided them. A created job is announced to every
-//! node's dispatcher after the commit (see `wakeups` for why not inside it).
+//! the cost, inserts the job and its `charge` row from the debit's result, and records
+//! the idempotency key. A lone statement is its own transaction, so either all of it
+//! happens or none of it. Only the rare outcomes (insufficient credits, an idempotent
+//! replay, a key reused with another body) cost a second query, which reads what
+//! decided them. A created job is announced to every node's dispatcher after the commit
+//! (see `wakeups` for why not inside it). Statements are prepared once per pooled
+//! connection and reused from its cache.
 
 use deadpool_postgres::{GenericClient, Object};
 use domain::{AccountId, ApiKeyId, JobId, JobStatus};
@@ -30,7 +31,7 @@ const SUBMIT_ATTEMPTS: usize = 3;
 /// The debit is a conditional UPDATE: under concurrency PostgreSQL re-checks
 /// `credits >= $2` against the latest committed balance once it holds the row lock, so
 /// concurrent submissions serialise on the account row and the balance never goes
-/// negative (the CHECK constraint backs this up). The last column is the balance as the
+/// negative (the CHECK constraint backs this up). The second column is the balance as the
 /// statement's snapshot saw it, which explains a refusal without another query.
 macro_rules! submit_sql {
     ($claim:literal, $debit_condition:literal) => {
@@ -108,6 +109,7 @@ pub(crate) async fn submit_job(
 ) -> Result<SubmitOutcome> {
     let events = job.webhook_events.as_ref().map(|e| e.join(","));
     let webhook_status = job.webhook_url.as_ref().map(|_| "pending");
+    let mut last_failure = None;
     for _ in 0..SUBMIT_ATTEMPTS {
         let now_ms = clock.now_ms();
         let base: [Param<'_>; 10] = [
@@ -144,12 +146,16 @@ pub(crate) async fn submit_job(
                 let balance: Option<i64> = rows::get(&row, 1)?;
                 balance
             }
-            // The key-row-without-a-job case described at SUBMIT_WITH_KEY; any other
-            // foreign key failure (an unknown API key) is explained below or reported.
-            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => match explain_refusal(client, job).await? {
-                Some(outcome) => return Ok(outcome),
-                None => return Err(db_err(e)),
-            },
+            // The key-row-without-a-job case described at SUBMIT_WITH_KEY. When nothing
+            // explains it (a grant landed meanwhile), the submission is tried again; a
+            // foreign key that keeps failing (an unknown API key) is reported.
+            Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                if let Some(outcome) = explain_refusal(client, job).await? {
+                    return Ok(outcome);
+                }
+                last_failure = Some(db_err(e));
+                continue;
+            }
             Err(e) => return Err(db_err(e)),
         };
         // Without a key, the snapshot's balance explains the refusal on its own.
@@ -169,8 +175,10 @@ pub(crate) async fn submit_job(
         }
         // Nothing explains the refusal any more: a concurrent write (a grant, a racing
         // request with this key that rolled back) changed it. Try again.
+        last_failure = None;
     }
-    Err(StoreError::Unavailable(format!("submission of job {} kept racing other writes", job.id)))
+    Err(last_failure
+        .unwrap_or_else(|| StoreError::Unavailable(format!("submission of job {} kept racing other writes", job.id))))
 }
 
 /// Reads why a submission was not inserted, in the order SQLite decides it: a live

@@ -69,6 +69,13 @@ pub async fn insufficient_credits_write_nothing(db: Db) {
     orphan.account_id = AccountId::new();
     assert!(matches!(db.submit_job(orphan.clone()).await, Err(StoreError::NotFound(_))));
     assert!(matches!(db.submit_job(with_key(orphan, "k", 1, 0)).await, Err(StoreError::NotFound(_))));
+    // An API key that does not exist breaks a foreign key: a conflict, and nothing written.
+    let mut unknown_key = job(&key, 1);
+    unknown_key.api_key_id = domain::ApiKeyId::new();
+    assert!(matches!(db.submit_job(unknown_key.clone()).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(db.submit_job(with_key(unknown_key, "other", 1, 0)).await, Err(StoreError::Conflict(_))));
+    assert_balance(&db, key.account_id, 9).await;
+    assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 1);
 }
 
 pub async fn idempotent_replays_return_the_original_job(db: Db) {
