@@ -120,7 +120,8 @@ impl PgStore {
     /// Starts listening for work other nodes (and this one) announce, see [`Wakeups`].
     ///
     /// Opens one dedicated connection, outside the pool, that stays in `LISTEN` until the
-    /// returned handle is dropped or the store is closed.
+    /// returned handle is dropped or the store is closed (or dropped). Optional: a node
+    /// that never subscribes still announces its own work to the others.
     pub fn subscribe_wakeups(&self) -> Wakeups {
         Wakeups::start(self.config.clone(), self.closed.subscribe())
     }
