@@ -19,6 +19,7 @@ fn new_key(account_id: Option<AccountId>, credits: i64) -> NewApiKey {
     }
 }
 
+/// Keys and their accounts are created, found by digest and listed oldest first; bad requests write nothing.
 pub async fn api_keys_are_created_found_and_listed(db: Db) {
     let request = new_key(None, 25);
     let digest = request.digest;
@@ -67,6 +68,7 @@ pub async fn api_keys_are_created_found_and_listed(db: Db) {
     assert_eq!(listed, expected);
 }
 
+/// A key moves between active and disabled freely, but never back from revoked.
 pub async fn api_key_status_changes_and_revocation_is_final(db: Db) {
     let key = account(&db, 0, 1).await;
     let disabled = db.set_api_key_status(key.id, ApiKeyStatus::Disabled).await.unwrap();
@@ -85,6 +87,7 @@ pub async fn api_key_status_changes_and_revocation_is_final(db: Db) {
     assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
 }
 
+/// Grants are positive, each one ledger row, and the balance is always the ledger's sum.
 pub async fn grants_write_ledger_rows_that_sum_to_the_balance(db: Db) {
     let key = account(&db, 10, 1).await;
     let after = db.grant_credits(key.account_id, 5, Some("bonus".into())).await.unwrap();

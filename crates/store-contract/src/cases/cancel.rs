@@ -5,6 +5,7 @@ use store::{CancelOutcome, LedgerKind};
 
 use crate::support::*;
 
+/// Cancelling a queued job refunds it with one ledger row; other states and accounts are refused.
 pub async fn cancelling_a_queued_job_refunds_it_once(db: Db) {
     let key = account(&db, 10, 5).await;
     let id = submit(&db, with_webhook(job(&key, 4), None)).await;
@@ -53,6 +54,7 @@ pub async fn cancelling_a_queued_job_refunds_it_once(db: Db) {
     assert_balance(&db, key.account_id, 9).await;
 }
 
+/// Twenty racing cancels of one job: one wins, one refund.
 pub async fn racing_cancels_refund_once(db: Db) {
     let key = account(&db, 5, 1).await;
     let id = submit(&db, job(&key, 5)).await;

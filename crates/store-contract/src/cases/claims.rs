@@ -7,6 +7,7 @@ use store::{CallReservation, QueueDepth, Transition, UpstreamBudget};
 
 use crate::support::*;
 
+/// Claims serve accounts round-robin and each account's jobs oldest first, with a lease.
 pub async fn claims_go_round_robin_and_fifo_within_an_account(db: Db) {
     let big = account(&db, 1000, 100).await;
     let big_jobs = submit_n(&db, &big, 30).await;
@@ -32,6 +33,7 @@ pub async fn claims_go_round_robin_and_fifo_within_an_account(db: Db) {
     assert_eq!(db.queue_depth().await.unwrap(), QueueDepth { queued: 26, active: 5 });
 }
 
+/// A claim starts after the account served last and wraps around.
 pub async fn claims_start_after_the_account_served_last(db: Db) {
     let mut accounts: Vec<(AccountId, Vec<JobId>)> = Vec::new();
     for _ in 0..3 {
@@ -51,6 +53,7 @@ pub async fn claims_start_after_the_account_served_last(db: Db) {
     assert_eq!(ids(&round), vec![accounts[1].1[1], accounts[2].1[1]]);
 }
 
+/// Claims keep maxConcurrentJobs, in-flight slots, create budgets and the caller's pacing.
 pub async fn claims_respect_account_and_upstream_caps(db: Db) {
     // maxConcurrentJobs = 1.
     let single = account(&db, 1000, 1).await;
@@ -98,6 +101,7 @@ pub async fn claims_respect_account_and_upstream_caps(db: Db) {
     assert_eq!(favoured.iter().map(|c| c.upstream.as_str()).collect::<Vec<_>>(), ["h"]);
 }
 
+/// Dispatchers claiming at once never get the same job.
 pub async fn concurrent_claims_never_take_a_job_twice(db: Db) {
     let mut all = HashSet::new();
     for _ in 0..3 {
@@ -129,6 +133,7 @@ pub async fn concurrent_claims_never_take_a_job_twice(db: Db) {
     }
 }
 
+/// Dispatchers claiming at once together stay within the account and upstream caps.
 pub async fn concurrent_claims_respect_the_caps(db: Db) {
     // One account allowing 3 jobs at once; eight dispatchers race for its 20 jobs.
     let capped = account(&db, 100, 3).await;
@@ -158,6 +163,7 @@ pub async fn concurrent_claims_respect_the_caps(db: Db) {
     assert_eq!(taken, 7, "an upstream's in-flight cap holds across concurrent claims");
 }
 
+/// Forty racing reservations against a budget of twenty: exactly twenty are granted.
 pub async fn upstream_budget_holds_under_concurrency(db: Db) {
     let key = account(&db, 100, 1).await;
     let jobs = submit_n(&db, &key, 40).await;
@@ -183,6 +189,7 @@ pub async fn upstream_budget_holds_under_concurrency(db: Db) {
     assert_eq!(attempts, 20);
 }
 
+/// The create budget is a sliding window per upstream account.
 pub async fn the_create_budget_is_a_sliding_window(db: Db) {
     let key = account(&db, 1000, 1).await;
     let ids = submit_n(&db, &key, 4).await;

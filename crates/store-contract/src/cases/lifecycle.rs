@@ -4,6 +4,7 @@ use store::StoreError;
 
 use crate::support::*;
 
+/// After close, reads and writes fail with Unavailable.
 pub async fn a_closed_store_is_unavailable(db: Db) {
     let key = account(&db, 10, 1).await;
     let id = submit(&db, job(&key, 1)).await;

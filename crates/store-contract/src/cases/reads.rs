@@ -5,6 +5,7 @@ use store::{CancelOutcome, JobCursor, JobQuery, JobRecord};
 
 use crate::support::*;
 
+/// A job is visible only to its own account (the engine's view excepted).
 pub async fn jobs_are_read_only_within_their_account(db: Db) {
     let alice = account(&db, 10, 1).await;
     let bob = account(&db, 10, 1).await;
@@ -32,6 +33,7 @@ fn order_key(j: &JobRecord) -> (i64, JobId) {
     (j.created_at_ms, j.id)
 }
 
+/// Listing is newest first, keyset-paged without gaps or repeats, and filters combine.
 pub async fn job_lists_page_newest_first_with_filters(db: Db) {
     let first_key = account(&db, 100, 1).await;
     let second_key = second_key(&db, first_key.account_id).await;

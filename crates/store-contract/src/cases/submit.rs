@@ -9,6 +9,7 @@ fn everything(account_id: AccountId) -> JobQuery {
     JobQuery { account_id, api_key_id: None, status: None, model: None, job_id: None, after: None, limit: 100 }
 }
 
+/// A submission charges once, with one ledger row, and its input reads back byte for byte.
 pub async fn a_submission_is_charged_once_and_reads_back_verbatim(db: Db) {
     let key = account(&db, 20, 1).await;
     // Key order, spacing inside strings and non-ASCII text must come back byte for byte.
@@ -46,6 +47,7 @@ pub async fn a_submission_is_charged_once_and_reads_back_verbatim(db: Db) {
     assert_balance(&db, key.account_id, 14).await;
 }
 
+/// A refused submission writes nothing: no job, no ledger row, no idempotency key.
 pub async fn insufficient_credits_write_nothing(db: Db) {
     let key = account(&db, 4, 1).await;
     let refused = db.submit_job(job(&key, 5)).await.unwrap();
@@ -78,6 +80,7 @@ pub async fn insufficient_credits_write_nothing(db: Db) {
     assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 1);
 }
 
+/// The same key and body replay the original job; another body conflicts; expired keys are free.
 pub async fn idempotent_replays_return_the_original_job(db: Db) {
     let key = account(&db, 100, 1).await;
     let first = submit(&db, with_key(job(&key, 5), "k1", 1, 0)).await;
@@ -109,6 +112,7 @@ pub async fn idempotent_replays_return_the_original_job(db: Db) {
     assert_balance(&db, key.account_id, 95).await;
 }
 
+/// Fifty racing submissions on a balance that covers twenty: exactly twenty go through.
 pub async fn concurrent_submissions_never_overdraw(db: Db) {
     let key = account(&db, 20, 1).await;
     let outcomes = concurrently(50, |_| {
@@ -128,6 +132,7 @@ pub async fn concurrent_submissions_never_overdraw(db: Db) {
     assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 20);
 }
 
+/// Racing submissions with distinct idempotency keys never overdraw, and the refused ones leave no key.
 pub async fn concurrent_keyed_submissions_never_overdraw(db: Db) {
     // Distinct keys racing for one balance: the refused ones must leave no key behind.
     let key = account(&db, 20, 1).await;
@@ -153,6 +158,7 @@ pub async fn concurrent_keyed_submissions_never_overdraw(db: Db) {
     assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 50);
 }
 
+/// Twenty racing requests with one idempotency key make one job and one charge.
 pub async fn racing_requests_with_one_key_make_one_job(db: Db) {
     let key = account(&db, 100, 1).await;
     let outcomes = concurrently(20, |_| {
@@ -178,6 +184,7 @@ pub async fn racing_requests_with_one_key_make_one_job(db: Db) {
     assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 1);
 }
 
+/// Purging forgets keys created before the cut-off, and only those.
 pub async fn purged_idempotency_keys_are_forgotten(db: Db) {
     let key = account(&db, 100, 1).await;
     let first = submit(&db, with_key(job(&key, 1), "k", 1, 0)).await;

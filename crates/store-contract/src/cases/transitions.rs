@@ -7,6 +7,7 @@ use store::{LedgerKind, QueueDepth, StoreError, Transition};
 
 use crate::support::*;
 
+/// Transitions are compare-and-set on the stage and due time; illegal moves are bugs.
 pub async fn transitions_are_compare_and_set(db: Db) {
     let key = account(&db, 100, 1).await;
     let id = submit(&db, job(&key, 10)).await;
@@ -93,6 +94,7 @@ fn payload(db_event: &store::WebhookEventRecord, deliveries: &[store::WebhookDel
     serde_json::from_str(&d.payload).expect("payloads are JSON")
 }
 
+/// A failure refunds once and raises exactly the webhook events the job subscribed to.
 pub async fn failures_refund_once_and_raise_the_subscribed_events(db: Db) {
     let key = account(&db, 100, 10).await;
     let default_events = submit(&db, with_webhook(job(&key, 10), None)).await;
@@ -162,6 +164,7 @@ pub async fn failures_refund_once_and_raise_the_subscribed_events(db: Db) {
     assert_eq!(deliveries.len(), 3, "every raised event is claimable");
 }
 
+/// Due work comes back soonest first; a requeued job returns to the queue after its back-off.
 pub async fn due_jobs_come_soonest_first_and_requeued_jobs_return(db: Db) {
     let key = account(&db, 100, 10).await;
     let ids = submit_n(&db, &key, 3).await;
@@ -210,6 +213,7 @@ fn ids_of(claimed: &[store::ClaimedJob]) -> Vec<JobId> {
     ids(claimed)
 }
 
+/// Completed results are listed for expiry oldest first and marked expired once.
 pub async fn completed_results_expire(db: Db) {
     let key = account(&db, 100, 10).await;
     let jobs = submit_n(&db, &key, 3).await;

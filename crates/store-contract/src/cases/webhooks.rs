@@ -25,6 +25,7 @@ async fn webhook_status(db: &Db, account: domain::AccountId, id: JobId) -> Optio
     db.get_job(account, id).await.unwrap().unwrap().webhook_status
 }
 
+/// Webhook events are leased, deferred and recorded, and final outcomes set the job's webhookStatus.
 pub async fn webhook_deliveries_are_claimed_deferred_and_recorded(db: Db) {
     let key = account(&db, 100, 10).await;
     let id = submit(&db, with_webhook(job(&key, 5), None)).await;
@@ -108,6 +109,7 @@ pub async fn webhook_deliveries_are_claimed_deferred_and_recorded(db: Db) {
     );
 }
 
+/// A replay makes the final events due again with a fresh schedule, keeping their history.
 pub async fn replaying_webhooks_resends_the_final_events(db: Db) {
     let key = account(&db, 100, 10).await;
     let id = submit(&db, with_webhook(job(&key, 5), Some(&["progress", "completed"]))).await;
@@ -140,6 +142,7 @@ pub async fn replaying_webhooks_resends_the_final_events(db: Db) {
     assert_eq!(db.replay_webhooks(JobId::new()).await.unwrap(), 0);
 }
 
+/// Delivery workers claiming at once never get the same event.
 pub async fn concurrent_webhook_claims_never_share_an_event(db: Db) {
     let key = account(&db, 100, 20).await;
     let mut expected = HashSet::new();
