@@ -17,6 +17,7 @@ mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -46,6 +47,9 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     jobs: JobCache,
+    /// Set by `close`: reads refuse too, as the trait promises, instead of opening a
+    /// fresh connection or answering from the cache.
+    closed: AtomicBool,
 }
 
 impl SqliteStore {
@@ -58,6 +62,7 @@ impl SqliteStore {
             writer: Writer::start(conn),
             readers: Mutex::new(Vec::new()),
             jobs: JobCache::new(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -69,6 +74,7 @@ impl SqliteStore {
 
     /// Runs `f` on a pooled read connection.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        self.ensure_open()?;
         let pooled = self.readers.lock().map_err(|_| poisoned())?.pop();
         let conn = match pooled {
             Some(c) => c,
@@ -80,6 +86,13 @@ impl SqliteStore {
             pool.push(conn);
         }
         out
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        Ok(())
     }
 
     /// Sum of an account's ledger: what its balance must equal.
@@ -386,6 +399,7 @@ impl store::Store for SqliteStore {
     }
 
     async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>> {
+        self.ensure_open()?;
         let ticket = match self.jobs.get(id) {
             Ok(job) => return Ok((job.account_id == account_id).then_some(job)),
             Err(ticket) => ticket,
@@ -585,6 +599,7 @@ impl store::Store for SqliteStore {
     }
 
     async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.writer.close().await;
         if let Ok(mut pool) = self.readers.lock() {
             pool.clear();

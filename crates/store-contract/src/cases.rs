@@ -1,0 +1,20 @@
+//! The contract cases, by area. Each is `pub async fn name(store: Arc<dyn Store>)` and
+//! is listed once in [`crate::contract_tests!`].
+
+mod accounts;
+mod cancel;
+mod claims;
+mod lifecycle;
+mod reads;
+mod submit;
+mod transitions;
+mod webhooks;
+
+pub use accounts::*;
+pub use cancel::*;
+pub use claims::*;
+pub use lifecycle::*;
+pub use reads::*;
+pub use submit::*;
+pub use transitions::*;
+pub use webhooks::*;

@@ -1,0 +1,387 @@
+//! The PostgreSQL backend: [`PgStore`], a [`store::Store`] that several reelgate
+//! processes ("nodes") share.
+//!
+//! It keeps the SQLite backend's semantics, method by method, but it cannot rely on being
+//! the only writer, so:
+//! - nothing is cached: every read asks the database, because another node may have
+//!   changed the row a moment ago;
+//! - every check and the write it guards are one statement or one transaction, with row
+//!   locks (`for update`, `skip locked` where waiting is pointless) or advisory locks
+//!   where a rule spans many rows (a claim's caps, an upstream's call budget);
+//! - connections come from a pool ([`deadpool_postgres`]) and each keeps its own cache of
+//!   prepared statements, so a hot statement is parsed and planned once per connection.
+//!
+//! Connections are plain TCP without TLS: reelgate expects its database on loopback or a
+//! trusted private network. Times are unix milliseconds from this process's clock, as on
+//! SQLite; nodes are assumed to be NTP-synchronised.
+//!
+//! Modules: [`accounts`] (keys, accounts, ledger), [`jobs`] (the front door's job
+//! writes and reads), [`engine`] (claims, budgets, transitions, schedule), [`webhooks`]
+//! (the outbox), [`wakeups`] (LISTEN/NOTIFY), [`migrate`] and [`rows`] (decoding).
+
+#![forbid(unsafe_code)]
+
+mod accounts;
+mod engine;
+mod jobs;
+mod migrate;
+mod rows;
+mod wakeups;
+mod webhooks;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, KeyDigest};
+use store::{
+    Account, ApiKeyRecord, CallReservation, CancelOutcome, ClaimRequest, ClaimedJob, EngineJob, JobQuery, JobRecord,
+    LedgerEntry, NewApiKey, NewJob, QueueDepth, Result, StoreError, SubmitOutcome, Transition, WebhookAttempt,
+    WebhookDelivery, WebhookEventRecord,
+};
+use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use wakeups::Announcer;
+pub use wakeups::{Wakeups, WAKEUP_CHANNEL};
+
+/// Connections a store keeps open at most. Several nodes share one server, whose
+/// `max_connections` defaults to 100, so each node stays modest.
+const POOL_SIZE: usize = 16;
+/// How long a caller waits for a free pooled connection, and for a new connection to be
+/// made, before the store answers `Unavailable`.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: Pool,
+    /// Kept to open the dedicated LISTEN connections of [`PgStore::subscribe_wakeups`].
+    config: tokio_postgres::Config,
+    clock: Clock,
+    /// Set to `true` by `close`; wake-up listeners and the announcer stop when they see it.
+    closed: watch::Sender<bool>,
+    /// Tells other nodes about new work, see [`wakeups`].
+    announcer: Announcer,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (a `postgres://` URL or a key=value string) and
+    /// applies pending migrations.
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        let config = parse_url(url)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            // `Fast` only checks that the socket is open; a dead connection surfaces on
+            // its next query as Unavailable and the pool replaces it.
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
+        let closed = watch::channel(false).0;
+        let announcer = Announcer::start(pool.clone(), closed.subscribe());
+        let store = PgStore { pool, config, clock: Clock::default(), closed, announcer };
+        let mut client = store.client().await?;
+        migrate::apply(&mut client, store.clock.now_ms()).await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations to the database at `url` without starting a store;
+    /// returns the names applied now, in order.
+    pub async fn migrate(url: &str) -> Result<Vec<String>> {
+        let config = parse_url(url)?;
+        let (mut client, connection) = config.connect(NoTls).await.map_err(db_err)?;
+        let driver = tokio::spawn(connection);
+        let applied = migrate::apply(&mut client, wall_clock_ms()).await;
+        drop(client);
+        // The connection future ends once the client is gone.
+        let _ = driver.await;
+        applied
+    }
+
+    /// Starts listening for work other nodes (and this one) announce, see [`Wakeups`].
+    ///
+    /// Opens one dedicated connection, outside the pool, that stays in `LISTEN` until the
+    /// returned handle is dropped or the store is closed (or dropped). Optional: a node
+    /// that never subscribes still announces its own work to the others.
+    pub fn subscribe_wakeups(&self) -> Wakeups {
+        Wakeups::start(self.config.clone(), self.closed.subscribe())
+    }
+
+    /// Sum of an account's ledger: what its balance must equal.
+    pub async fn ledger_sum(&self, id: AccountId) -> Result<i64> {
+        accounts::ledger_sum(&self.client().await?, id).await
+    }
+
+    /// A pooled connection, or `Unavailable`.
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(pool_err)
+    }
+}
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    // The error names the problem, never the URL: it may carry a password.
+    url.parse().map_err(|e| StoreError::Internal(format!("invalid PostgreSQL URL: {e}")))
+}
+
+/// Unix milliseconds from this process's clock, never going backwards within the process
+/// so rows written later sort later even if the wall clock steps back (as on SQLite).
+#[derive(Default)]
+struct Clock {
+    last: AtomicI64,
+}
+
+impl Clock {
+    fn now_ms(&self) -> i64 {
+        let wall = wall_clock_ms();
+        self.last.fetch_max(wall, Ordering::Relaxed).max(wall)
+    }
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Maps driver errors onto what a caller can act on: a broken rule is a `Conflict`, a
+/// database that cannot answer now is `Unavailable`, anything else `Internal`.
+pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        let class = &code.code()[..2];
+        return match class {
+            // Integrity constraint violations: unique, foreign key, check, not null, and
+            // the ledger's append-only trigger.
+            "23" => StoreError::Conflict(e.to_string()),
+            // Connection exceptions, insufficient resources, operator intervention
+            // (shutdown, cancelled statement), and serialization failures or deadlocks,
+            // which a retry resolves.
+            "08" | "53" | "57" | "40" => StoreError::Unavailable(e.to_string()),
+            _ if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        };
+    }
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+fn pool_err(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => match db_err(e) {
+            // Failing to connect at all is always "try later".
+            StoreError::Internal(m) => StoreError::Unavailable(m),
+            other => other,
+        },
+        PoolError::Closed => StoreError::Unavailable("the store is closed".into()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Shorthand for `params` slices.
+pub(crate) type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+#[async_trait]
+impl store::Store for PgStore {
+    async fn create_api_key(&self, new: NewApiKey) -> Result<(Account, ApiKeyRecord)> {
+        accounts::create_api_key(&mut self.client().await?, new, self.clock.now_ms()).await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        accounts::list_api_keys(&self.client().await?).await
+    }
+
+    async fn set_api_key_status(&self, id: ApiKeyId, status: ApiKeyStatus) -> Result<ApiKeyRecord> {
+        accounts::set_api_key_status(&self.client().await?, id, status, self.clock.now_ms()).await
+    }
+
+    async fn find_api_key(&self, digest: &KeyDigest) -> Result<Option<ApiKeyRecord>> {
+        accounts::find_api_key(&self.client().await?, digest).await
+    }
+
+    async fn get_account(&self, id: AccountId) -> Result<Option<Account>> {
+        accounts::get_account(&self.client().await?, id).await
+    }
+
+    async fn grant_credits(&self, id: AccountId, amount: i64, note: Option<String>) -> Result<Account> {
+        if amount <= 0 {
+            return Err(StoreError::Conflict("a grant must be a positive number of credits".into()));
+        }
+        accounts::grant_credits(&self.client().await?, id, amount, note.as_deref(), self.clock.now_ms()).await
+    }
+
+    async fn ledger(&self, id: AccountId) -> Result<Vec<LedgerEntry>> {
+        accounts::ledger(&self.client().await?, id).await
+    }
+
+    async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
+        jobs::submit_job(&self.client().await?, &job, &self.clock, &self.announcer).await
+    }
+
+    async fn cancel_job(&self, account_id: AccountId, id: JobId) -> Result<CancelOutcome> {
+        jobs::cancel_job(&mut self.client().await?, account_id, id, self.clock.now_ms()).await
+    }
+
+    async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>> {
+        Ok(jobs::get_job(&self.client().await?, account_id, id).await?.map(Arc::new))
+    }
+
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>> {
+        jobs::list_jobs(&self.client().await?, query).await
+    }
+
+    async fn job_models(&self, account_id: AccountId, api_key_id: Option<ApiKeyId>) -> Result<Vec<String>> {
+        jobs::job_models(&self.client().await?, account_id, api_key_id).await
+    }
+
+    async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        engine::claim_jobs(&mut self.client().await?, &request, self.clock.now_ms()).await
+    }
+
+    async fn reserve_upstream_call(
+        &self,
+        upstream: &str,
+        job_id: JobId,
+        create_rpm: u32,
+        window_ms: i64,
+    ) -> Result<CallReservation> {
+        let mut client = self.client().await?;
+        engine::reserve_upstream_call(&mut client, upstream, job_id, create_rpm, window_ms, &self.clock).await
+    }
+
+    async fn transition(&self, transition: Transition) -> Result<Option<EngineJob>> {
+        engine::transition(&mut self.client().await?, &transition, self.clock.now_ms(), &self.announcer).await
+    }
+
+    async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<EngineJob>> {
+        engine::due_jobs(&self.client().await?, now_ms, limit).await
+    }
+
+    async fn next_due_at(&self) -> Result<Option<i64>> {
+        engine::next_due_at(&self.client().await?).await
+    }
+
+    async fn engine_job(&self, id: JobId) -> Result<Option<EngineJob>> {
+        engine::engine_job(&self.client().await?, id).await
+    }
+
+    async fn queue_depth(&self) -> Result<QueueDepth> {
+        engine::queue_depth(&self.client().await?).await
+    }
+
+    async fn results_to_expire(&self, before_ms: i64, limit: usize) -> Result<Vec<JobId>> {
+        engine::results_to_expire(&self.client().await?, before_ms, limit).await
+    }
+
+    async fn mark_expired(&self, id: JobId) -> Result<()> {
+        engine::mark_expired(&self.client().await?, id, self.clock.now_ms()).await
+    }
+
+    async fn claim_webhooks(&self, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>> {
+        webhooks::claim(&self.client().await?, limit, lease_ms, self.clock.now_ms()).await
+    }
+
+    async fn defer_webhooks(&self, event_ids: Vec<String>, until_ms: i64) -> Result<()> {
+        webhooks::defer(&self.client().await?, &event_ids, until_ms, self.clock.now_ms()).await
+    }
+
+    async fn record_webhook_attempt(&self, attempt: WebhookAttempt) -> Result<()> {
+        webhooks::record_attempt(&self.client().await?, &attempt, self.clock.now_ms()).await
+    }
+
+    async fn webhook_events(&self, job_id: JobId) -> Result<Vec<WebhookEventRecord>> {
+        webhooks::events(&self.client().await?, job_id).await
+    }
+
+    async fn replay_webhooks(&self, job_id: JobId) -> Result<usize> {
+        webhooks::replay(&self.client().await?, job_id, self.clock.now_ms(), &self.announcer).await
+    }
+
+    async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64> {
+        jobs::purge_idempotency_keys(&self.client().await?, before_ms).await
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: Vec<u8>) -> Result<Vec<u8>> {
+        let client = self.client().await?;
+        let inserted = client
+            .query_opt(
+                "insert into server_secret (name, secret, created_at) values ($1, $2, $3)
+                 on conflict (name) do nothing returning secret",
+                &[&name, &candidate, &self.clock.now_ms()],
+            )
+            .await
+            .map_err(db_err)?;
+        if let Some(row) = inserted {
+            return Ok(row.get(0));
+        }
+        // Another node stored it first. A statement of its own, so its snapshot sees that
+        // node's commit even when the insert above waited for it.
+        let row =
+            client.query_one("select secret from server_secret where name = $1", &[&name]).await.map_err(db_err)?;
+        Ok(row.get(0))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        if *self.closed.borrow() {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        let probe = async {
+            let client = self.client().await?;
+            client.simple_query("select 1").await.map_err(db_err)
+        };
+        match tokio::time::timeout(POOL_TIMEOUT, probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {POOL_TIMEOUT:?}"))),
+        }
+    }
+
+    async fn close(&self) {
+        // Every write is acknowledged only after its commit, so nothing is queued here:
+        // closing the pool refuses new work, and connections close as they come back.
+        self.closed.send_replace(true);
+        self.pool.close();
+    }
+}
+
+/// Transaction-scoped advisory locks: the cluster-wide mutexes of this backend.
+///
+/// A lock is named by a namespace (what it guards) and a name within it, hashed
+/// together with the current schema, so stores in different schemas of one database do
+/// not contend. Each is released when its transaction ends, commit or rollback, so a
+/// crashed node never leaves one behind. A hash collision only makes two unrelated
+/// things take turns.
+mod locks {
+    use deadpool_postgres::GenericClient;
+    use store::Result;
+
+    use crate::db_err;
+
+    /// Applying migrations.
+    pub(crate) const MIGRATIONS: i32 = 0x7267_0001;
+    /// Claiming queued jobs (see `engine`).
+    pub(crate) const CLAIMS: i32 = 0x7267_0002;
+    /// Reserving create calls on one upstream account; the name is the upstream's.
+    pub(crate) const UPSTREAM_CALLS: i32 = 0x7267_0003;
+
+    /// Waits for the lock `$1` (namespace), `$2` (name).
+    pub(crate) const TAKE_SQL: &str =
+        "select pg_advisory_xact_lock($1::integer, hashtext(current_schema() || '/' || $2::text))";
+
+    /// Takes a lock for the rest of the transaction `tx`, waiting while another holds it.
+    pub(crate) async fn take(tx: &impl GenericClient, namespace: i32, name: &str) -> Result<()> {
+        let stmt = tx.prepare_cached(TAKE_SQL).await.map_err(db_err)?;
+        tx.execute(&stmt, &[&namespace, &name]).await.map_err(db_err)?;
+        Ok(())
+    }
+}

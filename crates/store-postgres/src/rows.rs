@@ -1,0 +1,141 @@
+//! Row decoding: the column lists and the functions turning rows into store records.
+//! Row shapes stay private to this backend; a row that does not decode is corrupt data,
+//! reported as `Internal`.
+
+use std::sync::Arc;
+
+use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, Stage, WebhookStatus};
+use store::{Account, ApiKeyRecord, EngineJob, JobRecord, LedgerEntry, LedgerKind, Result, StoreError};
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+// Column lists are macros so queries are assembled with `concat!` at compile time, and a
+// statement's text, the key of each connection's prepared-statement cache, is static.
+macro_rules! account_columns {
+    () => {
+        "account_id, name, credits, plan, max_concurrent_jobs, created_at"
+    };
+}
+macro_rules! key_columns {
+    () => {
+        "api_key_id, account_id, name, email, prefix, key_digest, status, created_at"
+    };
+}
+macro_rules! ledger_columns {
+    () => {
+        "ledger_entry_id, account_id, kind, amount, job_id, note, created_at"
+    };
+}
+macro_rules! job_columns {
+    () => {
+        "job_id, account_id, api_key_id, model, status, progress, result, error, \
+         credit_cost, webhook_status, input, created_at, completed_at, expired"
+    };
+}
+/// The public columns followed by the engine's bookkeeping (read by [`engine_job`]).
+macro_rules! engine_job_columns {
+    () => {
+        concat!(
+            $crate::rows::job_columns!(),
+            ", stage, upstream_account, upstream_task_id, upstream_file_id, attempts, due_at, started_at"
+        )
+    };
+}
+pub(crate) use {account_columns, engine_job_columns, job_columns, key_columns, ledger_columns};
+
+/// How many columns [`engine_job`] reads; a query may return more after them.
+pub(crate) const ENGINE_JOB_COLUMNS: usize = 21;
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("unreadable row: {what}"))
+}
+
+pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
+    row.try_get(idx).map_err(corrupt)
+}
+
+fn text_as<T>(row: &Row, idx: usize, parse: impl FnOnce(&str) -> Option<T>) -> Result<T> {
+    let s: &str = get(row, idx)?;
+    parse(s).ok_or_else(|| corrupt(format!("column {idx} holds {s:?}")))
+}
+
+fn small<T: TryFrom<i32>>(row: &Row, idx: usize) -> Result<T> {
+    let n: i32 = get(row, idx)?;
+    T::try_from(n).map_err(|_| corrupt(format!("column {idx} holds {n}")))
+}
+
+pub(crate) fn account(row: &Row) -> Result<Account> {
+    Ok(Account {
+        id: AccountId(get(row, 0)?),
+        name: get(row, 1)?,
+        credits: get(row, 2)?,
+        plan: get(row, 3)?,
+        max_concurrent_jobs: small(row, 4)?,
+        created_at_ms: get(row, 5)?,
+    })
+}
+
+pub(crate) fn api_key(row: &Row) -> Result<ApiKeyRecord> {
+    let digest: &[u8] = get(row, 5)?;
+    Ok(ApiKeyRecord {
+        id: ApiKeyId(get(row, 0)?),
+        account_id: AccountId(get(row, 1)?),
+        name: get(row, 2)?,
+        email: get(row, 3)?,
+        prefix: get(row, 4)?,
+        digest: KeyDigest(digest.try_into().map_err(|_| corrupt("key digest is not 32 bytes"))?),
+        status: text_as(row, 6, ApiKeyStatus::parse)?,
+        created_at_ms: get(row, 7)?,
+    })
+}
+
+pub(crate) fn ledger_entry(row: &Row) -> Result<LedgerEntry> {
+    Ok(LedgerEntry {
+        id: get(row, 0)?,
+        account_id: AccountId(get(row, 1)?),
+        kind: text_as(row, 2, LedgerKind::parse)?,
+        amount: get(row, 3)?,
+        job_id: get::<Option<Uuid>>(row, 4)?.map(JobId),
+        note: get(row, 5)?,
+        created_at_ms: get(row, 6)?,
+    })
+}
+
+pub(crate) fn job(row: &Row) -> Result<JobRecord> {
+    let result: Option<&str> = get(row, 6)?;
+    let input: &str = get(row, 10)?;
+    Ok(JobRecord {
+        id: JobId(get(row, 0)?),
+        account_id: AccountId(get(row, 1)?),
+        api_key_id: ApiKeyId(get(row, 2)?),
+        model: get(row, 3)?,
+        status: text_as(row, 4, JobStatus::parse)?,
+        progress: get(row, 5)?,
+        result: result.map(|r| serde_json::from_str(r).map_err(|_| corrupt("result is not JSON"))).transpose()?,
+        error: get(row, 7)?,
+        credit_cost: get(row, 8)?,
+        webhook_status: get::<Option<&str>>(row, 9)?
+            .map(|w| WebhookStatus::parse(w).ok_or_else(|| corrupt(format!("webhook status {w:?}"))))
+            .transpose()?,
+        // Copied out verbatim: the client gets back the bytes it sent.
+        input: serde_json::value::RawValue::from_string(input.to_owned()).map_err(|_| corrupt("input is not JSON"))?,
+        created_at_ms: get(row, 11)?,
+        completed_at_ms: get(row, 12)?,
+        expired: get(row, 13)?,
+    })
+}
+
+pub(crate) fn engine_job(row: &Row) -> Result<EngineJob> {
+    let record = job(row)?;
+    Ok(EngineJob {
+        record: Arc::new(record),
+        stage: text_as(row, 14, Stage::parse)?,
+        upstream_account: get(row, 15)?,
+        upstream_task_id: get(row, 16)?,
+        upstream_file_id: get(row, 17)?,
+        attempts: small(row, 18)?,
+        due_at_ms: get(row, 19)?,
+        started_at_ms: get(row, 20)?,
+    })
+}

@@ -1,0 +1,255 @@
+//! What only PostgreSQL has to prove, beyond the shared contract: migrations racing at
+//! startup, the schema's own guards, several nodes on one database, wake-ups, and
+//! readiness. Each test works in a fresh schema (see `support/schema.rs`).
+
+#[path = "support/schema.rs"]
+mod schema;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{ApiKeySecret, ApiKeyStatus, JobId, JobStatus, ModelId, Stage};
+use schema::TestSchema;
+use store::{
+    CancelOutcome, ClaimRequest, NewApiKey, NewJob, Store, StoreError, SubmitOutcome, Transition, UpstreamBudget,
+};
+use store_postgres::PgStore;
+use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
+
+/// How long a wake-up may take to arrive before the test fails.
+const WAKE_WITHIN: Duration = Duration::from_secs(5);
+
+async fn new_key(store: &PgStore, credits: i64, max_concurrent_jobs: u32) -> store::ApiKeyRecord {
+    let secret = ApiKeySecret::generate();
+    let (_, key) = store
+        .create_api_key(NewApiKey {
+            account_id: None,
+            name: "pg".into(),
+            email: "pg@reelgate.local".into(),
+            prefix: secret.prefix,
+            digest: secret.digest,
+            initial_credits: credits,
+            plan: "test".into(),
+            max_concurrent_jobs,
+        })
+        .await
+        .unwrap();
+    key
+}
+
+fn job(key: &store::ApiKeyRecord, cost: i64) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        account_id: key.account_id,
+        api_key_id: key.id,
+        model: ModelId::Hailuo23,
+        cost,
+        input_json: r#"{"model":"hailuo-2.3","prompt":"pg"}"#.into(),
+        webhook_url: Some("https://hooks.example.com/pg".into()),
+        webhook_events: None,
+        idempotency: None,
+    }
+}
+
+async fn submit(store: &PgStore, job: NewJob) -> JobId {
+    match store.submit_job(job).await.unwrap() {
+        SubmitOutcome::Created { job_id, .. } => job_id,
+        other => panic!("expected a new job, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_once_when_nodes_start_together() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let url = schema.url.clone();
+            tokio::spawn(async move { PgStore::migrate(&url).await })
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for run in runs {
+        applied.extend(run.await.unwrap().expect("migrate"));
+    }
+    applied.sort();
+    assert_eq!(applied, ["0001_front_door", "0002_job_engine", "0003_webhooks"], "each applied exactly once");
+    assert!(PgStore::migrate(&schema.url).await.unwrap().is_empty(), "nothing left to apply");
+    let store = PgStore::connect(&schema.url).await.expect("a migrated schema opens");
+    assert!(store.ping().await.is_ok());
+    store.close().await;
+    schema.drop_schema().await;
+}
+
+/// A database error's SQLSTATE, for the raw checks below.
+fn sqlstate(result: Result<u64, tokio_postgres::Error>) -> SqlState {
+    result.expect_err("the schema must refuse this").code().cloned().expect("a database error")
+}
+
+#[tokio::test]
+async fn the_schema_guards_the_ledger_and_balances() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    let key = new_key(&store, 10, 1).await;
+    let id = submit(&store, job(&key, 4)).await;
+    assert!(matches!(store.cancel_job(key.account_id, id).await.unwrap(), CancelOutcome::Cancelled(_)));
+    let raw = schema.raw().await;
+    let append_only = SqlState::INTEGRITY_CONSTRAINT_VIOLATION;
+    assert_eq!(sqlstate(raw.execute("update ledger_entry set amount = 1000", &[]).await), append_only);
+    assert_eq!(sqlstate(raw.execute("delete from ledger_entry", &[]).await), append_only);
+    assert_eq!(sqlstate(raw.execute("truncate ledger_entry", &[]).await), append_only);
+    assert_eq!(sqlstate(raw.execute("update account set credits = -1", &[]).await), SqlState::CHECK_VIOLATION);
+    // A second refund of the same job is refused by its unique index.
+    let again = raw
+        .execute(
+            "insert into ledger_entry (account_id, kind, amount, job_id, created_at) values ($1, 'refund', 4, $2, 0)",
+            &[&key.account_id.0, &id.0],
+        )
+        .await;
+    assert_eq!(sqlstate(again), SqlState::UNIQUE_VIOLATION);
+    assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 10);
+    assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 10);
+    store.close().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn nodes_see_each_others_writes_at_once() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let (a, b) = (PgStore::connect(&schema.url).await.unwrap(), PgStore::connect(&schema.url).await.unwrap());
+    let key = new_key(&a, 10, 1).await;
+    let id = submit(&a, job(&key, 5)).await;
+    // Read on b first, so a cache (there must be none) would hold the QUEUED version.
+    assert_eq!(b.get_job(key.account_id, id).await.unwrap().unwrap().status, JobStatus::Queued);
+    assert!(matches!(a.cancel_job(key.account_id, id).await.unwrap(), CancelOutcome::Cancelled(_)));
+    assert_eq!(b.get_job(key.account_id, id).await.unwrap().unwrap().status, JobStatus::Cancelled);
+    assert_eq!(b.get_account(key.account_id).await.unwrap().unwrap().credits, 10);
+    assert_eq!(b.find_api_key(&key.digest).await.unwrap().unwrap().status, ApiKeyStatus::Active);
+    b.set_api_key_status(key.id, ApiKeyStatus::Disabled).await.unwrap();
+    assert_eq!(a.find_api_key(&key.digest).await.unwrap().unwrap().status, ApiKeyStatus::Disabled);
+    a.close().await;
+    b.close().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn claims_from_several_nodes_never_overlap_and_keep_the_caps() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(PgStore::connect(&schema.url).await.unwrap()));
+    }
+    let capped = new_key(&nodes[0], 100, 4).await;
+    let roomy = new_key(&nodes[0], 100, 100).await;
+    let mut queued = HashSet::new();
+    for i in 0..30 {
+        queued.insert(submit(&nodes[i % 3], job(if i % 2 == 0 { &capped } else { &roomy }, 1)).await);
+    }
+    let request = ClaimRequest {
+        upstreams: vec![UpstreamBudget {
+            name: "a".into(),
+            create_rpm: 1000,
+            max_in_flight: 1000,
+            claimable_now: 1000,
+        }],
+        max_jobs: 2,
+        lease_ms: 60_000,
+        after_account: None,
+    };
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (node, request) = (nodes[i % 3].clone(), request.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for _ in 0..20 {
+                    mine.extend(node.claim_jobs(request.clone()).await.unwrap().into_iter().map(|c| c.job.record.id));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    let unique: HashSet<JobId> = claimed.iter().copied().collect();
+    assert_eq!(unique.len(), claimed.len(), "a job was claimed by two nodes");
+    // Every roomy job, and exactly maxConcurrentJobs of the capped account's.
+    assert_eq!(claimed.len(), 15 + 4);
+    assert!(unique.is_subset(&queued));
+    for node in nodes {
+        node.close().await;
+    }
+    schema.drop_schema().await;
+}
+
+async fn woken(notify: &Notify) -> bool {
+    tokio::time::timeout(WAKE_WITHIN, notify.notified()).await.is_ok()
+}
+
+/// Waits out any wake-up already on its way, so the next check sees only new ones.
+async fn settle(notify: &Notify) {
+    while tokio::time::timeout(Duration::from_millis(300), notify.notified()).await.is_ok() {}
+}
+
+#[tokio::test]
+async fn wakeups_reach_other_nodes_when_work_is_committed() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let listener = PgStore::connect(&schema.url).await.unwrap();
+    let writer = PgStore::connect(&schema.url).await.unwrap();
+    let wakeups = listener.subscribe_wakeups();
+    // The first wake-up comes once the listener is connected (it may have missed work).
+    assert!(woken(wakeups.jobs()).await && woken(wakeups.webhooks()).await, "listener connected");
+
+    let key = new_key(&writer, 5, 10).await;
+    settle(wakeups.jobs()).await;
+    // A refused submission commits nothing, so it announces nothing.
+    let refused = writer.submit_job(job(&key, 50)).await.unwrap();
+    assert!(matches!(refused, SubmitOutcome::InsufficientCredits { .. }));
+    assert!(tokio::time::timeout(Duration::from_millis(500), wakeups.jobs().notified()).await.is_err());
+
+    let id = submit(&writer, job(&key, 1)).await;
+    assert!(woken(wakeups.jobs()).await, "a submission wakes the dispatchers");
+    settle(wakeups.webhooks()).await;
+    writer.transition(Transition::new(id, Stage::Queued, Stage::Submitting)).await.unwrap().unwrap();
+    settle(wakeups.jobs()).await;
+    writer.transition(Transition::new(id, Stage::Submitting, Stage::Queued)).await.unwrap().unwrap();
+    assert!(woken(wakeups.jobs()).await, "a requeued job wakes the dispatchers");
+    writer.transition(Transition::new(id, Stage::Queued, Stage::Failed).error("no")).await.unwrap().unwrap();
+    assert!(woken(wakeups.webhooks()).await, "a raised event wakes the delivery workers");
+    settle(wakeups.webhooks()).await;
+    assert_eq!(writer.replay_webhooks(id).await.unwrap(), 1);
+    assert!(woken(wakeups.webhooks()).await, "a replay wakes the delivery workers");
+
+    // Another schema's work is not ours.
+    let Some(other_schema) = TestSchema::create().await else { return };
+    let other = PgStore::connect(&other_schema.url).await.unwrap();
+    let other_key = new_key(&other, 5, 1).await;
+    settle(wakeups.jobs()).await;
+    submit(&other, job(&other_key, 1)).await;
+    assert!(tokio::time::timeout(Duration::from_millis(500), wakeups.jobs().notified()).await.is_err());
+
+    drop(wakeups);
+    for store in [listener, writer, other] {
+        store.close().await;
+    }
+    schema.drop_schema().await;
+    other_schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn readiness_and_unreachable_databases() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    assert!(store.ping().await.is_ok());
+    store.close().await;
+    assert!(store.ping().await.is_err(), "a closed store is not ready");
+    schema.drop_schema().await;
+
+    // Nothing listens on port 1: connecting is "try again later", not a bug.
+    let refused = PgStore::connect("postgres://postgres@127.0.0.1:1/postgres").await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{:?}", refused.err());
+    let nonsense = PgStore::connect("postgres://[not a host").await;
+    assert!(matches!(nonsense, Err(StoreError::Internal(_))), "{:?}", nonsense.err());
+}
