@@ -95,6 +95,7 @@ macro_rules! contract_tests {
             replaying_webhooks_resends_the_final_events,
             concurrent_webhook_claims_never_share_an_event,
             a_closed_store_is_unavailable,
+            a_shared_secret_is_stored_once_and_agreed_on,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {

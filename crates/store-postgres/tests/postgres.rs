@@ -74,7 +74,11 @@ async fn migrations_apply_once_when_nodes_start_together() {
         applied.extend(run.await.unwrap().expect("migrate"));
     }
     applied.sort();
-    assert_eq!(applied, ["0001_front_door", "0002_job_engine", "0003_webhooks"], "each applied exactly once");
+    assert_eq!(
+        applied,
+        ["0001_front_door", "0002_job_engine", "0003_webhooks", "0004_server_secret"],
+        "each applied exactly once"
+    );
     assert!(PgStore::migrate(&schema.url).await.unwrap().is_empty(), "nothing left to apply");
     let store = PgStore::connect(&schema.url).await.expect("a migrated schema opens");
     assert!(store.ping().await.is_ok());
