@@ -114,9 +114,9 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open(data: &DataArgs) -> anyhow::Result<(service::Config, std::sync::Arc<dyn Store>)> {
+async fn open(data: &DataArgs) -> anyhow::Result<(service::Config, std::sync::Arc<dyn Store>)> {
     let config = data.load()?;
-    let store = service::open_store(&config).context("opening the database")?;
+    let store = service::open_store(&config).await.context("opening the database")?;
     Ok((config, store))
 }
 
@@ -129,7 +129,7 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             if account.is_some() && credits > 0 {
                 bail!("--credits applies to a new account; use `reelgate credits grant` for an existing one");
             }
-            let (config, store) = open(&data)?;
+            let (config, store) = open(&data).await?;
             let secret = ApiKeySecret::generate();
             let email = email.unwrap_or_else(|| format!("{}@reelgate.local", slug(&name)));
             let (acct, key) = store
@@ -151,7 +151,7 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             println!("{}", secret.plaintext);
         }
         KeysCommand::List { data } => {
-            let (_, store) = open(&data)?;
+            let (_, store) = open(&data).await?;
             let keys = store.list_api_keys().await?;
             store.close().await;
             println!("{:<36}  {:<12}  {:<8}  {:<36}  name", "id", "prefix", "status", "account");
@@ -167,7 +167,7 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
 }
 
 async fn set_status(data: &DataArgs, id: &str, status: ApiKeyStatus) -> anyhow::Result<()> {
-    let (_, store) = open(data)?;
+    let (_, store) = open(data).await?;
     let key_id = match id.parse::<ApiKeyId>() {
         Ok(k) => k,
         Err(_) => {
@@ -188,7 +188,7 @@ async fn set_status(data: &DataArgs, id: &str, status: ApiKeyStatus) -> anyhow::
 pub async fn webhooks(cmd: WebhooksCommand) -> anyhow::Result<()> {
     match cmd {
         WebhooksCommand::Replay { job, data } => {
-            let (_, store) = open(&data)?;
+            let (_, store) = open(&data).await?;
             let n = store.replay_webhooks(job).await;
             store.close().await;
             match n? {
@@ -206,13 +206,13 @@ pub async fn credits(cmd: CreditsCommand) -> anyhow::Result<()> {
             if amount <= 0 {
                 bail!("--amount must be a positive number of credits");
             }
-            let (_, store) = open(&data)?;
+            let (_, store) = open(&data).await?;
             let acct = store.grant_credits(account, amount, note).await?;
             store.close().await;
             println!("account {} now has {} credits", acct.id, acct.credits);
         }
         CreditsCommand::Show { account, data } => {
-            let (_, store) = open(&data)?;
+            let (_, store) = open(&data).await?;
             let acct = store.get_account(account).await?.with_context(|| format!("no account {account}"))?;
             let ledger = store.ledger(account).await?;
             store.close().await;
@@ -235,10 +235,9 @@ pub async fn credits(cmd: CreditsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn migrate(data: DataArgs) -> anyhow::Result<()> {
+pub async fn migrate(data: DataArgs) -> anyhow::Result<()> {
     let config = data.load()?;
-    std::fs::create_dir_all(&config.data_dir)?;
-    let applied = store_sqlite::SqliteStore::migrate(&config.database_path())?;
+    let applied = service::migrate(&config).await?;
     if applied.is_empty() {
         println!("database is up to date");
     }

@@ -181,7 +181,7 @@ async fn create_keys(
     max_concurrent_jobs: u32,
     credits: i64,
 ) -> anyhow::Result<Vec<String>> {
-    let store = service::open_store(config)?;
+    let store = service::open_store(config).await?;
     let created = async {
         let mut keys = Vec::with_capacity(accounts);
         for n in 0..accounts {

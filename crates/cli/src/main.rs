@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             Command::Keys(cmd) => admin::keys(cmd).await,
             Command::Credits(cmd) => admin::credits(cmd).await,
             Command::Webhooks(cmd) => admin::webhooks(cmd).await,
-            Command::Migrate(args) => admin::migrate(args),
+            Command::Migrate(args) => admin::migrate(args).await,
             Command::Config(cmd) => admin::config(cmd),
             Command::Bench(args) => bench::run(args).await,
             Command::Sim(args) => sim::run(args).await,

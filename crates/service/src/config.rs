@@ -20,6 +20,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory holding the SQLite database and result files; created on first start.
     pub data_dir: PathBuf,
+    /// A `postgres://` URL: keep state in PostgreSQL, shared by every node given the same
+    /// URL, instead of SQLite in the data directory (`REELGATE_DATABASE_URL`).
+    #[serde(default)]
+    pub database_url: Option<DatabaseUrl>,
     /// Optional TOML file overriding credit prices.
     #[serde(default)]
     pub catalog_file: Option<PathBuf>,
@@ -118,6 +122,37 @@ impl std::fmt::Debug for S3Config {
 
 /// The longest validity S3 accepts for a presigned URL (SigV4: 7 days).
 pub const MAX_PRESIGNED_URL_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// A PostgreSQL connection URL. Printed without its password.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    /// The URL, password included, for connecting.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // postgres://user:password@host/... → postgres://user:<redacted>@host/...
+        let redacted = match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let credentials = &self.0[scheme_end + 3..at];
+                match credentials.find(':') {
+                    Some(colon) => {
+                        format!("{}{}:<redacted>{}", &self.0[..scheme_end + 3], &credentials[..colon], &self.0[at..])
+                    }
+                    None => self.0.clone(),
+                }
+            }
+            _ => self.0.clone(),
+        };
+        write!(f, "{redacted:?}")
+    }
+}
 
 /// Client webhook delivery.
 #[derive(Clone, Debug, Deserialize)]
@@ -346,6 +381,13 @@ impl Config {
 
     /// Checks rules that span fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url {
+            if !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(
+                    "database_url must be a postgres:// or postgresql:// URL (unset it to use SQLite)".into(),
+                ));
+            }
+        }
         if self.auth.key_cache_ttl_ms >= 2000 {
             return Err(ConfigError::Invalid(
                 "auth.key_cache_ttl_ms must be below 2000 so revocations take effect within 2 s".into(),

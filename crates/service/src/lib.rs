@@ -68,11 +68,61 @@ pub enum RunError {
     Sandbox(String),
 }
 
-/// Creates the data directory if needed and opens the configured store, applying migrations.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+/// Creates the data directory if needed and opens the configured store, applying
+/// migrations: PostgreSQL when `database_url` is set, else SQLite in the data directory.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
+    Ok(open_backend(config).await?.0)
+}
+
+/// The store, and for PostgreSQL its wake-ups from other nodes.
+async fn open_backend(config: &Config) -> Result<(Arc<dyn Store>, Option<store_postgres::Wakeups>), RunError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    Ok(Arc::new(SqliteStore::open(&config.database_path())?))
+    match &config.database_url {
+        Some(url) => {
+            let store = store_postgres::PgStore::connect(url.as_str()).await?;
+            let wakeups = store.subscribe_wakeups();
+            Ok((Arc::new(store), Some(wakeups)))
+        }
+        None => Ok((Arc::new(SqliteStore::open(&config.database_path())?), None)),
+    }
+}
+
+/// Applies pending migrations to the configured database without serving; returns the
+/// names applied now.
+pub async fn migrate(config: &Config) -> Result<Vec<String>, RunError> {
+    match &config.database_url {
+        Some(url) => Ok(store_postgres::PgStore::migrate(url.as_str()).await?),
+        None => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })?;
+            Ok(SqliteStore::migrate(&config.database_path())?)
+        }
+    }
+}
+
+/// Passes work announced by other nodes (through PostgreSQL) to this node's loops, so a
+/// job submitted on one node is dispatched by whichever node is idle without waiting for
+/// a polling tick.
+fn forward_wakeups(
+    wakeups: store_postgres::Wakeups,
+    engine: Option<Arc<engine::Engine>>,
+    webhook_wake: Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = wakeups.jobs().notified() => {
+                    if let Some(engine) = &engine {
+                        engine.notify();
+                    }
+                }
+                _ = wakeups.webhooks().notified() => webhook_wake.notify_one(),
+            }
+        }
+    })
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets
@@ -84,12 +134,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     let catalog = config.catalog()?;
-    let store = open_store(&config)?;
+    let (store, wakeups) = open_backend(&config).await?;
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
     let addr = listener.local_addr()?;
     let metrics = Arc::new(engine::Metrics::default());
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
+    let webhook_wake_for_peers = webhook_wake.clone();
     let readiness = readiness::Readiness::default();
     let stop_monitor = tokio_util::sync::CancellationToken::new();
     let monitor = readiness.monitor(store.clone(), stop_monitor.clone());
@@ -115,6 +166,14 @@ pub async fn run(
         )
         .start()
     });
+    let forwarding = wakeups.map(|w| {
+        forward_wakeups(
+            w,
+            engine.as_ref().map(|e| e.engine.clone()),
+            webhook_wake_for_peers.clone(),
+            stop_monitor.clone(),
+        )
+    });
     let state = AppState::new(Handles {
         store: store.clone(),
         keys,
@@ -133,6 +192,9 @@ pub async fn run(
     housekeeping.abort();
     stop_monitor.cancel();
     let _ = monitor.await;
+    if let Some(forwarding) = forwarding {
+        let _ = forwarding.await;
+    }
     if let Some(engine) = engine {
         engine.shutdown(Duration::from_secs(5)).await;
     }

@@ -106,7 +106,7 @@ impl TestApp {
             assert!(Instant::now() < deadline, "server did not come up");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let store = service::open_store(&config).expect("second store handle");
+        let store = service::open_store(&config).await.expect("second store handle");
         Self { addr, config, http, store, shutdown: Some(tx), server: Some(server), data_dir }
     }
 

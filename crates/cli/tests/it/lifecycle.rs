@@ -134,7 +134,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     // Reopen the data directory: every acknowledged job is there and paid for exactly once.
     let mut config = service::Config::defaults();
     config.data_dir = dir.path().to_path_buf();
-    let store = service::open_store(&config).unwrap();
+    let store = service::open_store(&config).await.unwrap();
     let keys = store.list_api_keys().await.unwrap();
     let account = keys[0].account_id;
     for id in &acked {
@@ -266,7 +266,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     {
         let mut c = service::Config::defaults();
         c.data_dir = dir.path().to_path_buf();
-        let store = service::open_store(&c).unwrap();
+        let store = service::open_store(&c).await.unwrap();
         server.kill().unwrap();
         server.wait().unwrap();
         for id in &ids {
@@ -293,7 +293,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
 
     let mut c = service::Config::defaults();
     c.data_dir = dir.path().to_path_buf();
-    let store = service::open_store(&c).unwrap();
+    let store = service::open_store(&c).await.unwrap();
     let account = store.list_api_keys().await.unwrap()[0].account_id;
     let ledger = store.ledger(account).await.unwrap();
     for id in &ids {
