@@ -62,6 +62,12 @@ const POLL_TICK: Duration = Duration::from_millis(1000);
 const POLL_BATCH: usize = 256;
 /// How often the reaper runs.
 const REAP_INTERVAL: Duration = Duration::from_secs(3600);
+/// How far a result copy's lease reaches. A copy may take up to `download_timeout_ms`
+/// (10 min), but a lease that long would leave a dead node's copies untouched for as
+/// long; instead the copying process renews a short lease while it works.
+const DOWNLOAD_LEASE: Duration = Duration::from_secs(30);
+/// How often a copy in progress renews its lease.
+const DOWNLOAD_LEASE_RENEWAL: Duration = Duration::from_secs(10);
 
 /// Progress milestones: progress only ever rises (the store keeps the maximum).
 mod progress {
@@ -709,7 +715,39 @@ impl Engine {
     }
 
     fn download_lease_ms(&self) -> i64 {
-        (self.config.download_timeout_ms + self.config.query_timeout_ms + 30_000) as i64
+        DOWNLOAD_LEASE.as_millis() as i64
+    }
+
+    /// Runs the copy of a job's result while renewing its lease; `None` if the lease was
+    /// lost (another process took the job over after this one stalled), in which case the
+    /// copy is abandoned and nothing of it is kept.
+    async fn copy_under_lease(
+        &self,
+        job: &EngineJob,
+        upstream: &Upstream,
+        lease: &mut i64,
+    ) -> Option<Result<u64, String>> {
+        let id = job.record.id;
+        let copy = self.copy_result(job, upstream);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                outcome = &mut copy => return Some(outcome),
+                _ = tokio::time::sleep(DOWNLOAD_LEASE_RENEWAL) => {
+                    let renewed = Self::now_ms() + self.download_lease_ms();
+                    let t = Transition::new(id, Stage::Downloading, Stage::Downloading).if_due_at(Some(*lease)).due_at(renewed);
+                    match self.apply(t).await {
+                        Ok(Some(_)) => *lease = renewed,
+                        Ok(None) => {
+                            tracing::warn!(job.id = %id, "lost the lease on a result copy; another process has the job");
+                            return None;
+                        }
+                        // The lease still runs for a while; try again at the next renewal.
+                        Err(e) => tracing::warn!(job.id = %id, error = %e, "could not renew a result copy's lease"),
+                    }
+                }
+            }
+        }
     }
 
     fn deadline_passed(&self, job: &EngineJob) -> bool {
@@ -834,12 +872,15 @@ impl Engine {
 
     /// Copies a finished task's video into the result store and completes the job; on
     /// failure, schedules another try or, after the last one, fails the job.
-    async fn mirror(&self, job: EngineJob, lease: i64) {
+    async fn mirror(&self, job: EngineJob, mut lease: i64) {
         let id = job.record.id;
         let task_id = job.upstream_task_id.clone().unwrap_or_default();
         let outcome = match self.upstream(job.upstream_account.as_deref()) {
             None => Err("the MiniMax account that ran this job is no longer configured".to_string()),
-            Some(upstream) => self.copy_result(&job, upstream).await,
+            Some(upstream) => match self.copy_under_lease(&job, upstream, &mut lease).await {
+                Some(outcome) => outcome,
+                None => return,
+            },
         };
         match outcome {
             Ok(bytes) => {
