@@ -10,6 +10,7 @@ mod engine;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod multinode;
 mod playback;
 mod results_s3;
 mod spec;
