@@ -68,24 +68,30 @@ pub enum RunError {
     Sandbox(String),
 }
 
-/// Creates the data directory if needed and opens the configured store, applying
-/// migrations: PostgreSQL when `database_url` is set, else SQLite in the data directory.
+/// Opens the configured store, applying migrations: PostgreSQL when `database_url` is
+/// set, else SQLite in the data directory (created if needed).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
     Ok(open_backend(config).await?.0)
 }
 
 /// The store, and for PostgreSQL its wake-ups from other nodes.
 async fn open_backend(config: &Config) -> Result<(Arc<dyn Store>, Option<store_postgres::Wakeups>), RunError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })?;
     match &config.database_url {
         Some(url) => {
             let store = store_postgres::PgStore::connect(url.as_str()).await?;
             let wakeups = store.subscribe_wakeups();
             Ok((Arc::new(store), Some(wakeups)))
         }
-        None => Ok((Arc::new(SqliteStore::open(&config.database_path())?), None)),
+        None => {
+            create_data_dir(config)?;
+            Ok((Arc::new(SqliteStore::open(&config.database_path())?), None))
+        }
     }
+}
+
+fn create_data_dir(config: &Config) -> Result<(), RunError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })
 }
 
 /// Applies pending migrations to the configured database without serving; returns the
@@ -94,8 +100,7 @@ pub async fn migrate(config: &Config) -> Result<Vec<String>, RunError> {
     match &config.database_url {
         Some(url) => Ok(store_postgres::PgStore::migrate(url.as_str()).await?),
         None => {
-            std::fs::create_dir_all(&config.data_dir)
-                .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })?;
+            create_data_dir(config)?;
             Ok(SqliteStore::migrate(&config.database_path())?)
         }
     }
@@ -134,6 +139,9 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     let catalog = config.catalog()?;
+    // Even on PostgreSQL the data directory holds the sandbox's renders and, with the
+    // file system backend, the result videos.
+    create_data_dir(&config)?;
     let (store, wakeups) = open_backend(&config).await?;
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();

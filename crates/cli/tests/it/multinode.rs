@@ -439,3 +439,36 @@ async fn a_node_that_loses_its_database_refuses_jobs_and_recovers_by_itself() {
     app.stop().await.unwrap();
     drop_schema(&schema).await;
 }
+
+#[tokio::test]
+async fn revoking_a_key_on_one_node_reaches_every_node_within_two_seconds() {
+    let test = "revoking_a_key_on_one_node_reaches_every_node_within_two_seconds";
+    let Some((database_url, schema)) = fresh_database(test).await else { return };
+    let url = service::config::DatabaseUrl(database_url.clone());
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        nodes.push(crate::helpers::TestApp::spawn_with(move |c| c.database_url = Some(url)).await);
+    }
+    let key = nodes[0].create_key(100).await;
+    for node in &nodes {
+        assert_eq!(node.me(&key.key).await.status, 200, "every node knows the key");
+    }
+    // An operator revokes it from anywhere (the CLI on the shared database).
+    let out = Command::new(env!("CARGO_BIN_EXE_reelgate"))
+        .args(["keys", "revoke", &key.key_id.to_string()])
+        .env("REELGATE_DATABASE_URL", &database_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for node in &nodes {
+        let took =
+            crate::helpers::eventually(Duration::from_secs(2), || async { node.me(&key.key).await.status == 401 })
+                .await;
+        eprintln!("revocation reached {} after {took:?}", node.addr);
+    }
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+    drop_schema(&schema).await;
+}
