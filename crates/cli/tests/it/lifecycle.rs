@@ -1,9 +1,14 @@
 //! The real binary: admin commands and graceful shutdown on SIGTERM.
+//!
+//! Each test's processes share one [`TestData`]: the data directory and, when the suite
+//! runs on PostgreSQL, a schema of its own, passed to every child through the environment.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::helpers::TestData;
 
 fn reelgate(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_reelgate")).args(args).output().expect("run reelgate");
@@ -20,48 +25,49 @@ fn field_after<'a>(text: &'a str, label: &str) -> &'a str {
 
 #[test]
 fn admin_cli_creates_keys_grants_and_shows_credits() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Acme", "--credits", "50", "--data-dir", d]);
+    let data = TestData::new();
+    let reelgate = |args: &[&str]| data.reelgate(args);
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Acme", "--credits", "50"]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap();
     assert!(key.starts_with("afk_") && key.len() >= 36 && key[4..].chars().all(|c| c.is_ascii_alphanumeric()), "{key}");
     let account = field_after(&out, "account: ").to_string();
     let key_id = field_after(&out, "key id:  ").to_string();
 
-    // The database holds the digest, never the key.
-    let db = std::fs::read(dir.path().join("reelgate.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("reelgate.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
-        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "plaintext key found on disk");
+    // The database holds the digest, never the key: on SQLite, search the files' bytes;
+    // on PostgreSQL, every row of the schema (its files are the server's, not ours).
+    match data.db() {
+        Some(db) => assert!(!db.any_row_contains(key), "plaintext key found in the database"),
+        None => {
+            let db = std::fs::read(data.dir().join("reelgate.db")).unwrap();
+            let wal = std::fs::read(data.dir().join("reelgate.db-wal")).unwrap_or_default();
+            for bytes in [&db, &wal] {
+                assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "plaintext key found on disk");
+            }
+        }
+    }
+    // The search itself works: the key's public prefix is stored.
+    if let Some(db) = data.db() {
+        assert!(db.any_row_contains(&key[..12]), "the key's prefix is in the database");
     }
 
-    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Second", "--account", &account, "--data-dir", d]);
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Second", "--account", &account]);
     assert!(ok, "{err}");
     assert_eq!(field_after(&out, "account: "), account);
-    let (ok, _, _) = reelgate(&[
-        "keys",
-        "create",
-        "--name",
-        "Nope",
-        "--account",
-        &uuid::Uuid::new_v4().to_string(),
-        "--data-dir",
-        d,
-    ]);
+    let (ok, _, _) = reelgate(&["keys", "create", "--name", "Nope", "--account", &uuid::Uuid::new_v4().to_string()]);
     assert!(!ok, "attaching to a missing account must fail");
 
-    let (ok, out, _) = reelgate(&["keys", "list", "--data-dir", d]);
+    let (ok, out, _) = reelgate(&["keys", "list"]);
     assert!(ok);
     assert!(out.contains(&key_id) && out.contains(&key[..12]) && !out.contains(key));
     assert_eq!(out.lines().count(), 3, "header and two keys: {out}");
 
-    let (ok, out, err) = reelgate(&["credits", "grant", "--account", &account, "--amount", "25", "--data-dir", d]);
+    let (ok, out, err) = reelgate(&["credits", "grant", "--account", &account, "--amount", "25"]);
     assert!(ok, "{err}");
     assert!(out.contains("75 credits"), "{out}");
-    let (ok, _, _) = reelgate(&["credits", "grant", "--account", &account, "--amount", "-5", "--data-dir", d]);
+    let (ok, _, _) = reelgate(&["credits", "grant", "--account", &account, "--amount", "-5"]);
     assert!(!ok);
-    let (ok, out, _) = reelgate(&["credits", "show", "--account", &account, "--data-dir", d]);
+    let (ok, out, _) = reelgate(&["credits", "show", "--account", &account]);
     assert!(ok);
     assert!(out.contains("credits: 75") && out.contains("sum 75"), "{out}");
 }
@@ -72,14 +78,14 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let (ok, out, err) = reelgate(&["keys", "create", "--name", "load", "--credits", "100000", "--data-dir", &d]);
+    let data = TestData::new();
+    let (ok, out, err) = data.reelgate(&["keys", "create", "--name", "load", "--credits", "100000"]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_reelgate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &d])
+    let mut server = data
+        .command()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -131,10 +137,8 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     }
     assert!(acked.len() > 10, "load should have been acknowledged before the signal ({})", acked.len());
 
-    // Reopen the data directory: every acknowledged job is there and paid for exactly once.
-    let mut config = service::Config::defaults();
-    config.data_dir = dir.path().to_path_buf();
-    let store = service::open_store(&config).await.unwrap();
+    // Reopen the database: every acknowledged job is there and paid for exactly once.
+    let store = service::open_store(&data.config()).await.unwrap();
     let keys = store.list_api_keys().await.unwrap();
     let account = keys[0].account_id;
     for id in &acked {
@@ -169,9 +173,10 @@ fn config_check_accepts_the_defaults_and_refuses_bad_files() {
     assert!(err.contains("key_cache_ttl_ms"), "{err}");
 }
 
-/// Starts `reelgate serve` with `config` and waits until it answers.
-async fn serve(config: &std::path::Path, port: u16) -> std::process::Child {
-    let server = Command::new(env!("CARGO_BIN_EXE_reelgate"))
+/// Starts `reelgate serve` on `data` with `config` and waits until it answers.
+async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> std::process::Child {
+    let server = data
+        .command()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
         .env("REELGATE_ALLOW_PRIVATE_URLS", "1")
         .stdout(Stdio::null())
@@ -221,9 +226,9 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim_config = sandbox::SandboxConfig { rpm: 10_000, latency_ms: Some(1500), ..Default::default() };
     let sim = sandbox::Sandbox::start(sim_config, listener).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let config = dir.path().join("reelgate.toml");
+    let data = TestData::new();
+    let d = data.dir().to_str().unwrap().to_string();
+    let config = data.dir().join("reelgate.toml");
     std::fs::write(
         &config,
         format!(
@@ -236,13 +241,21 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         ),
     )
     .unwrap();
-    let (ok, out, err) =
-        reelgate(&["keys", "create", "--name", "crash", "--credits", "1000", "--config", config.to_str().unwrap()]);
+    let (ok, out, err) = data.reelgate(&[
+        "keys",
+        "create",
+        "--name",
+        "crash",
+        "--credits",
+        "1000",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = serve(&config, port).await;
+    let mut server = serve(&data, &config, port).await;
     let http = reqwest::Client::new();
     let prompts = [
         "harbour",
@@ -264,9 +277,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut stages = std::collections::BTreeMap::new();
     {
-        let mut c = service::Config::defaults();
-        c.data_dir = dir.path().to_path_buf();
-        let store = service::open_store(&c).await.unwrap();
+        let store = service::open_store(&data.config()).await.unwrap();
         server.kill().unwrap();
         server.wait().unwrap();
         for id in &ids {
@@ -277,7 +288,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     }
     assert!(stages.len() >= 3, "the kill should catch jobs in several stages: {stages:?}");
 
-    let mut server = serve(&config, port).await;
+    let mut server = serve(&data, &config, port).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut statuses = std::collections::BTreeMap::new();
     for id in &ids {
@@ -291,9 +302,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     server.kill().unwrap();
     server.wait().unwrap();
 
-    let mut c = service::Config::defaults();
-    c.data_dir = dir.path().to_path_buf();
-    let store = service::open_store(&c).await.unwrap();
+    let store = service::open_store(&data.config()).await.unwrap();
     let account = store.list_api_keys().await.unwrap()[0].account_id;
     let ledger = store.ledger(account).await.unwrap();
     for id in &ids {
@@ -315,9 +324,9 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
 async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
     // The receiver's port is closed at first: every event waits in the outbox, retrying.
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let config = dir.path().join("reelgate.toml");
+    let data = TestData::new();
+    let d = data.dir().to_str().unwrap().to_string();
+    let config = data.dir().join("reelgate.toml");
     std::fs::write(
         &config,
         format!(
@@ -328,12 +337,12 @@ async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
     )
     .unwrap();
     let (ok, out, err) =
-        reelgate(&["keys", "create", "--name", "hooks", "--credits", "100", "--config", config.to_str().unwrap()]);
+        data.reelgate(&["keys", "create", "--name", "hooks", "--credits", "100", "--config", config.to_str().unwrap()]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let server_port = free_port();
     let base = format!("http://127.0.0.1:{server_port}");
-    let mut server = serve(&config, server_port).await;
+    let mut server = serve(&data, &config, server_port).await;
     let http = reqwest::Client::new();
     let hook_url = format!("http://127.0.0.1:{port}/hook");
     let mut ids = Vec::new();
@@ -354,7 +363,7 @@ async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let hook = crate::webhooks::receiver_on(listener, vec![]).await;
-    let mut server = serve(&config, server_port).await;
+    let mut server = serve(&data, &config, server_port).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
         let what = "its webhook delivered after the restart";

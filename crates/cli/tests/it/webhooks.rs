@@ -236,11 +236,8 @@ async fn redirects_are_not_followed_and_the_last_failure_marks_the_job() {
     assert_eq!(h["events"][0]["status"], "failed");
     assert!(h["events"][0]["attempts"].as_array().unwrap().iter().all(|a| a["statusCode"] == 302));
     // An operator can replay it: the receiver now answers 200.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reelgate"))
-        .args(["webhooks", "replay", &id, "--data-dir", app.config.data_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, _, err) = app.data().reelgate(&["webhooks", "replay", &id]);
+    assert!(ok, "{err}");
     crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "delivered" }).await;
     assert_eq!(hook.received().len(), 5);
     app.stop().await.unwrap();
