@@ -85,6 +85,7 @@ impl TestApp {
     async fn start(data: TestData, tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
         // Input images in the tests are served from loopback.
         std::env::set_var("REELGATE_ALLOW_PRIVATE_URLS", "1");
+        init_test_log();
         let mut config = data.config();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -268,6 +269,21 @@ impl TestApp {
         self.store.close().await;
         result
     }
+}
+
+/// Prints the server's log when `REELGATE_TEST_LOG` holds a filter (`info`,
+/// `service=debug`, ...): a failing test's 5xx answers say only "retry shortly", and the
+/// cause is logged. Off by default to keep passing runs quiet.
+fn init_test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if let Ok(filter) = std::env::var("REELGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// Engine timings for tests: sandbox tasks take about a second and are polled often.

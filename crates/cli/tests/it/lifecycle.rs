@@ -180,7 +180,8 @@ async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> std::pro
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
         .env("REELGATE_ALLOW_PRIVATE_URLS", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // The log goes to the test's output (shown when it fails) if REELGATE_TEST_LOG asks.
+        .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -402,6 +402,7 @@ async fn a_backlog_for_a_dead_receiver_does_not_delay_a_healthy_one() {
         let job = app.get_job(&key, body["jobId"].as_str().unwrap()).await.body;
         let finished = api_time(&job["completedAt"]);
         let latency = got.at.duration_since(finished).unwrap_or_default();
+        eprintln!("delivered {latency:?} after the job finished");
         assert!(
             latency < Duration::from_secs(1),
             "delivered {latency:?} after the job finished, behind {DEAD_EVENTS} dead events"

@@ -212,6 +212,10 @@ impl TestData {
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reelgate"));
         command.env("REELGATE_DATA_DIR", self.dir());
+        // The harness's log switch (see `TestApp`) reaches child processes too.
+        if let Ok(filter) = std::env::var("REELGATE_TEST_LOG") {
+            command.env("REELGATE_LOG", filter);
+        }
         match self.database_url() {
             Some(url) => command.env("REELGATE_DATABASE_URL", url),
             None => command.env_remove("REELGATE_DATABASE_URL"),
