@@ -86,6 +86,8 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     let mut server = data
         .command()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        // The log is checked below for an info line, whatever REELGATE_TEST_LOG says.
+        .env("REELGATE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -225,7 +227,7 @@ async fn wait_for_job(
 async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_most_once() {
     // The sandbox runs in this test process, so MiniMax's side survives the server's death.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_config = sandbox::SandboxConfig { rpm: 10_000, latency_ms: Some(1500), ..Default::default() };
+    let sim_config = sandbox::SandboxConfig { rpm: 10_000, latency_ms: Some(2500), ..Default::default() };
     let sim = sandbox::Sandbox::start(sim_config, listener).await.unwrap();
     let data = TestData::new();
     let d = data.dir().to_str().unwrap().to_string();
@@ -235,7 +237,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         format!(
             "data_dir = {d:?}\n\
              [engine]\nfirst_poll_delay_ms = 200\npoll_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 500\n\
-             submit_timeout_ms = 3000\nquery_timeout_ms = 3000\n\
+             submit_timeout_ms = 3000\nquery_timeout_ms = 3000\ndownload_timeout_ms = 10000\n\
              [[minimax.accounts]]\nname = \"main\"\napi_key = \"k-main\"\nbase_url = {:?}\ncreate_rpm = 5000\n\
              query_rpm = 60000\n",
             sim.base_url()
@@ -266,6 +268,9 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         "bridge [sandbox:transient-1000]",
         "valley [sandbox:truncated-download]",
     ];
+    // Opened before the load so that the kill below is not delayed by connecting.
+    let store = service::open_store(&data.config()).await.unwrap();
+    let first_submission = Instant::now();
     let mut ids = Vec::new();
     for i in 0..30 {
         let body = json!({"model": "hailuo-2.3", "prompt": format!("{} {i}", prompts[i % prompts.len()])});
@@ -274,11 +279,15 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         assert_eq!(r.status(), 202);
         ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string());
     }
-    // Let jobs spread over the stages (the account runs 10 at a time), then kill -9.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    eprintln!("30 submissions took {:?}", first_submission.elapsed());
+    // Let jobs spread over the stages (the account runs 10 at a time), then kill -9. The
+    // time counts from the first submission, not the last: submissions take longer on
+    // PostgreSQL, and counting from the last let the first jobs finish upstream and be
+    // caught mid-download, whose lease (download timeout + 33 s) outlasted the wait below.
+    // Killing 1.3 s before the sandbox's 2.5 s latency is up catches none there.
+    tokio::time::sleep_until((first_submission + Duration::from_millis(1200)).into()).await;
     let mut stages = std::collections::BTreeMap::new();
     {
-        let store = service::open_store(&data.config()).await.unwrap();
         server.kill().unwrap();
         server.wait().unwrap();
         for id in &ids {
@@ -287,10 +296,14 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         }
         store.close().await;
     }
+    eprintln!("stages at the kill: {stages:?}");
     assert!(stages.len() >= 3, "the kill should catch jobs in several stages: {stages:?}");
 
     let mut server = serve(&data, &config, port).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Long enough for any lease the kill interrupted to run out: a job caught mid-create
+    // waits for its submit lease (93 s with these timeouts, as image fetches get at least
+    // 30 s each), one caught mid-download 43 s, mid-poll 13 s. Usually all are done in seconds.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut statuses = std::collections::BTreeMap::new();
     for id in &ids {
         let what = format!("a terminal status after the restart (stages at kill: {stages:?})");
