@@ -341,12 +341,16 @@ async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
     let data = TestData::new();
     let d = data.dir().to_str().unwrap().to_string();
     let config = data.dir().join("reelgate.toml");
+    // Attempts every 300 ms for 30 s, so no event runs out of attempts while the jobs
+    // finish (slower under load, and on PostgreSQL). An attempt in flight at the kill keeps
+    // its event leased for timeout_ms + 15 s: a 2 s timeout keeps that inside the wait below.
+    let schedule: Vec<u64> = std::iter::once(0).chain(std::iter::repeat_n(300, 99)).collect();
     std::fs::write(
         &config,
         format!(
             "data_dir = {d:?}\n[engine]\nfirst_poll_delay_ms = 100\npoll_interval_ms = 100\n\
              [minimax]\nsandbox_latency_ms = 300\nsandbox_create_rpm = 1000\n\
-             [webhooks]\nretry_schedule_ms = [0, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300]\n"
+             [webhooks]\nretry_schedule_ms = {schedule:?}\ntimeout_ms = 2000\n"
         ),
     )
     .unwrap();
