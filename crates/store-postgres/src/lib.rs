@@ -30,7 +30,7 @@ mod wakeups;
 mod webhooks;
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -65,6 +65,9 @@ pub struct PgStore {
     closed: watch::Sender<bool>,
     /// Tells other nodes about new work, see [`wakeups`].
     announcer: Announcer,
+    /// The connection `ping` uses, outside the pool; `None` until the first ping and
+    /// after a failed one (the next ping reconnects).
+    probe: Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl PgStore {
@@ -89,7 +92,7 @@ impl PgStore {
             .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
         let closed = watch::channel(false).0;
         let announcer = Announcer::start(pool.clone(), closed.subscribe());
-        let store = PgStore { pool, config, clock: Clock::default(), closed, announcer };
+        let store = PgStore { pool, config, clock: Clock::default(), closed, announcer, probe: Mutex::new(None) };
         let mut client = store.client().await?;
         migrate::apply(&mut client, store.clock.now_ms()).await?;
         Ok(store)
@@ -176,13 +179,18 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// A failed attempt to connect: always "try later", like the pool's.
+fn connect_err(e: tokio_postgres::Error) -> StoreError {
+    match db_err(e) {
+        StoreError::Internal(m) => StoreError::Unavailable(m),
+        other => other,
+    }
+}
+
 fn pool_err(e: PoolError) -> StoreError {
     match e {
-        PoolError::Backend(e) => match db_err(e) {
-            // Failing to connect at all is always "try later".
-            StoreError::Internal(m) => StoreError::Unavailable(m),
-            other => other,
-        },
+        // Failing to connect at all is always "try later".
+        PoolError::Backend(e) => connect_err(e),
         PoolError::Closed => StoreError::Unavailable("the store is closed".into()),
         other => StoreError::Unavailable(other.to_string()),
     }
@@ -335,12 +343,35 @@ impl store::Store for PgStore {
         if *self.closed.borrow() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
+        // The ping asks whether the database answers, so it does not queue for a pooled
+        // connection: with every one of them busy (a burst of submissions and refunds all
+        // updating one account row), a pooled ping waited past the readiness monitor's
+        // timeout and the node refused every new job and stopped its engine for a second
+        // at a time, although the database was fine. The connection is taken out while
+        // in use and put back only after a good answer, so one that failed or hung (its
+        // future dropped by the timeout) is never reused.
+        let cached = self.probe.lock().unwrap_or_else(PoisonError::into_inner).take();
         let probe = async {
-            let client = self.client().await?;
-            client.simple_query("select 1").await.map_err(db_err)
+            let client = match cached.filter(|c| !c.is_closed()) {
+                Some(client) => client,
+                None => {
+                    let (client, connection) = self.config.connect(NoTls).await.map_err(connect_err)?;
+                    // Ends when the client is dropped.
+                    tokio::spawn(connection);
+                    client
+                }
+            };
+            client.simple_query("select 1").await.map_err(db_err)?;
+            Ok(client)
         };
         match tokio::time::timeout(POOL_TIMEOUT, probe).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(client)) => {
+                // `close` may have run meanwhile: then drop the connection instead.
+                if !*self.closed.borrow() {
+                    *self.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some(client);
+                }
+                Ok(())
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Unavailable(format!("no answer within {POOL_TIMEOUT:?}"))),
         }
@@ -351,6 +382,7 @@ impl store::Store for PgStore {
         // closing the pool refuses new work, and connections close as they come back.
         self.closed.send_replace(true);
         self.pool.close();
+        self.probe.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 

@@ -257,3 +257,52 @@ async fn readiness_and_unreachable_databases() {
     let nonsense = PgStore::connect("postgres://[not a host").await;
     assert!(matches!(nonsense, Err(StoreError::Internal(_))), "{:?}", nonsense.err());
 }
+
+#[tokio::test]
+async fn a_store_whose_pool_is_busy_still_answers_its_ping() {
+    let Some(schema) = TestSchema::create().await else { return };
+    // Named, to tell this store's sessions from those of tests running beside it.
+    let url = format!("{}&application_name={}", schema.url, schema.name);
+    let store = Arc::new(PgStore::connect(&url).await.unwrap());
+    let key = new_key(&store, 100, 1).await;
+    // A transaction outside the store holds the account row, so each grant below waits
+    // for it while holding one pooled connection; 16 of them take the whole pool.
+    let mut raw = schema.raw().await;
+    let blocker = raw.transaction().await.unwrap();
+    blocker.execute("select 1 from account where account_id = $1 for update", &[&key.account_id.0]).await.unwrap();
+    let grants: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.grant_credits(key.account_id, 1, None).await })
+        })
+        .collect();
+    let observer = schema.raw().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The first grant waits for the blocker, the others queue behind it for the row.
+        let row = observer
+            .query_one(
+                "select count(*) from pg_stat_activity where application_name = $1 and wait_event_type = 'Lock'",
+                &[&schema.name],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) >= 16 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the grants did not all queue behind the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The database answers, so the store is ready, although no pooled connection is free.
+    let ping = tokio::time::timeout(Duration::from_secs(1), store.ping()).await;
+    assert!(matches!(ping, Ok(Ok(()))), "{ping:?}");
+
+    blocker.commit().await.unwrap();
+    for grant in grants {
+        grant.await.unwrap().unwrap();
+    }
+    assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 116);
+    store.close().await;
+    schema.drop_schema().await;
+}

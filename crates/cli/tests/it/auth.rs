@@ -56,14 +56,10 @@ async fn cli_disable_enable_and_revoke_reach_the_running_server_within_two_secon
     let app = TestApp::spawn().await;
     let key = app.create_key(100).await;
     assert_eq!(app.me(&key.key).await.status, 200);
-    let data_dir = app.config.data_dir.to_str().unwrap().to_string();
+    // The CLI opens the app's database (SQLite file or PostgreSQL schema) as a second process.
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reelgate"))
-            .args(args)
-            .args(["--data-dir", &data_dir])
-            .output()
-            .expect("run reelgate");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let (ok, _, err) = app.data().reelgate(args);
+        assert!(ok, "{args:?}: {err}");
     };
 
     cli(&["keys", "disable", &key.key_id.to_string()]);
@@ -83,10 +79,7 @@ async fn cli_disable_enable_and_revoke_reach_the_running_server_within_two_secon
     assert_eq!(app.balance_and_ledger(key.account_id).await, (100, 100));
 
     // Revoked is final.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reelgate"))
-        .args(["keys", "enable", &key.key_id.to_string(), "--data-dir", &data_dir])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _, _) = app.data().reelgate(&["keys", "enable", &key.key_id.to_string()]);
+    assert!(!ok);
     app.stop().await.unwrap();
 }

@@ -1,6 +1,10 @@
 //! Test harness: [`TestApp`] starts the real application through `service::run`, and
 //! every response seen through it is checked against the reference Apiframe spec.
+//!
+//! Each app keeps its state in a [`TestData`]: SQLite in a temporary directory, or a fresh
+//! PostgreSQL schema when `REELGATE_TEST_DATABASE_URL` is set (see [`data`]).
 
+pub mod data;
 pub mod spec_check;
 
 use std::net::SocketAddr;
@@ -11,10 +15,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use service::Config;
 use store::{NewApiKey, Store};
-use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use data::TestData;
 pub use spec_check::ReferenceSpec;
 
 /// A key made for a test, with its account.
@@ -42,7 +46,8 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), service::RunError>>>,
-    data_dir: TempDir,
+    /// The data directory and, on PostgreSQL, the schema; kept across [`TestApp::restart`].
+    data: TestData,
 }
 
 impl TestApp {
@@ -54,7 +59,7 @@ impl TestApp {
 
     /// Starts the front door alone after `tweak` adjusts the configuration.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        Self::start(tempfile::tempdir().expect("temp dir"), move |c, _| {
+        Self::start(TestData::new(), move |c, _| {
             c.engine.enabled = false;
             tweak(c);
         })
@@ -64,29 +69,24 @@ impl TestApp {
     /// Starts the whole application, engine included, on the built-in sandbox with
     /// test-speed timings; `tweak` sees the address the server will listen on.
     pub async fn spawn_engine(tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
-        Self::start(tempfile::tempdir().expect("temp dir"), move |c, addr| {
+        Self::start(TestData::new(), move |c, addr| {
             fast_engine(c);
             tweak(c, addr);
         })
         .await
     }
 
-    /// Stops this app and starts a new one on the same data directory.
+    /// Stops this app and starts a new one on the same data directory and database.
     pub async fn restart(mut self, tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = self.server.take().expect("server handle").await.expect("server task");
-        self.store.close().await;
-        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("temp dir"));
-        Self::start(dir, tweak).await
+        let _ = self.shut_down().await;
+        Self::start(self.data, tweak).await
     }
 
-    async fn start(data_dir: TempDir, tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
+    async fn start(data: TestData, tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
         // Input images in the tests are served from loopback.
         std::env::set_var("REELGATE_ALLOW_PRIVATE_URLS", "1");
-        let mut config = Config::defaults();
-        config.data_dir = data_dir.path().to_path_buf();
+        init_test_log();
+        let mut config = data.config();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         tweak(&mut config, addr);
@@ -107,7 +107,13 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let store = service::open_store(&config).await.expect("second store handle");
-        Self { addr, config, http, store, shutdown: Some(tx), server: Some(server), data_dir }
+        Self { addr, config, http, store, shutdown: Some(tx), server: Some(server), data }
+    }
+
+    /// This app's data directory and database, for a `reelgate` child process or a
+    /// [`Config`] of its own (see [`TestData::command`] and [`TestData::config`]).
+    pub fn data(&self) -> &TestData {
+        &self.data
     }
 
     /// Waits until the job reaches a terminal status and returns it.
@@ -246,8 +252,16 @@ impl TestApp {
         ids
     }
 
-    /// Stops the server gracefully and returns how `run` ended.
+    /// Stops the server gracefully and returns how `run` ended; the PostgreSQL schema, if
+    /// any, is dropped afterwards.
     pub async fn stop(mut self) -> Result<(), service::RunError> {
+        let result = self.shut_down().await;
+        self.data.remove().await;
+        result
+    }
+
+    /// Stops the server and closes the second store handle, keeping the data.
+    async fn shut_down(&mut self) -> Result<(), service::RunError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -255,6 +269,21 @@ impl TestApp {
         self.store.close().await;
         result
     }
+}
+
+/// Prints the server's log when `REELGATE_TEST_LOG` holds a filter (`info`,
+/// `service=debug`, ...): a failing test's 5xx answers say only "retry shortly", and the
+/// cause is logged. Off by default to keep passing runs quiet.
+fn init_test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if let Ok(filter) = std::env::var("REELGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// Engine timings for tests: sandbox tasks take about a second and are polled often.

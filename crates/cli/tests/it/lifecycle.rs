@@ -1,9 +1,14 @@
 //! The real binary: admin commands and graceful shutdown on SIGTERM.
+//!
+//! Each test's processes share one [`TestData`]: the data directory and, when the suite
+//! runs on PostgreSQL, a schema of its own, passed to every child through the environment.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::helpers::TestData;
 
 fn reelgate(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_reelgate")).args(args).output().expect("run reelgate");
@@ -20,48 +25,49 @@ fn field_after<'a>(text: &'a str, label: &str) -> &'a str {
 
 #[test]
 fn admin_cli_creates_keys_grants_and_shows_credits() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Acme", "--credits", "50", "--data-dir", d]);
+    let data = TestData::new();
+    let reelgate = |args: &[&str]| data.reelgate(args);
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Acme", "--credits", "50"]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap();
     assert!(key.starts_with("afk_") && key.len() >= 36 && key[4..].chars().all(|c| c.is_ascii_alphanumeric()), "{key}");
     let account = field_after(&out, "account: ").to_string();
     let key_id = field_after(&out, "key id:  ").to_string();
 
-    // The database holds the digest, never the key.
-    let db = std::fs::read(dir.path().join("reelgate.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("reelgate.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
-        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "plaintext key found on disk");
+    // The database holds the digest, never the key: on SQLite, search the files' bytes;
+    // on PostgreSQL, every row of the schema (its files are the server's, not ours).
+    match data.db() {
+        Some(db) => assert!(!db.any_row_contains(key), "plaintext key found in the database"),
+        None => {
+            let db = std::fs::read(data.dir().join("reelgate.db")).unwrap();
+            let wal = std::fs::read(data.dir().join("reelgate.db-wal")).unwrap_or_default();
+            for bytes in [&db, &wal] {
+                assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "plaintext key found on disk");
+            }
+        }
+    }
+    // The search itself works: the key's public prefix is stored.
+    if let Some(db) = data.db() {
+        assert!(db.any_row_contains(&key[..12]), "the key's prefix is in the database");
     }
 
-    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Second", "--account", &account, "--data-dir", d]);
+    let (ok, out, err) = reelgate(&["keys", "create", "--name", "Second", "--account", &account]);
     assert!(ok, "{err}");
     assert_eq!(field_after(&out, "account: "), account);
-    let (ok, _, _) = reelgate(&[
-        "keys",
-        "create",
-        "--name",
-        "Nope",
-        "--account",
-        &uuid::Uuid::new_v4().to_string(),
-        "--data-dir",
-        d,
-    ]);
+    let (ok, _, _) = reelgate(&["keys", "create", "--name", "Nope", "--account", &uuid::Uuid::new_v4().to_string()]);
     assert!(!ok, "attaching to a missing account must fail");
 
-    let (ok, out, _) = reelgate(&["keys", "list", "--data-dir", d]);
+    let (ok, out, _) = reelgate(&["keys", "list"]);
     assert!(ok);
     assert!(out.contains(&key_id) && out.contains(&key[..12]) && !out.contains(key));
     assert_eq!(out.lines().count(), 3, "header and two keys: {out}");
 
-    let (ok, out, err) = reelgate(&["credits", "grant", "--account", &account, "--amount", "25", "--data-dir", d]);
+    let (ok, out, err) = reelgate(&["credits", "grant", "--account", &account, "--amount", "25"]);
     assert!(ok, "{err}");
     assert!(out.contains("75 credits"), "{out}");
-    let (ok, _, _) = reelgate(&["credits", "grant", "--account", &account, "--amount", "-5", "--data-dir", d]);
+    let (ok, _, _) = reelgate(&["credits", "grant", "--account", &account, "--amount", "-5"]);
     assert!(!ok);
-    let (ok, out, _) = reelgate(&["credits", "show", "--account", &account, "--data-dir", d]);
+    let (ok, out, _) = reelgate(&["credits", "show", "--account", &account]);
     assert!(ok);
     assert!(out.contains("credits: 75") && out.contains("sum 75"), "{out}");
 }
@@ -72,14 +78,16 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let (ok, out, err) = reelgate(&["keys", "create", "--name", "load", "--credits", "100000", "--data-dir", &d]);
+    let data = TestData::new();
+    let (ok, out, err) = data.reelgate(&["keys", "create", "--name", "load", "--credits", "100000"]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_reelgate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &d])
+    let mut server = data
+        .command()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        // The log is checked below for an info line, whatever REELGATE_TEST_LOG says.
+        .env("REELGATE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -131,10 +139,8 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     }
     assert!(acked.len() > 10, "load should have been acknowledged before the signal ({})", acked.len());
 
-    // Reopen the data directory: every acknowledged job is there and paid for exactly once.
-    let mut config = service::Config::defaults();
-    config.data_dir = dir.path().to_path_buf();
-    let store = service::open_store(&config).await.unwrap();
+    // Reopen the database: every acknowledged job is there and paid for exactly once.
+    let store = service::open_store(&data.config()).await.unwrap();
     let keys = store.list_api_keys().await.unwrap();
     let account = keys[0].account_id;
     for id in &acked {
@@ -169,13 +175,15 @@ fn config_check_accepts_the_defaults_and_refuses_bad_files() {
     assert!(err.contains("key_cache_ttl_ms"), "{err}");
 }
 
-/// Starts `reelgate serve` with `config` and waits until it answers.
-async fn serve(config: &std::path::Path, port: u16) -> std::process::Child {
-    let server = Command::new(env!("CARGO_BIN_EXE_reelgate"))
+/// Starts `reelgate serve` on `data` with `config` and waits until it answers.
+async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> std::process::Child {
+    let server = data
+        .command()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
         .env("REELGATE_ALLOW_PRIVATE_URLS", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // The log goes to the test's output (shown when it fails) if REELGATE_TEST_LOG asks.
+        .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -219,30 +227,38 @@ async fn wait_for_job(
 async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_most_once() {
     // The sandbox runs in this test process, so MiniMax's side survives the server's death.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_config = sandbox::SandboxConfig { rpm: 10_000, latency_ms: Some(1500), ..Default::default() };
+    let sim_config = sandbox::SandboxConfig { rpm: 10_000, latency_ms: Some(2500), ..Default::default() };
     let sim = sandbox::Sandbox::start(sim_config, listener).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let config = dir.path().join("reelgate.toml");
+    let data = TestData::new();
+    let d = data.dir().to_str().unwrap().to_string();
+    let config = data.dir().join("reelgate.toml");
     std::fs::write(
         &config,
         format!(
             "data_dir = {d:?}\n\
              [engine]\nfirst_poll_delay_ms = 200\npoll_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 500\n\
-             submit_timeout_ms = 3000\nquery_timeout_ms = 3000\n\
+             submit_timeout_ms = 3000\nquery_timeout_ms = 3000\ndownload_timeout_ms = 10000\n\
              [[minimax.accounts]]\nname = \"main\"\napi_key = \"k-main\"\nbase_url = {:?}\ncreate_rpm = 5000\n\
              query_rpm = 60000\n",
             sim.base_url()
         ),
     )
     .unwrap();
-    let (ok, out, err) =
-        reelgate(&["keys", "create", "--name", "crash", "--credits", "1000", "--config", config.to_str().unwrap()]);
+    let (ok, out, err) = data.reelgate(&[
+        "keys",
+        "create",
+        "--name",
+        "crash",
+        "--credits",
+        "1000",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = serve(&config, port).await;
+    let mut server = serve(&data, &config, port).await;
     let http = reqwest::Client::new();
     let prompts = [
         "harbour",
@@ -252,6 +268,9 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         "bridge [sandbox:transient-1000]",
         "valley [sandbox:truncated-download]",
     ];
+    // Opened before the load so that the kill below is not delayed by connecting.
+    let store = service::open_store(&data.config()).await.unwrap();
+    let first_submission = Instant::now();
     let mut ids = Vec::new();
     for i in 0..30 {
         let body = json!({"model": "hailuo-2.3", "prompt": format!("{} {i}", prompts[i % prompts.len()])});
@@ -260,13 +279,15 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         assert_eq!(r.status(), 202);
         ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string());
     }
-    // Let jobs spread over the stages (the account runs 10 at a time), then kill -9.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    eprintln!("30 submissions took {:?}", first_submission.elapsed());
+    // Let jobs spread over the stages (the account runs 10 at a time), then kill -9. The
+    // time counts from the first submission, not the last: submissions take longer on
+    // PostgreSQL, and counting from the last let the first jobs finish upstream and be
+    // caught mid-download, whose lease (download timeout + 33 s) outlasted the wait below.
+    // Killing 1.3 s before the sandbox's 2.5 s latency is up catches none there.
+    tokio::time::sleep_until((first_submission + Duration::from_millis(1200)).into()).await;
     let mut stages = std::collections::BTreeMap::new();
     {
-        let mut c = service::Config::defaults();
-        c.data_dir = dir.path().to_path_buf();
-        let store = service::open_store(&c).await.unwrap();
         server.kill().unwrap();
         server.wait().unwrap();
         for id in &ids {
@@ -275,10 +296,14 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
         }
         store.close().await;
     }
+    eprintln!("stages at the kill: {stages:?}");
     assert!(stages.len() >= 3, "the kill should catch jobs in several stages: {stages:?}");
 
-    let mut server = serve(&config, port).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut server = serve(&data, &config, port).await;
+    // Long enough for any lease the kill interrupted to run out: a job caught mid-create
+    // waits for its submit lease (93 s with these timeouts, as image fetches get at least
+    // 30 s each), one caught mid-download 43 s, mid-poll 13 s. Usually all are done in seconds.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut statuses = std::collections::BTreeMap::new();
     for id in &ids {
         let what = format!("a terminal status after the restart (stages at kill: {stages:?})");
@@ -291,9 +316,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     server.kill().unwrap();
     server.wait().unwrap();
 
-    let mut c = service::Config::defaults();
-    c.data_dir = dir.path().to_path_buf();
-    let store = service::open_store(&c).await.unwrap();
+    let store = service::open_store(&data.config()).await.unwrap();
     let account = store.list_api_keys().await.unwrap()[0].account_id;
     let ledger = store.ledger(account).await.unwrap();
     for id in &ids {
@@ -315,25 +338,29 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
 async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
     // The receiver's port is closed at first: every event waits in the outbox, retrying.
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let config = dir.path().join("reelgate.toml");
+    let data = TestData::new();
+    let d = data.dir().to_str().unwrap().to_string();
+    let config = data.dir().join("reelgate.toml");
+    // Attempts every 300 ms for 30 s, so no event runs out of attempts while the jobs
+    // finish (slower under load, and on PostgreSQL). An attempt in flight at the kill keeps
+    // its event leased for timeout_ms + 15 s: a 2 s timeout keeps that inside the wait below.
+    let schedule: Vec<u64> = std::iter::once(0).chain(std::iter::repeat_n(300, 99)).collect();
     std::fs::write(
         &config,
         format!(
             "data_dir = {d:?}\n[engine]\nfirst_poll_delay_ms = 100\npoll_interval_ms = 100\n\
              [minimax]\nsandbox_latency_ms = 300\nsandbox_create_rpm = 1000\n\
-             [webhooks]\nretry_schedule_ms = [0, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300, 300]\n"
+             [webhooks]\nretry_schedule_ms = {schedule:?}\ntimeout_ms = 2000\n"
         ),
     )
     .unwrap();
     let (ok, out, err) =
-        reelgate(&["keys", "create", "--name", "hooks", "--credits", "100", "--config", config.to_str().unwrap()]);
+        data.reelgate(&["keys", "create", "--name", "hooks", "--credits", "100", "--config", config.to_str().unwrap()]);
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let server_port = free_port();
     let base = format!("http://127.0.0.1:{server_port}");
-    let mut server = serve(&config, server_port).await;
+    let mut server = serve(&data, &config, server_port).await;
     let http = reqwest::Client::new();
     let hook_url = format!("http://127.0.0.1:{port}/hook");
     let mut ids = Vec::new();
@@ -354,7 +381,7 @@ async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let hook = crate::webhooks::receiver_on(listener, vec![]).await;
-    let mut server = serve(&config, server_port).await;
+    let mut server = serve(&data, &config, server_port).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
         let what = "its webhook delivered after the restart";
