@@ -166,20 +166,33 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
         return match class {
             // Integrity constraint violations: unique, foreign key, check, not null, and
             // the ledger's append-only trigger.
-            "23" => StoreError::Conflict(e.to_string()),
+            "23" => StoreError::Conflict(describe(&e)),
             // Connection exceptions, insufficient resources, operator intervention
             // (shutdown, cancelled statement), and serialization failures or deadlocks,
             // which a retry resolves.
-            "08" | "53" | "57" | "40" => StoreError::Unavailable(e.to_string()),
-            _ if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::Unavailable(e.to_string()),
-            _ => StoreError::Internal(e.to_string()),
+            "08" | "53" | "57" | "40" => StoreError::Unavailable(describe(&e)),
+            _ if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::Unavailable(describe(&e)),
+            _ => StoreError::Internal(describe(&e)),
         };
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     if e.is_closed() || io {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(describe(&e))
     } else {
-        StoreError::Internal(e.to_string())
+        StoreError::Internal(describe(&e))
+    }
+}
+
+/// The driver's error with what the server or the socket said: `tokio_postgres::Error`
+/// displays only "db error" for every server error, which made failures under load (too
+/// many connections, a deadlock) impossible to tell apart in the logs.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
     }
 }
 

@@ -56,6 +56,11 @@ const MAX_BATCH: usize = 512;
 const BATCHES_IN_FLIGHT: usize = 1;
 /// Submissions queued for the collector at most; beyond that callers wait to queue.
 const MAX_QUEUED: usize = 8192;
+/// Starts a batch's transaction. Another node's batch holds an account's lock for a
+/// few milliseconds; the lock timeout only stops a transaction left open on an account
+/// (say, by hand in psql) from holding up every submission of this node for longer than
+/// the pool would make a caller wait. The batch then fails as `Unavailable`.
+const BEGIN: &str = "begin; set local lock_timeout = '5s'";
 
 /// Locks the batch's accounts, in account order, and reads their balances.
 const LOCK_ACCOUNTS: &str = "select account_id, credits from account
@@ -259,7 +264,7 @@ async fn write_batch(pool: &Pool, jobs: &[&NewJob], now_ms: i64) -> Result<Vec<R
     let key_params: [Param<'_>; 2] = [&key_accounts, &key_names];
     let (begun, locked, keys) = tokio::join!(
         biased;
-        client.batch_execute("begin"),
+        client.batch_execute(BEGIN),
         client.query(&lock, &lock_params),
         async {
             if key_names.is_empty() {
