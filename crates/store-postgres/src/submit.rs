@@ -1,42 +1,51 @@
 //! Submissions, batched: the front door's hot write.
 //!
 //! A submission debits its account, inserts the job and its `charge` ledger row, and
-//! records its idempotency key, all or nothing. Each of these written one request at a
-//! time costs a commit (a WAL flush) per job, and concurrent requests on one account
-//! queue behind each other's row lock for the whole commit. So this module owns one
-//! collector task per store: [`Submitter::submit`] queues the job and waits; the
-//! collector takes everything queued while the previous batch was being written and
-//! writes it as one transaction of two round trips, then answers every caller. Under load
-//! a batch holds as many jobs as arrived during one commit, so the cost of a commit is
-//! shared by all of them; alone, a submission waits for nothing but its own batch.
+//! records its idempotency key, all or nothing. Written one request at a time, each job
+//! costs a commit (a WAL flush), and concurrent requests on one account queue behind
+//! each other's row lock for the whole commit. So this module owns one collector task per
+//! store: [`Submitter::submit`] queues the job and waits; the collector takes everything
+//! queued while the previous batch was being written, writes it, then answers every
+//! caller. Under load a batch holds as many jobs as arrived during one write, so the
+//! cost of a commit is shared by all of them; alone, a submission waits for nothing but
+//! its own batch.
 //!
-//! A batch is one transaction:
+//! A batch is written in at most two steps.
 //!
-//! 1. `begin`, then lock the batch's accounts (`for no key update`, in account order so
+//! **The common case, one statement** ([`WRITE_FITTING`]): lock the batch's accounts
+//! and, for each account that can pay for all of its jobs in the batch and whose jobs
+//! name no stored idempotency key, write them all: the job rows, their ledger rows and
+//! keys from arrays (`unnest`), and one debit per account. One round trip, one commit.
+//! For such an account every job would also have gone through one at a time, so nothing
+//! needs deciding. The jobs of other accounts (short of credits, replays, unknown
+//! accounts) are left to the second step, and so is the whole batch if the statement
+//! fails on a rule (a key inserted meanwhile, an API key that does not exist).
+//!
+//! **The rest, decided under locks** ([`decide`]), one transaction of two round trips:
+//!
+//! 1. `begin`, then lock the jobs' accounts (`for no key update`, in account order so
 //!    that two batches never wait for each other in a cycle) and read their balances,
-//!    then read the idempotency keys the batch names. The three statements are sent
-//!    together (pipelined) and cost one round trip. The key read starts after the locks
-//!    are held, so under READ COMMITTED it sees every key committed before.
+//!    then read the idempotency keys the jobs name. The statements are sent together
+//!    (pipelined). The key read starts after the locks are held, so under READ
+//!    COMMITTED it sees every key committed before.
 //! 2. Decide each job in arrival order, exactly as one-at-a-time submissions would: an
 //!    unknown account is `NotFound`; a key seen within its replay window is a replay (or
 //!    a mismatch) of the job holding it, including a job earlier in this batch; a job
 //!    the remaining balance does not cover is refused with that balance; any other job
 //!    is accepted and its cost taken from the remaining balance.
-//! 3. One statement writes the accepted jobs from arrays (`unnest`): the job rows, their
-//!    ledger rows, their keys, and per account one debit of the sum of the jobs actually
-//!    inserted, so the balance and the ledger cannot disagree. `commit` is sent with it.
+//! 3. One statement ([`WRITE_DECIDED`]) writes the accepted jobs as above; `commit` is
+//!    sent with it.
 //!
 //! Why the key read can be trusted until the commit: every writer of an account's
 //! idempotency keys is a batch holding that account's row lock (the purge only deletes
 //! keys past their window, which a batch treats as absent anyway). Why the balance can:
 //! it was read under the same lock, and the `credits >= 0` check backs this up.
 //!
-//! When the write fails on a rule (a conflict, such as an API key that does not exist),
-//! nothing was written; every job of the batch is then tried again in a batch of its own,
-//! so only the offending one is refused. Any other failure (the database unreachable) is
-//! every job's answer.
+//! When the second step's write fails on a rule, nothing was written; each of its jobs is
+//! then decided on its own, so only the offending one is refused. Any other failure (the
+//! database unreachable) is every waiting job's answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deadpool_postgres::{Object, Pool};
@@ -72,48 +81,98 @@ const READ_KEYS: &str = "select k.account_id, k.idempotency_key, k.fingerprint, 
      from idempotency_key k left join job j on j.job_id = k.job_id
      where (k.account_id, k.idempotency_key) in (select * from unnest($1::uuid[], $2::text[]))";
 
-/// Writes the accepted jobs. Parameters: $1 now; per job, in arrival order: $2 job id,
-/// $3 account, $4 API key, $5 model, $6 cost, $7 webhook URL, $8 webhook events, $9
-/// webhook status, $10 input; per keyed job: $11 account, $12 key, $13 fingerprint, $14
-/// job id. Returns the ids of the jobs inserted.
+// The write statements. Both take the same parameters: $1 now, then one array per
+// column with one element per job, in arrival order: $2 job id, $3 account, $4 API key,
+// $5 model, $6 cost, $7 webhook URL, $8 webhook events, $9 webhook status, $10 input,
+// $11 idempotency key and $12 body fingerprint (both null without a key). Both return
+// the ids of the jobs inserted.
+//
+// They differ in who decided which jobs go in (the `fits` step) and in what an existing
+// idempotency key means (the `claim` step). In both, jobs are inserted only for accounts
+// whose debit went through, and each debit is the sum of that account's jobs in the
+// batch, so the balance moves by exactly the charges written. Foreign keys are checked at
+// the end of the statement, so a key may point at a job inserted by the same statement.
+macro_rules! write_sql {
+    ($fits:literal, $on_key_conflict:literal) => {
+        concat!(
+            "with req as (
+                 select * from unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::text[],
+                                      $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[])
+                     with ordinality as r(job_id, account_id, api_key_id, model, cost, webhook_url, webhook_events,
+                                          webhook_status, input, idempotency_key, fingerprint, ord)
+             ),
+             ",
+            $fits,
+            ",
+             debit as (
+                 update account a set credits = a.credits - f.total, updated_at = $1::bigint
+                 from fits f
+                 where a.account_id = f.account_id and a.credits >= f.total
+                 returning a.account_id
+             ),
+             new_job as (
+                 insert into job (job_id, account_id, api_key_id, model, status, progress, credit_cost,
+                                  webhook_url, webhook_events, webhook_status, input, created_at, updated_at)
+                 select r.job_id, r.account_id, r.api_key_id, r.model, 'QUEUED', 0, r.cost,
+                        r.webhook_url, r.webhook_events, r.webhook_status, r.input, $1::bigint, $1::bigint
+                 from req r join debit d on d.account_id = r.account_id
+                 order by r.ord
+                 returning job_id, account_id, credit_cost
+             ),
+             charge as (
+                 insert into ledger_entry (account_id, kind, amount, job_id, created_at)
+                 select account_id, 'charge', -credit_cost, job_id, $1::bigint from new_job
+             ),
+             claim as (
+                 insert into idempotency_key (account_id, idempotency_key, fingerprint, job_id, created_at)
+                 select account_id, idempotency_key, fingerprint, job_id, $1::bigint from req
+                 where idempotency_key is not null and job_id in (select job_id from new_job) ",
+            $on_key_conflict,
+            "
+             )
+             select job_id from new_job"
+        )
+    };
+}
+
+/// The first attempt at a batch, one statement on its own (one round trip, its own
+/// transaction): it locks the batch's accounts, in account order, and writes every job
+/// of each account that can pay for all of its jobs in the batch and names no stored
+/// idempotency key. The jobs of the other accounts are left to [`decide`].
 ///
-/// The debit sums what `new_job` returned, so it is exactly the charges written. Foreign
-/// keys are checked at the end of the statement, so the keys may point at jobs inserted
-/// by the same statement. A key already stored is overwritten: the decision step found
-/// it absent or past its window under the account's lock (see the module comment).
-const WRITE: &str = "with req as (
-         select * from unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::text[],
-                              $8::text[], $9::text[], $10::text[])
-             with ordinality as r(job_id, account_id, api_key_id, model, cost, webhook_url, webhook_events,
-                                  webhook_status, input, ord)
+/// The lock returns each balance as last committed, whatever the statement's snapshot
+/// saw. The key check reads the snapshot, so a key committed since (or being inserted by
+/// another transaction) is not seen by it, but the plain insert of `claim` then fails
+/// on the unique key and the whole statement with it: a conflict, after which every job
+/// of the batch goes to [`decide`]. The same happens when the batch itself names a key
+/// twice.
+const WRITE_FITTING: &str = write_sql!(
+    "locked as materialized (
+         select account_id, credits from account
+         where account_id in (select account_id from req)
+         order by account_id for no key update
      ),
-     new_job as (
-         insert into job (job_id, account_id, api_key_id, model, status, progress, credit_cost,
-                          webhook_url, webhook_events, webhook_status, input, created_at, updated_at)
-         select job_id, account_id, api_key_id, model, 'QUEUED', 0, cost,
-                webhook_url, webhook_events, webhook_status, input, $1::bigint, $1::bigint
-         from req order by ord
-         returning job_id, account_id, credit_cost
-     ),
-     debit as (
-         update account a set credits = a.credits - t.total, updated_at = $1::bigint
-         from (select account_id, sum(credit_cost)::bigint as total from new_job group by account_id) t
-         where a.account_id = t.account_id
-     ),
-     charge as (
-         insert into ledger_entry (account_id, kind, amount, job_id, created_at)
-         select account_id, 'charge', -credit_cost, job_id, $1::bigint from new_job
-     ),
-     claim as (
-         insert into idempotency_key (account_id, idempotency_key, fingerprint, job_id, created_at)
-         select k.account_id, k.idempotency_key, k.fingerprint, k.job_id, $1::bigint
-         from unnest($11::uuid[], $12::text[], $13::bytea[], $14::uuid[])
-                  as k(account_id, idempotency_key, fingerprint, job_id)
-         where k.job_id in (select job_id from new_job)
-         on conflict (account_id, idempotency_key) do update
-             set fingerprint = excluded.fingerprint, job_id = excluded.job_id, created_at = excluded.created_at
-     )
-     select job_id from new_job";
+     fits as (
+         select l.account_id, sum(r.cost)::bigint as total
+         from locked l join req r on r.account_id = l.account_id
+         group by l.account_id, l.credits
+         having sum(r.cost) <= l.credits
+            and not exists (select 1 from req q
+                            join idempotency_key k on k.account_id = q.account_id
+                                                  and k.idempotency_key = q.idempotency_key
+                            where q.account_id = l.account_id)
+     )",
+    ""
+);
+
+/// The write of [`decide`], inside its transaction, which holds the accounts' locks and
+/// has accepted exactly these jobs. A key already stored is overwritten: the decision
+/// found it absent or past its window under the account's lock (see the module comment).
+const WRITE_DECIDED: &str = write_sql!(
+    "fits as (select account_id, sum(cost)::bigint as total from req group by account_id)",
+    "on conflict (account_id, idempotency_key) do update
+         set fingerprint = excluded.fingerprint, job_id = excluded.job_id, created_at = excluded.created_at"
+);
 
 /// A submission waiting for its batch.
 struct Pending {
@@ -188,20 +247,60 @@ async fn collect(
     }
 }
 
-/// Writes one batch and answers its callers; splits it on a refused write.
+/// Writes one batch and answers its callers: first every job [`WRITE_FITTING`] can
+/// write, then the rest through [`decide`].
 async fn write_and_answer(pool: &Pool, batch: Vec<Pending>, now_ms: i64) {
     let jobs: Vec<&NewJob> = batch.iter().map(|p| &p.job).collect();
-    match write_batch(pool, &jobs, now_ms).await {
+    let inserted = match write_fitting(pool, &jobs, now_ms).await {
+        Ok(inserted) => inserted,
+        // A key or an API key broke a rule and nothing was written: every job is decided
+        // under the locks.
+        Err(StoreError::Conflict(_)) => HashSet::new(),
+        Err(e) => {
+            for pending in batch {
+                let _ = pending.reply.send(Err(copy_error(&e)));
+            }
+            return;
+        }
+    };
+    let mut rest = Vec::with_capacity(batch.len() - inserted.len());
+    for pending in batch {
+        if inserted.contains(&pending.job.id.0) {
+            let outcome = SubmitOutcome::Created { job_id: pending.job.id, status: JobStatus::Queued };
+            // A caller that gave up no longer listens; its job stands as written.
+            let _ = pending.reply.send(Ok(outcome));
+        } else {
+            rest.push(pending);
+        }
+    }
+    if !rest.is_empty() {
+        decide_and_answer(pool, rest, now_ms).await;
+    }
+}
+
+/// Runs [`WRITE_FITTING`]; the ids of the jobs it wrote.
+async fn write_fitting(pool: &Pool, jobs: &[&NewJob], now_ms: i64) -> Result<HashSet<Uuid>> {
+    let client = pool.get().await.map_err(pool_err)?;
+    let write = client.prepare_cached(WRITE_FITTING).await.map_err(db_err)?;
+    let columns = Columns::of(jobs);
+    let written = client.query(&write, &columns.params(&now_ms)).await.map_err(db_err)?;
+    written.iter().map(|r| rows::get::<Uuid>(r, 0)).collect()
+}
+
+/// Decides and writes jobs under their accounts' locks ([`decide`]) and answers their
+/// callers; on a refused write, one job at a time.
+async fn decide_and_answer(pool: &Pool, batch: Vec<Pending>, now_ms: i64) {
+    let jobs: Vec<&NewJob> = batch.iter().map(|p| &p.job).collect();
+    match decide(pool, &jobs, now_ms).await {
         Ok(outcomes) => {
             for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                // A caller that gave up no longer listens; its job stands as written.
                 let _ = pending.reply.send(outcome);
             }
         }
         // Nothing was written. One job broke a rule: find it by writing each alone.
         Err(StoreError::Conflict(_)) if batch.len() > 1 => {
             for pending in batch {
-                let outcome = match write_batch(pool, &[&pending.job], now_ms).await {
+                let outcome = match decide(pool, &[&pending.job], now_ms).await {
                     Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| Err(lost(&pending.job))),
                     Err(e) => Err(e),
                 };
@@ -240,14 +339,15 @@ struct StoredKey {
     status: Option<String>,
 }
 
-/// Writes `jobs` in one transaction and gives each job's outcome, in order. `Err` means
-/// nothing was written.
-async fn write_batch(pool: &Pool, jobs: &[&NewJob], now_ms: i64) -> Result<Vec<Result<SubmitOutcome>>> {
+/// Decides `jobs` under their accounts' locks and writes the accepted ones, in one
+/// transaction of two round trips (see the module comment); each job's outcome, in
+/// order. `Err` means nothing was written.
+async fn decide(pool: &Pool, jobs: &[&NewJob], now_ms: i64) -> Result<Vec<Result<SubmitOutcome>>> {
     let mut tx = Transaction { client: Some(pool.get().await.map_err(pool_err)?), open: false };
     let client = tx.client();
     let lock = client.prepare_cached(LOCK_ACCOUNTS).await.map_err(db_err)?;
     let read_keys = client.prepare_cached(READ_KEYS).await.map_err(db_err)?;
-    let write = client.prepare_cached(WRITE).await.map_err(db_err)?;
+    let write = client.prepare_cached(WRITE_DECIDED).await.map_err(db_err)?;
 
     let mut accounts: Vec<Uuid> = jobs.iter().map(|j| j.account_id.0).collect();
     accounts.sort_unstable();
@@ -378,7 +478,7 @@ fn replay(key: &StoredKey, fingerprint: [u8; 32]) -> Result<SubmitOutcome> {
     Ok(SubmitOutcome::Replayed { job_id: JobId(key.job_id), status })
 }
 
-/// The accepted jobs as the write statement's arrays.
+/// Jobs as the write statements' arrays.
 struct Columns<'a> {
     job_ids: Vec<Uuid>,
     accounts: Vec<Uuid>,
@@ -389,15 +489,12 @@ struct Columns<'a> {
     webhook_events: Vec<Option<String>>,
     webhook_statuses: Vec<Option<&'static str>>,
     inputs: Vec<&'a str>,
-    key_accounts: Vec<Uuid>,
-    keys: Vec<&'a str>,
-    fingerprints: Vec<&'a [u8]>,
-    key_jobs: Vec<Uuid>,
+    keys: Vec<Option<&'a str>>,
+    fingerprints: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> Columns<'a> {
     fn of(jobs: &[&'a NewJob]) -> Self {
-        let keyed = || jobs.iter().filter_map(|j| j.idempotency.as_ref().map(|c| (*j, c)));
         Self {
             job_ids: jobs.iter().map(|j| j.id.0).collect(),
             accounts: jobs.iter().map(|j| j.account_id.0).collect(),
@@ -409,14 +506,12 @@ impl<'a> Columns<'a> {
             // A job with a webhook waits for its delivery; one without has no status.
             webhook_statuses: jobs.iter().map(|j| j.webhook_url.as_ref().map(|_| "pending")).collect(),
             inputs: jobs.iter().map(|j| j.input_json.as_str()).collect(),
-            key_accounts: keyed().map(|(j, _)| j.account_id.0).collect(),
-            keys: keyed().map(|(_, c)| c.key.as_str()).collect(),
-            fingerprints: keyed().map(|(_, c)| &c.fingerprint[..]).collect(),
-            key_jobs: keyed().map(|(j, _)| j.id.0).collect(),
+            keys: jobs.iter().map(|j| j.idempotency.as_ref().map(|c| c.key.as_str())).collect(),
+            fingerprints: jobs.iter().map(|j| j.idempotency.as_ref().map(|c| &c.fingerprint[..])).collect(),
         }
     }
 
-    fn params<'p>(&'p self, now_ms: &'p i64) -> [Param<'p>; 14] {
+    fn params<'p>(&'p self, now_ms: &'p i64) -> [Param<'p>; 12] {
         [
             now_ms,
             &self.job_ids,
@@ -428,10 +523,8 @@ impl<'a> Columns<'a> {
             &self.webhook_events,
             &self.webhook_statuses,
             &self.inputs,
-            &self.key_accounts,
             &self.keys,
             &self.fingerprints,
-            &self.key_jobs,
         ]
     }
 }
