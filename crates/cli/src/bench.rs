@@ -48,7 +48,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use self::client::{ClientKind, Connection};
-use self::database::{BenchSchema, StatementShape, STATEMENT_BASELINE};
+use self::database::{BenchSchema, StatementSamples, StatementShape, STATEMENT_BASELINE};
 
 /// Accounts (one key each) the clients are spread over, round-robin.
 const ACCOUNTS: usize = 8;
@@ -172,11 +172,11 @@ async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Resul
         seeded.job_body_len
     );
 
-    // On PostgreSQL the database's own rate comes first, on the tables the server uses,
-    // so it runs on the smaller job table (a slightly stricter yardstick).
-    let statement_baseline = match database_url {
+    // On PostgreSQL the database's own rate is measured right before and right after
+    // generate, on the tables the server uses (see `database`).
+    let statements = match database_url {
         Some(url) => {
-            let shape = StatementShape {
+            let shape = Arc::new(StatementShape {
                 accounts: bench_keys.iter().map(|k| (k.account_id, k.api_key_id)).collect(),
                 cost: i64::from(
                     catalog
@@ -184,8 +184,10 @@ async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Resul
                         .context("the catalog has no price for the bench's request")?,
                 ),
                 input: generate_body(0, 0),
-            };
-            Some(database::measure_statement_baseline(url, store_postgres::POOL_SIZE, shape, &plan).await?)
+            });
+            let mut samples = StatementSamples::default();
+            database::measure_statement_baseline(url, store_postgres::POOL_SIZE, &shape, &plan, &mut samples).await?;
+            Some((url, shape, samples))
         }
         None => None,
     };
@@ -197,6 +199,13 @@ async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Resul
         Requests::Numbered(generate_request(&host, "/v2/videos/generate", &keys[i % keys.len()], i))
     })
     .await?;
+    let statement_baseline = match statements {
+        Some((url, shape, mut samples)) => {
+            database::measure_statement_baseline(url, store_postgres::POOL_SIZE, &shape, &plan, &mut samples).await?;
+            Some(samples.into_measurement())
+        }
+        None => None,
+    };
     let job_reads = Arc::new(seeded.get_requests(&host, "/v2/jobs", &keys));
     let get_job = measure(real.addr, GET_JOB, 200, &plan, |i| Requests::cycle(&job_reads, i, plan.concurrency)).await?;
 
@@ -750,7 +759,7 @@ fn report(args: &BenchArgs, run: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
     if let Some(connections) = run.statement_connections {
         println!(
             "{STATEMENT_BASELINE}: one UPDATE of a balance + INSERT of a job per statement, {connections} connections \
-             (the server's pool), no HTTP"
+             (the server's pool), no HTTP; measured before and after generate, both runs together"
         );
     }
     println!(

@@ -5,11 +5,14 @@
 //! debits an account and inserts a job row into the real tables, sent straight from the
 //! bench over as many connections as the server's pool holds, in closed loops, without
 //! HTTP and without reelgate's store code. It is the yardstick for the front
-//! door on PostgreSQL: the real route should keep up with it.
+//! door on PostgreSQL: the real route should keep up with it. It runs right before and
+//! right after the front door is measured, and counts as both runs together, so load
+//! from outside the bench that comes or goes during the run weighs on both sides.
 //!
 //! This module must not share code with `store-postgres`: a baseline written with the
 //! store's own statements or pool would move whenever the store does.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
@@ -96,22 +99,50 @@ pub(super) struct StatementShape {
     pub(super) input: String,
 }
 
-/// Runs [`DEBIT_AND_INSERT`] in closed loops on `connections` connections to `url` and
-/// measures statements per second and their latency, with the same warmup and window
-/// as the HTTP endpoints.
+/// The statement baseline's samples so far: it runs once before and once after the
+/// front door, and the report gives both runs together.
+#[derive(Default)]
+pub(super) struct StatementSamples {
+    latencies_us: Vec<u32>,
+    /// Debits that found the balance spent.
+    refused: u64,
+    measured: Duration,
+}
+
+impl StatementSamples {
+    /// Both runs as one measurement: statements over the total measured time, and
+    /// percentiles over every statement.
+    pub(super) fn into_measurement(mut self) -> Measurement {
+        self.latencies_us.sort_unstable();
+        let seconds = self.measured.as_secs_f64();
+        Measurement {
+            endpoint: STATEMENT_BASELINE,
+            requests: self.latencies_us.len(),
+            rps: if seconds > 0.0 { self.latencies_us.len() as f64 / seconds } else { 0.0 },
+            p50_ms: percentile_ms(&self.latencies_us, 0.50),
+            p99_ms: percentile_ms(&self.latencies_us, 0.99),
+            errors: self.refused,
+            first_error: (self.refused > 0).then(|| (0, "a debit found the balance spent".to_owned())),
+        }
+    }
+}
+
+/// Runs [`DEBIT_AND_INSERT`] in closed loops on `connections` connections to `url`,
+/// with the same warmup and window as the HTTP endpoints, and adds what it measured to
+/// `samples`.
 pub(super) async fn measure_statement_baseline(
     url: &str,
     connections: usize,
-    shape: StatementShape,
+    shape: &Arc<StatementShape>,
     plan: &LoadPlan,
-) -> anyhow::Result<Measurement> {
+    samples: &mut StatementSamples,
+) -> anyhow::Result<()> {
     eprintln!(
         "bench: {STATEMENT_BASELINE}: {connections} connections, {} s warmup + {} s",
         plan.warmup.as_secs(),
         plan.measure.as_secs()
     );
     ensure!(!shape.accounts.is_empty(), "the statement baseline needs an account");
-    let shape = std::sync::Arc::new(shape);
     // Connected and prepared before the clock starts, as the HTTP clients connect first.
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -154,23 +185,13 @@ pub(super) async fn measure_statement_baseline(
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
     for task in tasks {
         let (mine, refused) = task.await.context("a baseline connection panicked")??;
-        latencies.extend_from_slice(&mine);
-        errors += refused;
+        samples.latencies_us.extend_from_slice(&mine);
+        samples.refused += refused;
     }
-    latencies.sort_unstable();
-    Ok(Measurement {
-        endpoint: STATEMENT_BASELINE,
-        requests: latencies.len(),
-        rps: latencies.len() as f64 / plan.measure.as_secs_f64(),
-        p50_ms: percentile_ms(&latencies, 0.50),
-        p99_ms: percentile_ms(&latencies, 0.99),
-        errors,
-        first_error: (errors > 0).then(|| (0, "a debit found the balance spent".to_owned())),
-    })
+    samples.measured += plan.measure;
+    Ok(())
 }
 
 fn unix_ms() -> i64 {
