@@ -12,11 +12,17 @@
 //! hand-written client in [`client`], because a general-purpose HTTP client would eat the
 //! CPU both servers need and flatten that ratio.
 //!
+//! With `--database-url` the server keeps its state in PostgreSQL, in a schema created
+//! for the run and dropped afterwards, and the run also measures the database alone
+//! ([`database`]): the single-statement debit and insert the front door is compared
+//! with, since there the database, not axum, sets the pace.
+//!
 //! `bench engine` ([`engine`]) measures the job engine instead: jobs dispatched to the
 //! MiniMax sandbox against a create budget, with the server and the sandbox as child
 //! processes.
 
 mod client;
+mod database;
 mod engine;
 mod webhook_receiver;
 
@@ -34,6 +40,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use domain::{AccountId, ApiKeyId};
 use serde_json::{json, Value};
 use store::NewApiKey;
 use tokio::net::TcpListener;
@@ -41,6 +48,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use self::client::{ClientKind, Connection};
+use self::database::{BenchSchema, StatementSamples, StatementShape, STATEMENT_BASELINE};
 
 /// Accounts (one key each) the clients are spread over, round-robin.
 const ACCOUNTS: usize = 8;
@@ -58,6 +66,11 @@ const GENERATE_MIN_RATIO: f64 = 0.4;
 const GENERATE_MAX_P99_MS: f64 = 10.0;
 /// The issue's goal for `GET /v2/jobs/{id}`: this share of the bare GET's req/s.
 const JOB_READ_MIN_RATIO: f64 = 0.6;
+/// The issue's goal for generate on PostgreSQL: this share of the statement baseline's
+/// rate…
+const PG_GENERATE_MIN_RATIO: f64 = 1.0;
+/// …with a p99 latency below this.
+const PG_GENERATE_MAX_P99_MS: f64 = 30.0;
 
 const GENERATE: &str = "POST /v2/videos/generate";
 const GET_JOB: &str = "GET /v2/jobs/{id}";
@@ -83,6 +96,10 @@ pub struct BenchArgs {
     /// Load generator: the bench's minimal client, or hyper's general-purpose one.
     #[arg(long, value_enum, default_value_t = ClientKind::Lean)]
     pub client: ClientKind,
+    /// A `postgres://` URL: run the server on PostgreSQL, in a schema created for the run
+    /// and dropped at its end, and measure the database's own debit-and-insert rate too.
+    #[arg(long, env = "REELGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 /// Other things `bench` can measure.
@@ -104,21 +121,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     ensure!(args.seconds > 0, "--seconds must be at least 1");
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let Some(base_url) = &args.database_url else {
+        return run_http(&args, None).await;
+    };
+    let schema = BenchSchema::create(base_url).await?;
+    eprintln!("bench: PostgreSQL schema {} (dropped at the end)", schema.name());
+    let measured = run_http(&args, Some(&schema.url)).await;
+    // Dropped whatever happened: a failed run must not leave its jobs behind.
+    let name = schema.name().to_owned();
+    let dropped = schema.drop_schema().await;
+    if let Err(e) = &dropped {
+        eprintln!("bench: could not drop schema {name}: {e:#}");
+    }
+    measured.and(dropped)
+}
+
+/// The HTTP bench, on SQLite in a temporary data directory, or on PostgreSQL at
+/// `database_url` (which then also measures the statement baseline).
+async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Result<()> {
     let plan = LoadPlan {
         concurrency: args.concurrency,
         warmup: Duration::from_secs(args.warmup_seconds),
         measure: Duration::from_secs(args.seconds),
         client: args.client,
     };
+    let load_before = engine::load_average();
 
     let data_dir =
         tempfile::Builder::new().prefix("reelgate-bench-").tempdir().context("cannot create a data directory")?;
     let mut config = service::Config::defaults();
     config.data_dir = data_dir.path().to_path_buf();
+    config.database_url = database_url.map(|url| service::config::DatabaseUrl(url.to_owned()));
     // This measures the API alone: the engine (and its in-process sandbox rendering
     // videos) would compete for the same two cores. `bench engine` measures the engine.
     config.engine.enabled = false;
-    let keys = create_keys(&config, ACCOUNTS, 10, BENCH_CREDITS).await.context("cannot create the bench API keys")?;
+    let bench_keys =
+        create_keys(&config, ACCOUNTS, 10, BENCH_CREDITS).await.context("cannot create the bench API keys")?;
+    let keys: Vec<String> = bench_keys.iter().map(|k| k.secret.clone()).collect();
+    let catalog = config.catalog()?;
 
     let real = spawn_server(|listener, shutdown| async move { Ok(service::run(config, listener, shutdown).await?) })
         .await
@@ -132,6 +172,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         seeded.job_body_len
     );
 
+    // On PostgreSQL the database's own rate is measured right before and right after
+    // generate, on the tables the server uses (see `database`).
+    let statements = match database_url {
+        Some(url) => {
+            let shape = Arc::new(StatementShape {
+                accounts: bench_keys.iter().map(|k| (k.account_id, k.api_key_id)).collect(),
+                cost: i64::from(
+                    catalog
+                        .price(domain::ModelId::Hailuo23, domain::Resolution::P768, domain::Duration::Six)
+                        .context("the catalog has no price for the bench's request")?,
+                ),
+                input: generate_body(0, 0),
+            });
+            let mut samples = StatementSamples::default();
+            database::measure_statement_baseline(url, store_postgres::POOL_SIZE, &shape, &plan, &mut samples).await?;
+            Some((url, shape, samples))
+        }
+        None => None,
+    };
+
     // Real routes first, then the baseline, always in this order: the baseline's
     // response sizes come from the real server's sample responses.
     let host = real.addr.to_string();
@@ -139,6 +199,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Requests::Numbered(generate_request(&host, "/v2/videos/generate", &keys[i % keys.len()], i))
     })
     .await?;
+    let statement_baseline = match statements {
+        Some((url, shape, mut samples)) => {
+            database::measure_statement_baseline(url, store_postgres::POOL_SIZE, &shape, &plan, &mut samples).await?;
+            Some(samples.into_measurement())
+        }
+        None => None,
+    };
     let job_reads = Arc::new(seeded.get_requests(&host, "/v2/jobs", &keys));
     let get_job = measure(real.addr, GET_JOB, 200, &plan, |i| Requests::cycle(&job_reads, i, plan.concurrency)).await?;
 
@@ -161,17 +228,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     real.stop().await.context("reelgate failed")?;
     data_dir.close().context("cannot remove the bench data directory")?;
 
-    let rows = [
-        Row::compared(generate, &bare_post),
-        Row::compared(get_job, &bare_get),
-        Row::baseline(bare_post),
-        Row::baseline(bare_get),
-    ];
-    report(&args, &rows)
+    let mut generate_row = Row::compared(generate, &bare_post);
+    if let Some(statements) = &statement_baseline {
+        generate_row.compare(statements);
+    }
+    let mut rows =
+        vec![generate_row, Row::compared(get_job, &bare_get), Row::baseline(bare_post), Row::baseline(bare_get)];
+    rows.extend(statement_baseline.map(Row::baseline));
+    let run = RunInfo {
+        database: if database_url.is_some() { "postgresql" } else { "sqlite" },
+        statement_connections: database_url.map(|_| store_postgres::POOL_SIZE),
+        load_before,
+        load_after: engine::load_average(),
+    };
+    report(args, &run, &rows)
 }
 
 // ---------------------------------------------------------------------------------
 // Setup: keys, servers, seeded jobs.
+
+/// A bench account's key.
+struct BenchKey {
+    /// The plaintext key the clients send.
+    secret: String,
+    account_id: AccountId,
+    api_key_id: ApiKeyId,
+}
 
 /// Creates `accounts` bench accounts with one key each, through the store directly: the
 /// server is not running yet and opens its own store.
@@ -180,13 +262,13 @@ async fn create_keys(
     accounts: usize,
     max_concurrent_jobs: u32,
     credits: i64,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<BenchKey>> {
     let store = service::open_store(config).await?;
     let created = async {
         let mut keys = Vec::with_capacity(accounts);
         for n in 0..accounts {
             let secret = domain::ApiKeySecret::generate();
-            store
+            let (account, key) = store
                 .create_api_key(NewApiKey {
                     account_id: None,
                     name: format!("bench-{n}"),
@@ -198,7 +280,7 @@ async fn create_keys(
                     max_concurrent_jobs,
                 })
                 .await?;
-            keys.push(secret.plaintext);
+            keys.push(BenchKey { secret: secret.plaintext, account_id: account.id, api_key_id: key.id });
         }
         anyhow::Ok(keys)
     }
@@ -371,10 +453,22 @@ impl NumberedRequest {
     }
 }
 
+/// The start and end of a generate body for client number `client`; the counter goes
+/// between them.
+fn generate_body_parts(client: usize) -> (String, &'static str) {
+    let before = format!(r#"{{"model":"hailuo-2.3","prompt":"bench clip {client}-"#);
+    (before, r#"","hailuoParams":{"duration":6,"resolution":"768p"}}"#)
+}
+
+/// A generate body as client `client` sends it the `n`th time.
+fn generate_body(client: usize, n: u64) -> String {
+    let (before, after) = generate_body_parts(client);
+    format!("{before}{n:0width$}{after}", width = COUNTER_DIGITS)
+}
+
 /// A generate request for `path` as sent by client number `client` with `key`.
 fn generate_request(host: &str, path: &str, key: &str, client: usize) -> NumberedRequest {
-    let before = format!(r#"{{"model":"hailuo-2.3","prompt":"bench clip {client}-"#);
-    let after = r#"","hailuoParams":{"duration":6,"resolution":"768p"}}"#;
+    let (before, after) = generate_body_parts(client);
     let body_len = before.len() + COUNTER_DIGITS + after.len();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n"
@@ -555,22 +649,50 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------------
 // Report.
 
-/// A line of the report: a measurement and, for real routes, how it compares to its baseline.
+/// What a row is compared with.
+struct Comparison {
+    baseline: &'static str,
+    ratio: Option<f64>,
+}
+
+/// A line of the report: a measurement and, for real routes, how it compares to its
+/// baselines (the first is the row's main one; on PostgreSQL generate has a second).
 struct Row {
     measured: Measurement,
-    baseline: Option<&'static str>,
-    ratio: Option<f64>,
+    comparisons: Vec<Comparison>,
 }
 
 impl Row {
     fn compared(measured: Measurement, baseline: &Measurement) -> Self {
-        let ratio = (baseline.rps > 0.0).then(|| measured.rps / baseline.rps);
-        Self { measured, baseline: Some(baseline.endpoint), ratio }
+        let mut row = Self { measured, comparisons: Vec::new() };
+        row.compare(baseline);
+        row
+    }
+
+    fn compare(&mut self, baseline: &Measurement) {
+        let ratio = (baseline.rps > 0.0).then(|| self.measured.rps / baseline.rps);
+        self.comparisons.push(Comparison { baseline: baseline.endpoint, ratio });
     }
 
     fn baseline(measured: Measurement) -> Self {
-        Self { measured, baseline: None, ratio: None }
+        Self { measured, comparisons: Vec::new() }
     }
+
+    /// The ratio to `baseline`, if this row is compared with it.
+    fn ratio_to(&self, baseline: &str) -> Option<f64> {
+        self.comparisons.iter().find(|c| c.baseline == baseline).and_then(|c| c.ratio)
+    }
+}
+
+/// Facts about the run printed with the figures.
+struct RunInfo {
+    /// `sqlite` or `postgresql`.
+    database: &'static str,
+    /// Connections of the statement baseline, on PostgreSQL.
+    statement_connections: Option<usize>,
+    /// The 1-minute load average before and after, to tell a busy machine's figures.
+    load_before: Option<f64>,
+    load_after: Option<f64>,
 }
 
 /// A goal from the issue and whether this run met it.
@@ -580,11 +702,27 @@ struct Goal {
     observed: String,
 }
 
-fn goals(rows: &[Row]) -> Vec<Goal> {
+/// The goals that apply to this run's database: the issue states the SQLite ones
+/// against axum's bare routes and the PostgreSQL one against the database's own rate.
+fn goals(run: &RunInfo, rows: &[Row]) -> Vec<Goal> {
     let find = |endpoint: &str| rows.iter().find(|r| r.measured.endpoint == endpoint);
     let mut goals = Vec::new();
+    if run.statement_connections.is_some() {
+        if let Some(r) = find(GENERATE) {
+            let ratio = r.ratio_to(STATEMENT_BASELINE).unwrap_or(0.0);
+            let p99 = r.measured.p99_ms.unwrap_or(f64::INFINITY);
+            goals.push(Goal {
+                text: format!(
+                    "{GENERATE} >= {PG_GENERATE_MIN_RATIO}x {STATEMENT_BASELINE} with p99 < {PG_GENERATE_MAX_P99_MS} ms"
+                ),
+                met: ratio >= PG_GENERATE_MIN_RATIO && p99 < PG_GENERATE_MAX_P99_MS && r.measured.errors == 0,
+                observed: format!("{ratio:.2}x, p99 {p99:.2} ms"),
+            });
+        }
+        return goals;
+    }
     if let Some(r) = find(GENERATE) {
-        let ratio = r.ratio.unwrap_or(0.0);
+        let ratio = r.ratio_to(BARE_POST).unwrap_or(0.0);
         let p99 = r.measured.p99_ms.unwrap_or(f64::INFINITY);
         goals.push(Goal {
             text: format!("{GENERATE} >= {GENERATE_MIN_RATIO}x {BARE_POST} with p99 < {GENERATE_MAX_P99_MS} ms"),
@@ -593,7 +731,7 @@ fn goals(rows: &[Row]) -> Vec<Goal> {
         });
     }
     if let Some(r) = find(GET_JOB) {
-        let ratio = r.ratio.unwrap_or(0.0);
+        let ratio = r.ratio_to(BARE_GET).unwrap_or(0.0);
         goals.push(Goal {
             text: format!("{GET_JOB} >= {JOB_READ_MIN_RATIO}x {BARE_GET}"),
             met: ratio >= JOB_READ_MIN_RATIO && r.measured.errors == 0,
@@ -604,20 +742,36 @@ fn goals(rows: &[Row]) -> Vec<Goal> {
 }
 
 /// Prints the table, the goals and the JSON line; fails when any request failed.
-fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
+fn report(args: &BenchArgs, run: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+    let load = |l: Option<f64>| l.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}"));
     println!();
     println!(
-        "reelgate bench: {} clients, {} s per endpoint after {} s warmup, {cpus} CPUs",
-        args.concurrency, args.seconds, args.warmup_seconds
+        "reelgate bench: {} clients, {} s per endpoint after {} s warmup, {cpus} CPUs, {}, load {} before / {} after",
+        args.concurrency,
+        args.seconds,
+        args.warmup_seconds,
+        run.database,
+        load(run.load_before),
+        load(run.load_after)
     );
+    if let Some(connections) = run.statement_connections {
+        println!(
+            "{STATEMENT_BASELINE}: one UPDATE of a balance + INSERT of a job per statement, {connections} connections \
+             (the server's pool), no HTTP; measured before and after generate, both runs together"
+        );
+    }
     println!(
         "{:<26} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}  vs",
         "endpoint", "requests", "req/s", "p50 ms", "p99 ms", "ratio", "errors"
     );
+    let ratio_text = |c: &Comparison| c.ratio.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
     for r in rows {
-        let ratio = r.ratio.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
+        let (ratio, vs) = match r.comparisons.first() {
+            Some(c) => (ratio_text(c), c.baseline),
+            None => ("-".to_owned(), "(baseline)"),
+        };
         println!(
             "{:<26} {:>10} {:>10.0} {:>9} {:>9} {:>7} {:>7}  {}",
             r.measured.endpoint,
@@ -627,11 +781,25 @@ fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
             ms(r.measured.p99_ms),
             ratio,
             r.measured.errors,
-            r.baseline.unwrap_or("(baseline)")
+            vs
         );
+        // Further comparisons of the same measurement, on lines of their own.
+        for c in r.comparisons.iter().skip(1) {
+            println!(
+                "{:<26} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}  {}",
+                "",
+                "",
+                "",
+                "",
+                "",
+                ratio_text(c),
+                "",
+                c.baseline
+            );
+        }
     }
 
-    let goals = goals(rows);
+    let goals = goals(run, rows);
     println!();
     println!("Goals (from the issue):");
     for g in &goals {
@@ -656,16 +824,26 @@ fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
     let results: Vec<Value> = rows
         .iter()
         .map(|r| {
-            json!({
+            let first = r.comparisons.first();
+            let mut result = json!({
                 "endpoint": r.measured.endpoint,
                 "requests": r.measured.requests,
                 "rps": round(r.measured.rps, 1),
                 "p50_ms": r.measured.p50_ms.map(|v| round(v, 3)),
                 "p99_ms": r.measured.p99_ms.map(|v| round(v, 3)),
-                "baseline": r.baseline,
-                "ratio": r.ratio.map(|v| round(v, 3)),
+                "baseline": first.map(|c| c.baseline),
+                "ratio": first.and_then(|c| c.ratio).map(|v| round(v, 3)),
                 "errors": r.measured.errors,
-            })
+            });
+            if r.comparisons.len() > 1 {
+                // Every comparison, the first included, so a reader needs only this list.
+                result["vs"] = r
+                    .comparisons
+                    .iter()
+                    .map(|c| json!({"baseline": c.baseline, "ratio": c.ratio.map(|v| round(v, 3))}))
+                    .collect();
+            }
+            result
         })
         .collect();
     let goals: Vec<Value> =
@@ -675,10 +853,14 @@ fn report(args: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
         "{}",
         json!({
             "bench": "reelgate",
+            "database": run.database,
+            "statement_connections": run.statement_connections,
             "seconds": args.seconds,
             "warmup_seconds": args.warmup_seconds,
             "concurrency": args.concurrency,
             "cpus": cpus,
+            "load_before": run.load_before,
+            "load_after": run.load_after,
             "results": results,
             "goals": goals,
             "errors": errors,

@@ -15,8 +15,8 @@
 //! trusted private network. Times are unix milliseconds from this process's clock, as on
 //! SQLite; nodes are assumed to be NTP-synchronised.
 //!
-//! Modules: [`accounts`] (keys, accounts, ledger), [`jobs`] (the front door's job
-//! writes and reads), [`engine`] (claims, budgets, transitions, schedule), [`webhooks`]
+//! Modules: [`accounts`] (keys, accounts, ledger), [`submit`] (submissions, written in
+//! batches by one collector task), [`jobs`] (cancellation and the job reads), [`engine`] (claims, budgets, transitions, schedule), [`webhooks`]
 //! (the outbox), [`wakeups`] (LISTEN/NOTIFY), [`migrate`] and [`rows`] (decoding).
 
 #![forbid(unsafe_code)]
@@ -26,6 +26,7 @@ mod engine;
 mod jobs;
 mod migrate;
 mod rows;
+mod submit;
 mod wakeups;
 mod webhooks;
 
@@ -45,12 +46,14 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use wakeups::Announcer;
+use submit::Submitter;
+use wakeups::{Announcer, Work};
 pub use wakeups::{Wakeups, WAKEUP_CHANNEL};
 
 /// Connections a store keeps open at most. Several nodes share one server, whose
-/// `max_connections` defaults to 100, so each node stays modest.
-const POOL_SIZE: usize = 16;
+/// `max_connections` defaults to 100, so each node stays modest. Public so that `reelgate
+/// bench` can give its database baseline as many connections.
+pub const POOL_SIZE: usize = 16;
 /// How long a caller waits for a free pooled connection, and for a new connection to be
 /// made, before the store answers `Unavailable`.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,7 +63,7 @@ pub struct PgStore {
     pool: Pool,
     /// Kept to open the dedicated LISTEN connections of [`PgStore::subscribe_wakeups`].
     config: tokio_postgres::Config,
-    clock: Clock,
+    clock: Arc<Clock>,
     /// Set to `true` by `close`; wake-up listeners and the announcer stop when they see it.
     closed: watch::Sender<bool>,
     /// Tells other nodes about new work, see [`wakeups`].
@@ -68,6 +71,8 @@ pub struct PgStore {
     /// The connection `ping` uses, outside the pool; `None` until the first ping and
     /// after a failed one (the next ping reconnects).
     probe: Mutex<Option<tokio_postgres::Client>>,
+    /// Writes submissions in batches, see [`submit`].
+    submitter: Submitter,
 }
 
 impl PgStore {
@@ -92,7 +97,9 @@ impl PgStore {
             .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
         let closed = watch::channel(false).0;
         let announcer = Announcer::start(pool.clone(), closed.subscribe());
-        let store = PgStore { pool, config, clock: Clock::default(), closed, announcer, probe: Mutex::new(None) };
+        let clock = Arc::new(Clock::default());
+        let submitter = Submitter::start(pool.clone(), clock.clone(), closed.subscribe());
+        let store = PgStore { pool, config, clock, closed, announcer, probe: Mutex::new(None), submitter };
         let mut client = store.client().await?;
         migrate::apply(&mut client, store.clock.now_ms()).await?;
         Ok(store)
@@ -162,20 +169,33 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
         return match class {
             // Integrity constraint violations: unique, foreign key, check, not null, and
             // the ledger's append-only trigger.
-            "23" => StoreError::Conflict(e.to_string()),
+            "23" => StoreError::Conflict(describe(&e)),
             // Connection exceptions, insufficient resources, operator intervention
             // (shutdown, cancelled statement), and serialization failures or deadlocks,
             // which a retry resolves.
-            "08" | "53" | "57" | "40" => StoreError::Unavailable(e.to_string()),
-            _ if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::Unavailable(e.to_string()),
-            _ => StoreError::Internal(e.to_string()),
+            "08" | "53" | "57" | "40" => StoreError::Unavailable(describe(&e)),
+            _ if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::Unavailable(describe(&e)),
+            _ => StoreError::Internal(describe(&e)),
         };
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     if e.is_closed() || io {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(describe(&e))
     } else {
-        StoreError::Internal(e.to_string())
+        StoreError::Internal(describe(&e))
+    }
+}
+
+/// The driver's error with what the server or the socket said: `tokio_postgres::Error`
+/// displays only "db error" for every server error, which made failures under load (too
+/// many connections, a deadlock) impossible to tell apart in the logs.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
     }
 }
 
@@ -233,7 +253,12 @@ impl store::Store for PgStore {
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
-        jobs::submit_job(&self.client().await?, &job, &self.clock, &self.announcer).await
+        let outcome = self.submitter.submit(job).await?;
+        if matches!(outcome, SubmitOutcome::Created { .. }) {
+            // After the commit, as every announcement (see `wakeups`).
+            self.announcer.announce(Work::Jobs);
+        }
+        Ok(outcome)
     }
 
     async fn cancel_job(&self, account_id: AccountId, id: JobId) -> Result<CancelOutcome> {
@@ -378,8 +403,10 @@ impl store::Store for PgStore {
     }
 
     async fn close(&self) {
-        // Every write is acknowledged only after its commit, so nothing is queued here:
-        // closing the pool refuses new work, and connections close as they come back.
+        // Every write is acknowledged only after its commit. Submissions still queued for
+        // the collector are answered `Unavailable` (it stops, dropping their replies); a
+        // batch being written finishes or fails as the pool closes under it. Closing the
+        // pool refuses new work, and connections close as they come back.
         self.closed.send_replace(true);
         self.pool.close();
         self.probe.lock().unwrap_or_else(PoisonError::into_inner).take();

@@ -12,7 +12,8 @@ use std::time::Duration;
 use domain::{ApiKeySecret, ApiKeyStatus, JobId, JobStatus, ModelId, Stage};
 use schema::TestSchema;
 use store::{
-    CancelOutcome, ClaimRequest, NewApiKey, NewJob, Store, StoreError, SubmitOutcome, Transition, UpstreamBudget,
+    CancelOutcome, ClaimRequest, IdempotencyClaim, NewApiKey, NewJob, Store, StoreError, SubmitOutcome, Transition,
+    UpstreamBudget,
 };
 use store_postgres::PgStore;
 use tokio::sync::Notify;
@@ -182,6 +183,75 @@ async fn claims_from_several_nodes_never_overlap_and_keep_the_caps() {
     // Every roomy job, and exactly maxConcurrentJobs of the capped account's.
     assert_eq!(claimed.len(), 15 + 4);
     assert!(unique.is_subset(&queued));
+    for node in nodes {
+        node.close().await;
+    }
+    schema.drop_schema().await;
+}
+
+/// Submissions are written in batches, one collector per node. Racing from three nodes
+/// on two accounts: no balance is overdrawn, one idempotency key makes one job across
+/// nodes, and a job that breaks a rule (an unknown API key) is refused on its own while
+/// the jobs batched with it go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_submissions_from_several_nodes_keep_every_rule() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(PgStore::connect(&schema.url).await.unwrap()));
+    }
+    let small = new_key(&nodes[0], 20, 1).await;
+    let large = new_key(&nodes[0], 1000, 1).await;
+    let tasks: Vec<_> = (0..90)
+        .map(|i| {
+            // Kinds take turns, so every node's batches mix all three.
+            let node = nodes[(i / 3) % 3].clone();
+            let new = match i % 3 {
+                0 => job(&small, 1),
+                1 => {
+                    let mut keyed = job(&large, 1);
+                    keyed.idempotency =
+                        Some(IdempotencyClaim { key: "shared".into(), fingerprint: [7; 32], not_before_ms: 0 });
+                    keyed
+                }
+                _ => {
+                    let mut paid = job(&large, 2);
+                    if i == 2 {
+                        paid.api_key_id = domain::ApiKeyId::new();
+                    }
+                    paid
+                }
+            };
+            tokio::spawn(async move { (i, node.submit_job(new).await) })
+        })
+        .collect();
+    let (mut created_small, mut refused_small, mut keyed_created, mut replayed, mut created_large) =
+        (0, 0, Vec::new(), Vec::new(), 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            (2, outcome) => assert!(matches!(outcome, Err(StoreError::Conflict(_))), "{outcome:?}"),
+            (i, Ok(SubmitOutcome::Created { job_id, .. })) => match i % 3 {
+                0 => created_small += 1,
+                1 => keyed_created.push(job_id),
+                _ => created_large += 1,
+            },
+            (i, Ok(SubmitOutcome::InsufficientCredits { required: 1, available: 0 })) if i % 3 == 0 => {
+                refused_small += 1
+            }
+            (i, Ok(SubmitOutcome::Replayed { job_id, status: JobStatus::Queued })) if i % 3 == 1 => {
+                replayed.push(job_id)
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((created_small, refused_small), (20, 10));
+    assert_eq!(keyed_created.len(), 1, "one job for the shared key");
+    assert_eq!(replayed, vec![keyed_created[0]; 29], "every other request replays it");
+    assert_eq!(created_large, 29, "only the job with the unknown API key is refused");
+    for (key, balance) in [(&small, 0), (&large, 1000 - 1 - 29 * 2)] {
+        assert_eq!(nodes[1].get_account(key.account_id).await.unwrap().unwrap().credits, balance);
+        assert_eq!(nodes[2].ledger_sum(key.account_id).await.unwrap(), balance);
+    }
     for node in nodes {
         node.close().await;
     }

@@ -103,6 +103,7 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     let keys = super::create_keys(&config, args.accounts, u32::try_from(args.jobs).unwrap_or(u32::MAX), CREDITS)
         .await
         .context("cannot create the bench API keys")?;
+    let keys: Vec<String> = keys.into_iter().map(|k| k.secret).collect();
 
     let outcome = async {
         let mut sim = ChildProcess::spawn("sim", &sim_args(&args, &paths, sim_addr), &paths.sim_log)?;
@@ -394,7 +395,7 @@ impl Usage {
 }
 
 /// The 1-minute load average, if `/proc/loadavg` can be read.
-fn load_average() -> Option<f64> {
+pub(super) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
