@@ -72,6 +72,32 @@ fn admin_cli_creates_keys_grants_and_shows_credits() {
     assert!(out.contains("credits: 75") && out.contains("sum 75"), "{out}");
 }
 
+/// A `reelgate serve` child process, killed when dropped: a test that fails half-way
+/// must not leave its server running, holding a port and (on PostgreSQL) a schema's
+/// connections, after the test is gone.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Both fail harmlessly once the test has stopped it itself.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -83,15 +109,16 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     assert!(ok, "{err}");
     let key = out.lines().last().unwrap().to_string();
     let port = free_port();
-    let mut server = data
-        .command()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        // The log is checked below for an info line, whatever REELGATE_TEST_LOG says.
-        .env("REELGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Server(
+        data.command()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            // The log is checked below for an info line, whatever REELGATE_TEST_LOG says.
+            .env("REELGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -176,16 +203,17 @@ fn config_check_accepts_the_defaults_and_refuses_bad_files() {
 }
 
 /// Starts `reelgate serve` on `data` with `config` and waits until it answers.
-async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> std::process::Child {
-    let server = data
-        .command()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
-        .env("REELGATE_ALLOW_PRIVATE_URLS", "1")
-        .stdout(Stdio::null())
-        // The log goes to the test's output (shown when it fails) if REELGATE_TEST_LOG asks.
-        .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .unwrap();
+async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> Server {
+    let server = Server(
+        data.command()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
+            .env("REELGATE_ALLOW_PRIVATE_URLS", "1")
+            .stdout(Stdio::null())
+            // The log goes to the test's output (shown when it fails) if REELGATE_TEST_LOG asks.
+            .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err() {
         assert!(Instant::now() < deadline, "server did not start");

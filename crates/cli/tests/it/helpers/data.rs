@@ -54,7 +54,7 @@ impl TestDb {
                  Start PostgreSQL (scripts/test does), or unset {DATABASE_VAR} to test on SQLite"
             );
         }
-        let url = with_search_path(&base_url, &schema);
+        let url = schema_url(&base_url, &schema);
         Some(TestDb { base_url, schema, url })
     }
 
@@ -115,9 +115,18 @@ impl Drop for TestDb {
 async fn drop_schema(base_url: &str, schema: &str) {
     let dropped = async {
         let client = connect(base_url).await?;
-        // A test that panicked may leave its server running, and a transaction of that
-        // server holds locks that `drop schema` would wait on forever when the server's
-        // tasks share the blocked thread. Give up instead: a leftover schema is harmless.
+        // A test that failed may leave its server running (in this process, or a child),
+        // in the middle of transactions whose locks `drop schema` would wait for, forever
+        // if that server's tasks share the thread blocked here. Its sessions carry the
+        // schema's name (see `schema_url`): end them first. The lock timeout is for
+        // anything else; a schema left behind is harmless.
+        client
+            .execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity
+                 where application_name = $1 and pid <> pg_backend_pid()",
+                &[&schema],
+            )
+            .await?;
         client.batch_execute(&format!("set lock_timeout = '3s'; drop schema if exists {schema} cascade")).await
     };
     if let Err(e) = dropped.await {
@@ -154,12 +163,14 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
     Ok(client)
 }
 
-/// `url` with `search_path` set to `schema` through the startup `options`.
-fn with_search_path(url: &str, schema: &str) -> String {
+/// `url` with `search_path` set to `schema` through the startup `options`, and the
+/// schema's name as `application_name`, which tells its sessions apart in
+/// `pg_stat_activity` (for people, and for [`drop_schema`]).
+fn schema_url(url: &str, schema: &str) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let separator = if url.contains('?') { '&' } else { '?' };
         // `-c search_path=<schema>` with `=` percent-encoded, as a URL query value must be.
-        format!("{url}{separator}options=-csearch_path%3D{schema}")
+        format!("{url}{separator}options=-csearch_path%3D{schema}&application_name={schema}")
     } else {
         panic!("{DATABASE_VAR} must be a postgres:// URL, as reelgate's database_url is")
     }
