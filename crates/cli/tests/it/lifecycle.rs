@@ -224,7 +224,7 @@ async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> Server {
 
 /// Polls `GET /v2/jobs/{id}` on the server at `base` until `done` holds for the job,
 /// and returns it; fails once `deadline` passes, naming `what` was awaited.
-async fn wait_for_job(
+pub(crate) async fn wait_for_job(
     http: &reqwest::Client,
     base: &str,
     key: &str,

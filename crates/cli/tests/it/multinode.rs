@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 use service::results::testkit::TestS3;
 
+use crate::lifecycle::wait_for_job;
+
 /// Jobs sent in all.
 const JOBS: usize = 2000;
 /// Nodes started.
@@ -272,28 +274,16 @@ async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     for (n, (account, id, refused)) in jobs.iter().enumerate() {
         let base = &survivors[n % survivors.len()];
-        loop {
-            let job: Value = http
-                .get(format!("{base}/v2/jobs/{id}"))
-                .header("X-API-Key", &keys[*account])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let status = job["status"].as_str().unwrap().to_string();
-            if matches!(status.as_str(), "COMPLETED" | "FAILED") {
-                assert_eq!(status == "FAILED", *refused, "only the refused jobs fail: {job}");
-                if status == "COMPLETED" {
-                    assert!(job["result"]["videoUrl"].is_string(), "{job}");
-                }
-                *statuses.entry(status).or_default() += 1;
-                break;
-            }
-            assert!(Instant::now() < deadline, "job {id} still {status}; statuses so far {statuses:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let job = wait_for_job(&http, base, &keys[*account], id, deadline, "a terminal status", |job| {
+            matches!(job["status"].as_str(), Some("COMPLETED" | "FAILED"))
+        })
+        .await;
+        let status = job["status"].as_str().unwrap().to_string();
+        assert_eq!(status == "FAILED", *refused, "only the refused jobs fail: {job}");
+        if status == "COMPLETED" {
+            assert!(job["result"]["videoUrl"].is_string(), "{job}");
         }
+        *statuses.entry(status).or_default() += 1;
     }
     assert_eq!(statuses.get("FAILED").copied().unwrap_or(0), JOBS / 10, "only the refused jobs failed: {statuses:?}");
     progress("every job terminal");
@@ -301,15 +291,7 @@ async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node
     // A completed job's video is served by any node, with Range, from the one bucket.
     let (account, id, _) = jobs.iter().find(|(_, _, refused)| !refused).unwrap();
     for base in &survivors {
-        let job: Value = http
-            .get(format!("{base}/v2/jobs/{id}"))
-            .header("X-API-Key", &keys[*account])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = wait_for_job(&http, base, &keys[*account], id, deadline, "its status", |_| true).await;
         assert_eq!(job["status"], "COMPLETED", "{job}");
         let own = job["result"]["videoUrl"].as_str().unwrap().rsplit_once("/v2/").unwrap().1.to_string();
         let r = http.get(format!("{base}/v2/{own}")).header("Range", "bytes=4-7").send().await.unwrap();
