@@ -70,12 +70,19 @@ pub enum RunError {
 
 /// Opens the configured store, applying migrations: PostgreSQL when `database_url` is
 /// set, else SQLite in the data directory (created if needed).
+///
+/// For tools beside a running server (the admin CLI, tests): on SQLite, a store opened
+/// this way while a server runs refuses submissions, which only the server takes.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
-    Ok(open_backend(config).await?.0)
+    Ok(open_backend(config, false).await?.0)
 }
 
-/// The store, and for PostgreSQL its wake-ups from other nodes.
-async fn open_backend(config: &Config) -> Result<(Arc<dyn Store>, Option<store_postgres::Wakeups>), RunError> {
+/// The store, and for PostgreSQL its wake-ups from other nodes. `serving`: for the
+/// process that serves the API, which on SQLite must own the acceptance journal.
+async fn open_backend(
+    config: &Config,
+    serving: bool,
+) -> Result<(Arc<dyn Store>, Option<store_postgres::Wakeups>), RunError> {
     match &config.database_url {
         Some(url) => {
             let store = store_postgres::PgStore::connect(url.as_str()).await?;
@@ -84,7 +91,9 @@ async fn open_backend(config: &Config) -> Result<(Arc<dyn Store>, Option<store_p
         }
         None => {
             create_data_dir(config)?;
-            Ok((Arc::new(SqliteStore::open(&config.database_path())?), None))
+            let path = config.database_path();
+            let store = if serving { SqliteStore::open_serving(&path)? } else { SqliteStore::open(&path)? };
+            Ok((Arc::new(store), None))
         }
     }
 }
@@ -142,7 +151,7 @@ pub async fn run(
     // Even on PostgreSQL the data directory holds the sandbox's renders and, with the
     // file system backend, the result videos.
     create_data_dir(&config)?;
-    let (store, wakeups) = open_backend(&config).await?;
+    let (store, wakeups) = open_backend(&config, true).await?;
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
     let addr = listener.local_addr()?;

@@ -6,9 +6,9 @@
 //! recent jobs from memory removes that from the hot path.
 //!
 //! Coherence rules:
-//! - Every change to a job row goes through this store's writer, and once it has
-//!   committed, the new version replaces the entry ([`JobCache::put`]) before the caller
-//!   is answered. Each version carries the writer's operation number, so when two
+//! - Every change to a job row goes through this store's writer, and once it is durable
+//!   (committed; for a new job, journaled), the new version replaces the entry
+//!   ([`JobCache::put`]) before the caller is answered. Each version carries the writer's operation number, so when two
 //!   callers put versions of one job out of order, the older one is ignored. The admin
 //!   CLI never writes job rows, so no other process can make an entry stale.
 //! - A miss reads SQLite and fills the entry, but only if no write touched the entry's

@@ -5,12 +5,16 @@
 //! scans that take microseconds in WAL mode (readers never wait for the writer), so
 //! handing them to a blocking thread pool would cost more than the read itself. Writes
 //! go through the writer thread, which acknowledges only after a durable commit
-//! (`synchronous = FULL`).
+//! (`synchronous = FULL`), or, for submissions, a durable journal record
+//! ([`journal`]) that it writes into SQLite shortly after ([`accepted`]). Reads first
+//! wait for those ([`Writer::settle`]), so an acknowledged job is always visible.
 
 #![forbid(unsafe_code)]
 
+mod accepted;
 mod cache;
 mod engine;
+mod journal;
 mod migrate;
 mod rows;
 mod webhooks;
@@ -19,6 +23,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest};
@@ -41,9 +46,19 @@ const UPSTREAM_WINDOW_MS: i64 = 60_000;
 /// Idle read connections kept open; more are opened on demand under load.
 const MAX_IDLE_READERS: usize = 8;
 
+/// How long a store that does not own the acceptance journal waits, before a read, for
+/// the owner to write its accepted jobs into SQLite (it does so within milliseconds of
+/// a pause in traffic).
+const OTHER_OWNER_WAIT: Duration = Duration::from_millis(500);
+/// How long the serving process waits for the acceptance journal at start.
+const JOURNAL_WAIT: Duration = Duration::from_secs(5);
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
+    /// The acceptance journal beside the database (owned by this store if
+    /// `writer.journaled()`, else by another process, or by nobody).
+    journal_path: PathBuf,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     jobs: JobCache,
@@ -54,12 +69,57 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    ///
+    /// The first store to open a database takes its acceptance journal, writes any
+    /// submissions a crash left there into SQLite, and from then on accepts submissions
+    /// through it. A store opened while another process holds the journal (the admin CLI
+    /// beside a running server) reads and writes everything else but refuses
+    /// submissions: only one process may lower balances, or two could spend one credit.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Duration::ZERO)
+    }
+
+    /// [`open`](Self::open) for the process that serves the API: waits up to
+    /// `JOURNAL_WAIT` for the journal (an admin command may hold it for a moment) and
+    /// fails if another process keeps it.
+    pub fn open_serving(path: &Path) -> Result<Self> {
+        let store = Self::open_with(path, JOURNAL_WAIT)?;
+        if !store.writer.journaled() {
+            return Err(StoreError::Unavailable(format!(
+                "another process is serving {} (it holds {})",
+                path.display(),
+                store.journal_path.display()
+            )));
+        }
+        Ok(store)
+    }
+
+    fn open_with(path: &Path, wait_for_journal: Duration) -> Result<Self> {
         let mut conn = open_connection(path, false)?;
         migrate::apply(&mut conn)?;
+        let journal_path = journal::path_for(path);
+        let cannot =
+            |e: std::io::Error| StoreError::Unavailable(format!("cannot open {}: {e}", journal_path.display()));
+        let deadline = Instant::now() + wait_for_journal;
+        let owned = loop {
+            match journal::Journal::open(&journal_path).map_err(cannot)? {
+                Some(owned) => break Some(owned),
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                None => break None,
+            }
+        };
+        let accepted = match owned {
+            Some((mut journal, records)) => {
+                replay_journal(&conn, &records)?;
+                journal.reset().map_err(cannot)?;
+                Some(accepted::Accepted::new(journal))
+            }
+            None => None,
+        };
         Ok(Self {
             path: path.to_path_buf(),
-            writer: Writer::start(conn),
+            journal_path,
+            writer: Writer::start(conn, accepted),
             readers: Mutex::new(Vec::new()),
             jobs: JobCache::new(),
             closed: AtomicBool::new(false),
@@ -72,8 +132,27 @@ impl SqliteStore {
         migrate::apply(&mut conn)
     }
 
-    /// Runs `f` on a pooled read connection.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+    /// Waits until every submission acknowledged so far is in SQLite: this store's
+    /// accepted jobs, or (briefly) those of the process that owns the journal.
+    async fn settle(&self) -> Result<()> {
+        self.ensure_open()?;
+        if self.writer.journaled() {
+            self.writer.settle().await
+        } else {
+            journal::wait_until_drained(&self.journal_path, OTHER_OWNER_WAIT).await;
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on a pooled read connection once every acknowledged submission is in
+    /// SQLite.
+    async fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        self.settle().await?;
+        self.read_now(f)
+    }
+
+    /// Runs `f` on a pooled read connection as SQLite is now.
+    fn read_now<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         self.ensure_open()?;
         let pooled = self.readers.lock().map_err(|_| poisoned())?.pop();
         let conn = match pooled {
@@ -95,13 +174,49 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Stops this store as a crash would: accepted submissions stay in the journal, not
+    /// written into SQLite, for the next store opened on the database to replay. For tests.
+    #[doc(hidden)]
+    pub async fn simulate_crash(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.writer.abandon().await;
+    }
+
     /// Sum of an account's ledger: what its balance must equal.
-    pub fn ledger_sum(&self, id: AccountId) -> Result<i64> {
+    pub async fn ledger_sum(&self, id: AccountId) -> Result<i64> {
         self.read(|c| {
             c.prepare_cached("select coalesce(sum(amount), 0) from ledger_entry where account_id = ?1")?
                 .query_row([id.to_string()], |r| r.get(0))
         })
+        .await
     }
+}
+
+/// Writes the submissions a previous process accepted but did not get into SQLite
+/// before it stopped, in one transaction, skipping any already there.
+fn replay_journal(conn: &Connection, records: &[journal::Record]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("begin immediate").map_err(map_err)?;
+    let mut replayed = 0;
+    for record in records {
+        match accepted::insert_accepted(conn, &record.job, record.created_at_ms, true) {
+            Ok(true) => replayed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                let _ = conn.execute_batch("rollback");
+                return Err(e);
+            }
+        }
+    }
+    conn.execute_batch("commit").map_err(map_err)?;
+    tracing::info!(
+        records = records.len(),
+        replayed,
+        "wrote accepted submissions left in the journal into the database"
+    );
+    Ok(())
 }
 
 fn poisoned() -> StoreError {
@@ -151,11 +266,24 @@ pub(crate) fn insert_ledger(
     job: Option<JobId>,
     note: Option<&str>,
 ) -> rusqlite::Result<()> {
-    ctx.conn
-        .prepare_cached(
-            "insert into ledger_entry (account_id, kind, amount, job_id, note, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![account.to_string(), kind.as_str(), amount, job.map(|j| j.to_string()), note, ctx.now_ms])?;
+    insert_ledger_at(ctx.conn, account, kind, amount, job, note, ctx.now_ms)
+}
+
+/// [`insert_ledger`] with an explicit time: an accepted job's charge carries the time
+/// it was accepted, not the time it reached SQLite.
+pub(crate) fn insert_ledger_at(
+    conn: &Connection,
+    account: AccountId,
+    kind: LedgerKind,
+    amount: i64,
+    job: Option<JobId>,
+    note: Option<&str>,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "insert into ledger_entry (account_id, kind, amount, job_id, note, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![account.to_string(), kind.as_str(), amount, job.map(|j| j.to_string()), note, at_ms])?;
     Ok(())
 }
 
@@ -171,86 +299,64 @@ fn load_key(conn: &Connection, id: ApiKeyId) -> rusqlite::Result<Option<ApiKeyRe
         .optional()
 }
 
-/// Does the charge-and-insert of one submission inside the writer's transaction.
-fn submit_in_tx(ctx: &WriteCtx<'_>, job: &NewJob) -> Result<SubmitOutcome> {
-    let conn = ctx.conn;
-    let account = job.account_id.to_string();
-    if let Some(claim) = &job.idempotency {
-        let existing: Option<(Vec<u8>, String, i64)> = conn
-            .prepare_cached(
-                "select fingerprint, job_id, created_at from idempotency_key where account_id = ?1 and idempotency_key = ?2",
-            )
-            .and_then(|mut s| s.query_row(params![account, claim.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
-            .map_err(map_err)?;
-        if let Some((fingerprint, job_id, created_at)) = existing {
-            if created_at >= claim.not_before_ms {
-                if fingerprint != claim.fingerprint {
-                    return Ok(SubmitOutcome::IdempotencyMismatch);
-                }
-                let status: String = conn
-                    .prepare_cached("select status from job where job_id = ?1")
-                    .and_then(|mut s| s.query_row([&job_id], |r| r.get(0)))
-                    .map_err(map_err)?;
-                return Ok(SubmitOutcome::Replayed {
-                    job_id: job_id.parse().map_err(|_| StoreError::Internal("bad job id".into()))?,
-                    status: JobStatus::parse(&status).ok_or_else(|| StoreError::Internal("bad status".into()))?,
-                });
-            }
-            // Older than the replay window: the key is free again.
-            conn.prepare_cached("delete from idempotency_key where account_id = ?1 and idempotency_key = ?2")
-                .and_then(|mut s| s.execute(params![account, claim.key]))
-                .map_err(map_err)?;
-        }
-    }
-    // The debit is one conditional statement: it succeeds only if the balance covers the
-    // cost. Only when it changes nothing (a refusal, the rare path) is the balance read.
-    let debited = conn
+/// What a stored idempotency key means for `job`: a replay of its job (or a mismatch)
+/// while it is within its window; `None` when there is no such key or it has expired
+/// (the new job then takes it over).
+pub(crate) fn stored_key_outcome(
+    conn: &Connection,
+    job: &NewJob,
+    claim: &store::IdempotencyClaim,
+) -> Result<Option<SubmitOutcome>> {
+    let existing: Option<(Vec<u8>, String, i64)> = conn
         .prepare_cached(
-            "update account set credits = credits - ?1, updated_at = ?2 where account_id = ?3 and credits >= ?1",
+            "select fingerprint, job_id, created_at from idempotency_key where account_id = ?1 and idempotency_key = ?2",
         )
-        .and_then(|mut s| s.execute(params![job.cost, ctx.now_ms, account]))
+        .and_then(|mut s| {
+            s.query_row(params![job.account_id.to_string(), claim.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
         .map_err(map_err)?;
-    if debited == 0 {
-        let available: i64 = conn
-            .prepare_cached("select credits from account where account_id = ?1")
-            .and_then(|mut s| s.query_row([&account], |r| r.get(0)).optional())
-            .map_err(map_err)?
-            .ok_or_else(|| StoreError::NotFound(format!("account {account}")))?;
-        return Ok(SubmitOutcome::InsufficientCredits { required: job.cost, available });
+    let Some((fingerprint, job_id, created_at)) = existing else {
+        return Ok(None);
+    };
+    if created_at < claim.not_before_ms {
+        return Ok(None);
     }
-    let job_id = job.id.to_string();
-    (|| -> rusqlite::Result<()> {
-        insert_ledger(ctx, job.account_id, LedgerKind::Charge, -job.cost, Some(job.id), None)?;
-        let events = job.webhook_events.as_ref().map(|e| e.join(","));
-        let webhook_status = job.webhook_url.as_ref().map(|_| "pending");
-        conn.prepare_cached(
-            "insert into job (job_id, account_id, api_key_id, model, status, progress, credit_cost, webhook_url,
-                              webhook_events, webhook_status, input, created_at, updated_at)
-             values (?1, ?2, ?3, ?4, 'QUEUED', 0, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
-        )?
-        .execute(params![
-            job_id,
-            account,
-            job.api_key_id.to_string(),
-            job.model.as_str(),
-            job.cost,
-            job.webhook_url,
-            events,
-            webhook_status,
-            job.input_json,
-            ctx.now_ms
-        ])?;
-        if let Some(claim) = &job.idempotency {
-            conn.prepare_cached(
-                "insert into idempotency_key (account_id, idempotency_key, fingerprint, job_id, created_at)
-                 values (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![account, claim.key, &claim.fingerprint[..], job_id, ctx.now_ms])?;
-        }
-        Ok(())
-    })()
-    .map_err(map_err)?;
-    Ok(SubmitOutcome::Created { job_id: job.id, status: JobStatus::Queued })
+    if fingerprint != claim.fingerprint {
+        return Ok(Some(SubmitOutcome::IdempotencyMismatch));
+    }
+    let status: String = conn
+        .prepare_cached("select status from job where job_id = ?1")
+        .and_then(|mut s| s.query_row([&job_id], |r| r.get(0)))
+        .map_err(map_err)?;
+    Ok(Some(SubmitOutcome::Replayed {
+        job_id: job_id.parse().map_err(|_| StoreError::Internal("bad job id".into()))?,
+        status: JobStatus::parse(&status).ok_or_else(|| StoreError::Internal("bad status".into()))?,
+    }))
+}
+
+/// Inserts a new job's row, QUEUED, created at `created_at_ms`.
+pub(crate) fn insert_job_rows(conn: &Connection, job: &NewJob, created_at_ms: i64) -> rusqlite::Result<()> {
+    let events = job.webhook_events.as_ref().map(|e| e.join(","));
+    let webhook_status = job.webhook_url.as_ref().map(|_| "pending");
+    conn.prepare_cached(
+        "insert into job (job_id, account_id, api_key_id, model, status, progress, credit_cost, webhook_url,
+                          webhook_events, webhook_status, input, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, 'QUEUED', 0, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+    )?
+    .execute(params![
+        job.id.to_string(),
+        job.account_id.to_string(),
+        job.api_key_id.to_string(),
+        job.model.as_str(),
+        job.cost,
+        job.webhook_url,
+        events,
+        webhook_status,
+        job.input_json,
+        created_at_ms
+    ])?;
+    Ok(())
 }
 
 #[async_trait]
@@ -311,6 +417,7 @@ impl store::Store for SqliteStore {
             let rows = s.query_map([], key_from_row)?;
             rows.collect()
         })
+        .await
     }
 
     async fn set_api_key_status(&self, id: ApiKeyId, status: ApiKeyStatus) -> Result<ApiKeyRecord> {
@@ -338,12 +445,13 @@ impl store::Store for SqliteStore {
                 .query_row([&digest.0[..]], key_from_row)
                 .optional()
         })
+        .await
         // The index found the row by digest; confirm in constant time before trusting it.
         .map(|found| found.filter(|k| k.digest.ct_eq(&digest)))
     }
 
     async fn get_account(&self, id: AccountId) -> Result<Option<Account>> {
-        self.read(|c| load_account(c, id))
+        self.read(|c| load_account(c, id)).await
     }
 
     async fn grant_credits(&self, id: AccountId, amount: i64, note: Option<String>) -> Result<Account> {
@@ -370,17 +478,21 @@ impl store::Store for SqliteStore {
             let rows = s.query_map([id.to_string()], rows::ledger_from_row)?;
             rows.collect()
         })
+        .await
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
+        if !self.writer.journaled() {
+            return Err(StoreError::Unavailable(format!(
+                "submissions to {} are taken by the process that holds {}",
+                self.path.display(),
+                self.journal_path.display()
+            )));
+        }
         let job = Arc::new(job);
-        let queued = job.clone();
-        let (outcome, created_at_ms, version) = self
-            .writer
-            .write(move |ctx| submit_in_tx(ctx, &queued).map(|o| (o, ctx.now_ms, ctx.next_version())))
-            .await?;
+        let (outcome, created_at_ms, version) = self.writer.submit(job.clone()).await?;
         if let SubmitOutcome::Created { .. } = outcome {
-            // Committed: this is now the row's current version.
+            // Durable (journaled): this is now the job's current version.
             if let Some(record) = new_job_record(&job, created_at_ms) {
                 self.jobs.put(Arc::new(record), version);
             }
@@ -406,11 +518,13 @@ impl store::Store for SqliteStore {
         };
         // Read by id alone so the cache learns the row whoever asked; ownership is
         // checked below, exactly as on a hit.
-        let found = self.read(|c| {
-            c.prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1"))?
-                .query_row([id.to_string()], job_from_row)
-                .optional()
-        })?;
+        let found = self
+            .read(|c| {
+                c.prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1"))?
+                    .query_row([id.to_string()], job_from_row)
+                    .optional()
+            })
+            .await?;
         Ok(found.map(Arc::new).and_then(|job| {
             self.jobs.fill(job.clone(), ticket);
             (job.account_id == account_id).then_some(job)
@@ -458,6 +572,7 @@ impl store::Store for SqliteStore {
             )?;
             rows.collect()
         })
+        .await
     }
 
     async fn job_models(&self, account_id: AccountId, api_key_id: Option<ApiKeyId>) -> Result<Vec<String>> {
@@ -467,7 +582,7 @@ impl store::Store for SqliteStore {
             )?;
             let rows = s.query_map(params![account_id.to_string(), api_key_id.map(|k| k.to_string())], |r| r.get(0))?;
             rows.collect()
-        })
+        }).await
     }
 
     async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -504,23 +619,23 @@ impl store::Store for SqliteStore {
     }
 
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<EngineJob>> {
-        self.read(|c| engine::due_jobs(c, now_ms, limit))
+        self.read(|c| engine::due_jobs(c, now_ms, limit)).await
     }
 
     async fn next_due_at(&self) -> Result<Option<i64>> {
-        self.read(engine::next_due_at)
+        self.read(engine::next_due_at).await
     }
 
     async fn engine_job(&self, id: JobId) -> Result<Option<EngineJob>> {
-        self.read(|c| engine::load_engine_job(c, id))
+        self.read(|c| engine::load_engine_job(c, id)).await
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth> {
-        self.read(engine::queue_depth).map(|(queued, active)| QueueDepth { queued, active })
+        self.read(engine::queue_depth).await.map(|(queued, active)| QueueDepth { queued, active })
     }
 
     async fn results_to_expire(&self, before_ms: i64, limit: usize) -> Result<Vec<JobId>> {
-        let ids = self.read(|c| engine::results_to_expire(c, before_ms, limit))?;
+        let ids = self.read(|c| engine::results_to_expire(c, before_ms, limit)).await?;
         ids.iter().map(|id| id.parse().map_err(|_| StoreError::Internal(format!("bad job id {id}")))).collect()
     }
 
@@ -553,7 +668,7 @@ impl store::Store for SqliteStore {
     }
 
     async fn webhook_events(&self, job_id: JobId) -> Result<Vec<WebhookEventRecord>> {
-        self.read(|c| webhooks::events(c, job_id))
+        self.read(|c| webhooks::events(c, job_id)).await
     }
 
     async fn replay_webhooks(&self, job_id: JobId) -> Result<usize> {
@@ -595,7 +710,7 @@ impl store::Store for SqliteStore {
         if self.writer.is_closed() {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
-        self.read(|c| c.query_row("select 1", [], |r| r.get::<_, i64>(0))).map(|_| ())
+        self.read_now(|c| c.query_row("select 1", [], |r| r.get::<_, i64>(0))).map(|_| ())
     }
 
     async fn close(&self) {
@@ -733,7 +848,7 @@ mod tests {
         assert!(raw.execute("update ledger_entry set amount = 1000", []).is_err());
         assert!(raw.execute("delete from ledger_entry", []).is_err());
         assert!(raw.execute("update account set credits = -1", []).is_err());
-        assert_eq!(store.ledger_sum(key.account_id).unwrap(), 10);
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 10);
         store.close().await;
     }
 
@@ -766,7 +881,85 @@ mod tests {
         assert_eq!(created, 10);
         let acct = store.get_account(key.account_id).await.unwrap().unwrap();
         assert_eq!(acct.credits, 50);
-        assert_eq!(store.ledger_sum(key.account_id).unwrap(), 50);
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 50);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn acknowledged_submissions_survive_a_crash_through_the_journal() {
+        let (dir, store, key) = store_with_account(100).await;
+        let path = dir.path().join("t.db");
+        // Accepted and acknowledged, then the process "dies" before writing them into SQLite.
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let idem = (i == 3).then_some(("once", 0));
+            let SubmitOutcome::Created { job_id, .. } = store.submit_job(job(&key, 5, idem)).await.unwrap() else {
+                panic!("accepted")
+            };
+            ids.push(job_id);
+        }
+        store.simulate_crash().await;
+        assert!(journal::holds_records(&journal::path_for(&path)), "the crash left records to replay");
+        {
+            // What SQLite holds before any replay: none of them.
+            let conn = Connection::open(&path).unwrap();
+            let jobs: i64 = conn.query_row("select count(*) from job", [], |r| r.get(0)).unwrap();
+            assert_eq!(jobs, 0, "the journal, not SQLite, held the accepted jobs");
+        }
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        for id in &ids {
+            let job = store.get_job(key.account_id, *id).await.unwrap().expect("replayed");
+            assert_eq!(job.status, JobStatus::Queued);
+            assert_eq!(job.credit_cost, 5);
+        }
+        assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 100 - 35);
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 65);
+        // The replayed key still replays its job.
+        let again = store.submit_job(job(&key, 5, Some(("once", 0)))).await.unwrap();
+        assert_eq!(again, SubmitOutcome::Replayed { job_id: ids[3], status: JobStatus::Queued });
+        store.close().await;
+
+        // Replaying twice changes nothing: a clean close emptied the journal, and a
+        // record whose job exists is skipped.
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 65);
+        assert_eq!(store.ledger(key.account_id).await.unwrap().len(), 8, "one grant and seven charges");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_database_sees_what_the_first_acknowledged() {
+        let (dir, store, key) = store_with_account(50).await;
+        // The first store owns the journal; the second writes straight into SQLite.
+        let other = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        assert!(store.writer.journaled() && !other.writer.journaled());
+        for _ in 0..4 {
+            assert!(matches!(store.submit_job(job(&key, 5, None)).await.unwrap(), SubmitOutcome::Created { .. }));
+        }
+        // Read at once from the other handle: it waits for the owner to write them.
+        assert_eq!(other.get_account(key.account_id).await.unwrap().unwrap().credits, 30);
+        assert_eq!(other.ledger_sum(key.account_id).await.unwrap(), 30);
+        // Only the owner lowers balances: the other handle refuses submissions, but its
+        // grants count for the owner's next decision.
+        assert!(matches!(other.submit_job(job(&key, 5, None)).await, Err(StoreError::Unavailable(_))));
+        other.grant_credits(key.account_id, 10, None).await.unwrap();
+        let mut created = 0;
+        for _ in 0..10 {
+            if matches!(store.submit_job(job(&key, 5, None)).await.unwrap(), SubmitOutcome::Created { .. }) {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 8, "30 left plus 10 granted pay for eight");
+        assert_eq!(other.get_account(key.account_id).await.unwrap().unwrap().credits, 0);
+        assert_eq!(other.ledger_sum(key.account_id).await.unwrap(), 0);
+        // A server cannot start beside the owner.
+        assert!(matches!(
+            SqliteStore::open_with(&dir.path().join("t.db"), Duration::from_millis(50)).map(|s| s.writer.journaled()),
+            Ok(false)
+        ));
+        other.close().await;
         store.close().await;
     }
 
@@ -923,7 +1116,7 @@ mod tests {
         assert_eq!((job.stage, job.record.credit_cost, job.due_at_ms), (Stage::Failed, 0, None));
         assert_eq!(job.record.error.as_deref(), Some("upstream said no"));
         assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 100);
-        assert_eq!(store.ledger_sum(key.account_id).unwrap(), 100);
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 100);
         let refunds =
             store.ledger(key.account_id).await.unwrap().iter().filter(|e| e.kind == LedgerKind::Refund).count();
         assert_eq!(refunds, 1);

@@ -14,15 +14,25 @@
 //! transaction is rolled back and the batch is replayed one transaction per operation.
 //! That is why operations are `Fn`, not `FnOnce`: a replay calls them again, and a
 //! rolled-back run left no trace for the second one to trip over.
+//!
+//! Submissions, the hot write, take a shorter path ([`crate::journal`],
+//! [`crate::accepted`]): the writer decides each one and hands the accepted ones'
+//! records to the journal thread, which syncs them and answers, while the writer goes on
+//! with the next batch. The accepted jobs are written into SQLite later, many per
+//! transaction, and always before any other operation runs, so every other write sees
+//! them. Only the process that owns the journal takes submissions.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
-use store::{Result, StoreError};
+use store::{NewJob, Result, StoreError, SubmitOutcome};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::accepted::Accepted;
 use crate::map_err;
 
 /// Upper bound on operations sharing one commit; keeps a single batch's latency bounded.
@@ -30,6 +40,13 @@ const MAX_BATCH: usize = 512;
 /// Operations waiting for the writer. When full, callers wait (backpressure) instead of
 /// queueing without bound in memory.
 const QUEUE_CAPACITY: usize = 8192;
+/// How long the queue must stay empty before accepted jobs are written to SQLite. Under
+/// load the next requests arrive well within it, so the jobs keep gathering (up to
+/// [`crate::accepted::WRITE_AT`]); when traffic pauses they reach SQLite at once.
+const IDLE_BEFORE_WRITING: Duration = Duration::from_millis(1);
+/// After a failed attempt to write accepted jobs (the database busy for longer than its
+/// timeout, say), the pause before the next.
+const RETRY_WRITING_AFTER: Duration = Duration::from_millis(100);
 
 /// What an operation sees: the connection inside the batch's transaction and the
 /// batch's timestamp.
@@ -93,25 +110,72 @@ where
 
 type BoxedOp = Box<dyn PendingOp>;
 
+/// A submission's outcome with the batch time (its `created_at`) and the writer's
+/// operation number for the job cache.
+pub(crate) type Submitted = (SubmitOutcome, i64, u64);
+
 enum Command {
     Write(BoxedOp),
+    /// A submission to decide on the journal path.
+    Submit(Arc<NewJob>, oneshot::Sender<Result<Submitted>>),
+    /// Write the accepted jobs into SQLite, then answer.
+    Settle(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<()>),
+    /// Stop at once, leaving accepted jobs in the journal only: what a crash leaves.
+    Abandon(oneshot::Sender<()>),
 }
 
 /// Handle to the writer thread.
 pub(crate) struct Writer {
     tx: mpsc::Sender<Command>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Whether submissions go through the acceptance journal.
+    journaled: bool,
+    /// Accepted jobs not yet in SQLite; readers settle only when it is non-zero.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Connection) -> Self {
+    /// Starts the writer on `conn`; with `accepted`, submissions take the journal path.
+    pub(crate) fn start(conn: Connection, accepted: Option<Accepted>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let journaled = accepted.is_some();
+        let shared = backlog.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, accepted, shared))
             .expect("spawning the writer thread only fails when the OS is out of threads");
-        Self { tx, thread: std::sync::Mutex::new(Some(thread)) }
+        Self { tx, thread: std::sync::Mutex::new(Some(thread)), journaled, backlog }
+    }
+
+    /// Whether [`submit`](Self::submit) may be used.
+    pub(crate) fn journaled(&self) -> bool {
+        self.journaled
+    }
+
+    /// Decides a submission on the journal path; resolves once it is durable.
+    pub(crate) async fn submit(&self, job: Arc<NewJob>) -> Result<Submitted> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit(job, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Returns once every submission acknowledged before the call is in SQLite, so a
+    /// read that follows sees it. Free while nothing is waiting.
+    pub(crate) async fn settle(&self) -> Result<()> {
+        if self.backlog.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Settle(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
     }
 
     /// Runs `f` in the next batch and resolves once that batch has committed.
@@ -124,6 +188,19 @@ impl Writer {
         let op: BoxedOp = Box::new(Op { f, outcome: None, reply });
         self.tx.send(Command::Write(op)).await.map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Stops the thread without writing the accepted jobs into SQLite, as a crash
+    /// would; for tests of the journal's replay.
+    pub(crate) async fn abandon(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Abandon(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.thread.lock().expect("writer handle lock poisoned").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
     }
 
     /// Whether the writer thread has stopped taking writes.
@@ -144,39 +221,161 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Command>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, mut accepted: Option<Accepted>, backlog: Arc<AtomicUsize>) {
+    // Only for waiting on the queue with a timeout while accepted jobs gather.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a timer-only runtime needs no resources that can run out");
     let mut last_ms = 0i64;
     let versions = Cell::new(0u64);
-    let mut batch: Vec<BoxedOp> = Vec::with_capacity(MAX_BATCH);
+    let mut ops: Vec<BoxedOp> = Vec::with_capacity(MAX_BATCH);
+    let mut submissions: Vec<(Arc<NewJob>, oneshot::Sender<Result<Submitted>>)> = Vec::new();
+    let mut settles: Vec<oneshot::Sender<Result<()>>> = Vec::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
-    while closing.is_none() {
-        match rx.blocking_recv() {
-            Some(Command::Write(op)) => batch.push(op),
-            Some(Command::Close(done)) => closing = Some(done),
-            None => break,
-        }
-        while closing.is_none() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Command::Write(op)) => batch.push(op),
-                Ok(Command::Close(done)) => closing = Some(done),
-                Err(_) => break,
+    let mut abandoned: Option<oneshot::Sender<()>> = None;
+    let mut write_failed = false;
+    loop {
+        let waiting = accepted.as_ref().is_some_and(|a| !a.is_empty());
+        let first = if waiting {
+            let pause = if write_failed { RETRY_WRITING_AFTER } else { IDLE_BEFORE_WRITING };
+            match timer.block_on(async { tokio::time::timeout(pause, rx.recv()).await }) {
+                Ok(command) => command,
+                Err(_idle) => {
+                    last_ms = last_ms.max(wall_clock_ms());
+                    let ctx = WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions };
+                    write_failed = write_accepted(&ctx, accepted.as_mut(), &backlog).is_err();
+                    continue;
+                }
+            }
+        } else {
+            rx.blocking_recv()
+        };
+        let Some(first) = first else { break };
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(command) = next.take() {
+            taken += 1;
+            match command {
+                Command::Write(op) => ops.push(op),
+                Command::Submit(job, reply) => submissions.push((job, reply)),
+                Command::Settle(reply) => settles.push(reply),
+                Command::Close(done) => closing = Some(done),
+                Command::Abandon(done) => abandoned = Some(done),
+            }
+            if abandoned.is_some() {
+                break;
+            }
+            if closing.is_none() && taken < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        if batch.is_empty() {
-            continue;
+        if abandoned.is_some() {
+            break;
         }
         last_ms = last_ms.max(wall_clock_ms());
-        commit_batch(&WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions }, &mut batch);
+        let ctx = WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions };
+        if let Some(accepted) = accepted.as_mut() {
+            decide_submissions(&ctx, accepted, &mut submissions, &backlog);
+        } else {
+            // Without a journal a submission arrives as an ordinary write; see `SqliteStore`.
+            for (_, reply) in submissions.drain(..) {
+                let _ = reply.send(Err(StoreError::Internal("submission sent to a writer without a journal".into())));
+            }
+        }
+        let write_now =
+            !ops.is_empty() || !settles.is_empty() || closing.is_some() || accepted.as_ref().is_some_and(Accepted::due);
+        if write_now {
+            commit_batch(&ctx, &mut ops, accepted.as_mut());
+            // A failed operation rolls back the accepted jobs written before it.
+            let _ = write_accepted(&ctx, accepted.as_mut(), &backlog);
+            let written = accepted.as_ref().is_none_or(Accepted::is_empty);
+            write_failed = !written;
+            for reply in settles.drain(..) {
+                let _ = reply.send(if written {
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable("accepted jobs could not be written to the database yet".into()))
+                });
+            }
+        }
+        if closing.is_some() {
+            break;
+        }
     }
+    if closing.is_none() && abandoned.is_none() {
+        // The handle was dropped without `close`: still move what was accepted.
+        last_ms = last_ms.max(wall_clock_ms());
+        let ctx = WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions };
+        let _ = write_accepted(&ctx, accepted.as_mut(), &backlog);
+    }
+    drop(accepted);
     drop(conn);
-    if let Some(done) = closing {
+    for done in closing.into_iter().chain(abandoned) {
         let _ = done.send(());
     }
 }
 
-fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>) {
+/// Decides the batch's submissions and hands them to the journal thread, which answers
+/// them once their records are on disk.
+fn decide_submissions(
+    ctx: &WriteCtx<'_>,
+    accepted: &mut Accepted,
+    submissions: &mut Vec<(Arc<NewJob>, oneshot::Sender<Result<Submitted>>)>,
+    backlog: &AtomicUsize,
+) {
+    if submissions.is_empty() {
+        return;
+    }
+    // One read transaction for the whole batch: each statement outside one would take
+    // and release SQLite's shared-memory read lock (two `fcntl` calls) on its own.
+    let in_read = ctx.conn.execute_batch("begin").is_ok();
+    let decided: Vec<_> = submissions
+        .drain(..)
+        .map(|(job, reply)| {
+            let outcome = accepted.decide(ctx, &job).map(|o| (o, ctx.now_ms, ctx.next_version()));
+            (outcome, reply)
+        })
+        .collect();
+    if in_read {
+        let _ = ctx.conn.execute_batch("commit");
+    }
+    // Counted before anyone is answered, so a read after an answer knows to settle.
+    backlog.store(accepted.len(), Ordering::Release);
+    accepted.answer_after_sync(Box::new(move |failed| {
+        for (outcome, reply) in decided {
+            let answer = match (failed, outcome) {
+                (Some(e), Ok((SubmitOutcome::Created { .. }, ..))) => Err(StoreError::Unavailable(e.to_string())),
+                (_, outcome) => outcome,
+            };
+            // The caller may have gone away; the job stands regardless.
+            let _ = reply.send(answer);
+        }
+    }));
+}
+
+/// Writes the accepted jobs into SQLite in a transaction of their own.
+fn write_accepted(ctx: &WriteCtx<'_>, accepted: Option<&mut Accepted>, backlog: &AtomicUsize) -> Result<()> {
+    let Some(accepted) = accepted else { return Ok(()) };
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    match run_in_transaction(ctx, &mut [], Some(&mut *accepted)) {
+        Ok(_) => {
+            backlog.store(accepted.len(), Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, jobs = accepted.len(), "could not write accepted jobs to the database; will retry");
+            Err(e)
+        }
+    }
+}
+
+/// Runs the batch's operations in one transaction, after writing the accepted jobs.
+fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>, mut accepted: Option<&mut Accepted>) {
     let size = batch.len();
-    match run_in_transaction(ctx, batch) {
+    match run_in_transaction(ctx, batch, accepted.as_deref_mut()) {
         Ok(true) => {
             for op in batch.drain(..) {
                 op.finish(Ok(()));
@@ -186,7 +385,7 @@ fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>) {
             tracing::debug!(batch.size = size, "an operation failed; replaying the batch one by one");
             for mut op in batch.drain(..) {
                 let single = std::slice::from_mut(&mut op);
-                let commit = run_in_transaction(ctx, single).map(|_| ());
+                let commit = run_in_transaction(ctx, single, accepted.as_deref_mut()).map(|_| ());
                 op.finish(commit);
             }
         }
@@ -202,8 +401,18 @@ fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>) {
 /// Runs `ops` in one transaction. `Ok(true)`: all succeeded and are committed.
 /// `Ok(false)`: one failed and everything was rolled back (for a single op, its own
 /// error is kept in its outcome). `Err`: the transaction itself could not begin or commit.
-fn run_in_transaction(ctx: &WriteCtx<'_>, ops: &mut [BoxedOp]) -> Result<bool> {
+///
+/// Accepted jobs are written first, so the operations see them; they are forgotten (and
+/// the journal emptied) only once the commit holding them has returned.
+fn run_in_transaction(ctx: &WriteCtx<'_>, ops: &mut [BoxedOp], accepted: Option<&mut Accepted>) -> Result<bool> {
     ctx.conn.execute_batch("begin immediate").map_err(map_err)?;
+    let accepted = accepted.filter(|a| !a.is_empty());
+    if let Some(accepted) = &accepted {
+        if let Err(e) = accepted.write_into(ctx.conn, ctx.now_ms) {
+            let _ = ctx.conn.execute_batch("rollback");
+            return Err(e);
+        }
+    }
     for op in ops.iter_mut() {
         if !op.run(ctx) {
             ctx.conn.execute_batch("rollback").map_err(map_err)?;
@@ -215,6 +424,9 @@ fn run_in_transaction(ctx: &WriteCtx<'_>, ops: &mut [BoxedOp]) -> Result<bool> {
     if let Err(e) = ctx.conn.execute_batch("commit") {
         let _ = ctx.conn.execute_batch("rollback");
         return Err(map_err(e));
+    }
+    if let Some(accepted) = accepted {
+        accepted.written();
     }
     Ok(true)
 }
