@@ -24,7 +24,7 @@ use domain::{AccountId, JobId, JobStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 use store::{LedgerKind, NewJob, Result, StoreError, SubmitOutcome};
 
-use crate::journal::{encode_record, Answer, Journal, Record, Syncer};
+use crate::journal::{encode_record, Answer, Journal, Syncer};
 use crate::map_err;
 use crate::writer::WriteCtx;
 
@@ -124,7 +124,7 @@ impl Accepted {
         if available < job.cost {
             return Ok(SubmitOutcome::InsufficientCredits { required: job.cost, available: available.max(0) });
         }
-        encode_record(&Record { created_at_ms: ctx.now_ms, job: (**job).clone() }, self.generation, &mut self.unsent);
+        encode_record(job, ctx.now_ms, self.generation, &mut self.unsent);
         *self.debits.entry(job.account_id).or_insert(0) += job.cost;
         if let Some(claim) = &job.idempotency {
             self.keys.insert((job.account_id, claim.key.clone()), (job.id, claim.fingerprint, ctx.now_ms));

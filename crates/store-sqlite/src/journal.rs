@@ -137,12 +137,13 @@ impl Journal {
     }
 }
 
-/// Appends `record`, as written in `generation`, to `out`.
-pub(crate) fn encode_record(record: &Record, generation: u64, out: &mut Vec<u8>) {
+/// Appends the record of `job`, accepted at `created_at_ms`, as written in `generation`,
+/// to `out`.
+pub(crate) fn encode_record(job: &NewJob, created_at_ms: i64, generation: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&generation.to_le_bytes());
-    encode(record, out);
+    encode(job, created_at_ms, out);
     let payload = &out[start + 8..];
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let crc = crc32fast::hash(payload);
@@ -316,9 +317,8 @@ fn next_payload(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     (crc32fast::hash(payload) == crc).then(|| (payload, &bytes[8 + len as usize..]))
 }
 
-fn encode(record: &Record, out: &mut Vec<u8>) {
-    let job = &record.job;
-    out.extend_from_slice(&record.created_at_ms.to_le_bytes());
+fn encode(job: &NewJob, created_at_ms: i64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&created_at_ms.to_le_bytes());
     out.extend_from_slice(job.id.0.as_bytes());
     out.extend_from_slice(job.account_id.0.as_bytes());
     out.extend_from_slice(job.api_key_id.0.as_bytes());
@@ -459,7 +459,7 @@ mod tests {
         }
         let mut bytes = Vec::new();
         for r in records {
-            encode_record(r, generation, &mut bytes);
+            encode_record(&r.job, r.created_at_ms, generation, &mut bytes);
         }
         let (tx, rx) = mpsc::channel();
         syncer.write(bytes, Box::new(move |e| tx.send(e.map(|e| e.to_string())).unwrap()));

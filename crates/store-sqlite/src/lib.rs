@@ -13,6 +13,7 @@
 
 mod accepted;
 mod cache;
+mod checkpoint;
 mod engine;
 mod journal;
 mod migrate;
@@ -60,6 +61,8 @@ pub struct SqliteStore {
     /// `writer.journaled()`, else by another process, or by nobody).
     journal_path: PathBuf,
     writer: Writer,
+    /// The owner's WAL checkpoints, off the writer thread.
+    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     readers: Mutex<Vec<Connection>>,
     jobs: JobCache,
     /// Set by `close`: reads refuse too, as the trait promises, instead of opening a
@@ -116,10 +119,21 @@ impl SqliteStore {
             }
             None => None,
         };
+        // The process that takes submissions checkpoints on a thread of its own; others
+        // (short-lived admin commands) leave it to SQLite.
+        let checkpointer = match &accepted {
+            Some(_) => {
+                conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES)
+                    .map_err(map_err)?;
+                Some(checkpoint::Checkpointer::start(path)?)
+            }
+            None => None,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             journal_path,
             writer: Writer::start(conn, accepted),
+            checkpointer: Mutex::new(checkpointer),
             readers: Mutex::new(Vec::new()),
             jobs: JobCache::new(),
             closed: AtomicBool::new(false),
@@ -223,7 +237,7 @@ fn poisoned() -> StoreError {
     StoreError::Internal("read pool lock poisoned".into())
 }
 
-fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
+pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -716,6 +730,11 @@ impl store::Store for SqliteStore {
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.writer.close().await;
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        if let Some(checkpointer) = checkpointer {
+            // Joining waits for at most one checkpoint.
+            let _ = tokio::task::spawn_blocking(move || drop(checkpointer)).await;
+        }
         if let Ok(mut pool) = self.readers.lock() {
             pool.clear();
         }
