@@ -99,6 +99,10 @@ impl Journal {
             journal.write_header()?;
             journal.file.write_all_at(&vec![0; (PREALLOCATED - HEADER_LEN) as usize], HEADER_LEN)?;
             journal.file.sync_all()?;
+            // The file's name must survive a crash too, or its records would go with it.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
             return Ok(Some((journal, Vec::new())));
         }
         if bytes.len() < HEADER_LEN as usize || &bytes[..MAGIC.len()] != MAGIC {
