@@ -65,10 +65,10 @@ const MAX_BATCH: usize = 512;
 const BATCHES_IN_FLIGHT: usize = 1;
 /// Submissions queued for the collector at most; beyond that callers wait to queue.
 const MAX_QUEUED: usize = 8192;
-/// Starts a batch's transaction. Another node's batch holds an account's lock for a
-/// few milliseconds; the lock timeout only stops a transaction left open on an account
-/// (say, by hand in psql) from holding up every submission of this node for longer than
-/// the pool would make a caller wait. The batch then fails as `Unavailable`.
+/// Starts a batch's transaction (both steps). Another node's batch holds an account's
+/// lock for a few milliseconds; the lock timeout only stops a transaction left open on
+/// an account (say, by hand in psql) from holding up every submission of this node for
+/// longer than the pool would make a caller wait. The batch then fails as `Unavailable`.
 const BEGIN: &str = "begin; set local lock_timeout = '5s'";
 
 /// Locks the batch's accounts, in account order, and reads their balances.
@@ -135,8 +135,8 @@ macro_rules! write_sql {
     };
 }
 
-/// The first attempt at a batch, one statement on its own (one round trip, its own
-/// transaction): it locks the batch's accounts, in account order, and writes every job
+/// The first attempt at a batch, one statement in its own transaction (begun and
+/// committed in the same round trip): it locks the batch's accounts, in account order, and writes every job
 /// of each account that can pay for all of its jobs in the batch and names no stored
 /// idempotency key. The jobs of the other accounts are left to [`decide`].
 ///
@@ -279,11 +279,31 @@ async fn write_and_answer(pool: &Pool, batch: Vec<Pending>, now_ms: i64) {
 }
 
 /// Runs [`WRITE_FITTING`]; the ids of the jobs it wrote.
+///
+/// In a transaction of its own, begun and committed in the same round trip as the
+/// statement, so that [`BEGIN`]'s lock timeout bounds its wait for the accounts' locks
+/// too: without it, an account row held by a transaction left open elsewhere would hold
+/// this node's every submission for as long.
 async fn write_fitting(pool: &Pool, jobs: &[&NewJob], now_ms: i64) -> Result<HashSet<Uuid>> {
-    let client = pool.get().await.map_err(pool_err)?;
-    let write = client.prepare_cached(WRITE_FITTING).await.map_err(db_err)?;
+    let mut tx = Transaction { client: Some(pool.get().await.map_err(pool_err)?), open: false };
+    let write = tx.client().prepare_cached(WRITE_FITTING).await.map_err(db_err)?;
     let columns = Columns::of(jobs);
-    let written = client.query(&write, &columns.params(&now_ms)).await.map_err(db_err)?;
+    let params = columns.params(&now_ms);
+    tx.open = true;
+    let client = tx.client();
+    // `biased` polls in the order written, which is the order the requests go out.
+    let (begun, written, committed) = tokio::join!(
+        biased;
+        client.batch_execute(BEGIN),
+        client.query(&write, &params),
+        client.batch_execute("commit")
+    );
+    let written = match (begun, written, committed) {
+        (Ok(()), Ok(written), Ok(())) => written,
+        // A failed statement turns the commit into a rollback: nothing was written.
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Err(tx.abort(db_err(e)).await),
+    };
+    tx.open = false;
     written.iter().map(|r| rows::get::<Uuid>(r, 0)).collect()
 }
 

@@ -376,3 +376,27 @@ async fn a_store_whose_pool_is_busy_still_answers_its_ping() {
     store.close().await;
     schema.drop_schema().await;
 }
+
+#[tokio::test]
+async fn a_submission_waits_at_most_five_seconds_for_a_locked_account_and_writes_nothing() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let store = PgStore::connect(&schema.url).await.unwrap();
+    let key = new_key(&store, 100, 1).await;
+    // A transaction left open elsewhere (by hand in psql, say) holds the account's row.
+    let mut raw = schema.raw().await;
+    let blocker = raw.transaction().await.unwrap();
+    blocker.execute("select 1 from account where account_id = $1 for update", &[&key.account_id.0]).await.unwrap();
+    let started = std::time::Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(20), store.submit_job(job(&key, 5))).await;
+    let waited = started.elapsed();
+    assert!(matches!(refused, Ok(Err(store::StoreError::Unavailable(_)))), "{refused:?}");
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "waited {waited:?}");
+    blocker.rollback().await.unwrap();
+    // Nothing was written, and the account takes submissions again at once.
+    assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 100);
+    submit(&store, job(&key, 5)).await;
+    assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 95);
+    assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 95);
+    store.close().await;
+    schema.drop_schema().await;
+}
