@@ -84,6 +84,12 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
     ensure!(args.rpm > 0, "--rpm must be at least 1");
     ensure!(args.accounts > 0, "--accounts must be at least 1");
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    // The server it starts reads REELGATE_* from the environment: with a database URL
+    // there, the bench's keys and 10,000 jobs would land in that database.
+    ensure!(
+        std::env::var_os("REELGATE_DATABASE_URL").is_none(),
+        "bench engine runs on SQLite in a temporary data directory; unset REELGATE_DATABASE_URL"
+    );
     let timeout = Duration::from_secs(args.timeout_secs.unwrap_or_else(|| default_timeout_secs(&args)));
     let load_before = load_average();
 
