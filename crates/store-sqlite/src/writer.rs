@@ -193,14 +193,7 @@ impl Writer {
     /// Stops the thread without writing the accepted jobs into SQLite, as a crash
     /// would; for tests of the journal's replay.
     pub(crate) async fn abandon(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Abandon(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-        let handle = self.thread.lock().expect("writer handle lock poisoned").take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        self.stop(Command::Abandon).await;
     }
 
     /// Whether the writer thread has stopped taking writes.
@@ -210,8 +203,13 @@ impl Writer {
 
     /// Finishes every queued write, then stops the thread.
     pub(crate) async fn close(&self) {
+        self.stop(Command::Close).await;
+    }
+
+    /// Sends `command` (a way of stopping) and waits for the thread to end.
+    async fn stop(&self, command: fn(oneshot::Sender<()>) -> Command) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Close(tx)).await.is_ok() {
+        if self.tx.send(command(tx)).await.is_ok() {
             let _ = rx.await;
         }
         let handle = self.thread.lock().expect("writer handle lock poisoned").take();

@@ -174,13 +174,31 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
         let job = store.get_job(account, id.parse().unwrap()).await.unwrap();
         assert!(job.is_some(), "acknowledged job {id} was lost");
     }
+    assert_every_job_charged_once(&*store, account, acked.len(), 100_000, 5).await;
+    store.close().await;
+}
+
+/// The account's ledger after a stop: at least `acknowledged` charges (a request can be
+/// written and then lose its answer to the stop, never the reverse), none twice, and a
+/// balance equal to the ledger and to `granted` minus the charges of `cost` each.
+async fn assert_every_job_charged_once(
+    store: &dyn store::Store,
+    account: domain::AccountId,
+    acknowledged: usize,
+    granted: i64,
+    cost: i64,
+) {
     let acct = store.get_account(account).await.unwrap().unwrap();
     let ledger = store.ledger(account).await.unwrap();
-    let charges = ledger.iter().filter(|e| e.kind == store::LedgerKind::Charge).count();
-    assert!(charges >= acked.len());
+    let mut charged: Vec<_> =
+        ledger.iter().filter(|e| e.kind == store::LedgerKind::Charge).filter_map(|e| e.job_id).collect();
+    let charges = charged.len();
+    assert!(charges >= acknowledged, "{charges} charges for {acknowledged} acknowledged jobs");
+    charged.sort();
+    charged.dedup();
+    assert_eq!(charged.len(), charges, "no job is charged twice");
     assert_eq!(acct.credits, ledger.iter().map(|e| e.amount).sum::<i64>());
-    assert_eq!(acct.credits, 100_000 - 5 * charges as i64);
-    store.close().await;
+    assert_eq!(acct.credits, granted - cost * charges as i64);
 }
 
 /// On SQLite an accepted job is durable first as a record in the acceptance journal and
@@ -267,38 +285,46 @@ async fn after_kill_9_every_acknowledged_submission_is_there_and_charged_once() 
     }
     let store = service::open_store(&data.config()).await.unwrap();
     let account = store.list_api_keys().await.unwrap()[0].account_id;
-    let acct = store.get_account(account).await.unwrap().unwrap();
-    let ledger = store.ledger(account).await.unwrap();
-    let charges = ledger.iter().filter(|e| e.kind == store::LedgerKind::Charge).count();
-    // A request can be written and then lose its answer to the kill, never the reverse.
-    assert!(charges >= acked.len(), "{charges} charges for {} acknowledged jobs", acked.len());
-    let mut charged: Vec<_> =
-        ledger.iter().filter(|e| e.kind == store::LedgerKind::Charge).filter_map(|e| e.job_id).collect();
-    charged.sort();
-    charged.dedup();
-    assert_eq!(charged.len(), charges, "no job is charged twice");
-    assert_eq!(acct.credits, ledger.iter().map(|e| e.amount).sum::<i64>());
-    assert_eq!(acct.credits, 100_000 - 5 * charges as i64);
+    assert_every_job_charged_once(&*store, account, acked.len(), 100_000, 5).await;
     store.close().await;
+}
+
+/// Two servers on one SQLite data directory would both lower balances; the second
+/// refuses to start and says why, and the first goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_data_directory_refuses_to_start() {
+    let data = TestData::new();
+    if data.database_url().is_some() {
+        eprintln!("SKIP: on PostgreSQL several servers share the database by design (see multinode)");
+        return;
+    }
+    let (ok, out, err) = data.reelgate(&["keys", "create", "--name", "one", "--credits", "100"]);
+    assert!(ok, "{err}");
+    let key = out.lines().last().unwrap().to_string();
+    let port = free_port();
+    let _first = serve_plain(&data, port).await;
+    let second = data
+        .command()
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("REELGATE_ENGINE__ENABLED", "false")
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "a second server on the same data directory must not start");
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(log.contains("another process is serving"), "{log}");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v2/videos/generate"))
+        .header("X-API-Key", &key)
+        .json(&json!({"model": "hailuo-2.3", "prompt": "still here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
 }
 
 /// `reelgate serve` on `port` with the built-in defaults and the engine off.
 async fn serve_plain(data: &TestData, port: u16) -> Server {
-    let server = Server(
-        data.command()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("REELGATE_ENGINE__ENABLED", "false")
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server
+    spawn_serve(data, port, &[], &[("REELGATE_ENGINE__ENABLED", "false")]).await
 }
 
 #[test]
@@ -322,16 +348,21 @@ fn config_check_accepts_the_defaults_and_refuses_bad_files() {
 
 /// Starts `reelgate serve` on `data` with `config` and waits until it answers.
 async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> Server {
-    let server = Server(
-        data.command()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap()])
-            .env("REELGATE_ALLOW_PRIVATE_URLS", "1")
-            .stdout(Stdio::null())
-            // The log goes to the test's output (shown when it fails) if REELGATE_TEST_LOG asks.
-            .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .unwrap(),
-    );
+    spawn_serve(data, port, &["--config", config.to_str().unwrap()], &[("REELGATE_ALLOW_PRIVATE_URLS", "1")]).await
+}
+
+/// Starts `reelgate serve` on `data` at `port`, with more arguments and environment,
+/// and waits until it answers.
+async fn spawn_serve(data: &TestData, port: u16, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut command = data.command();
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        // The log goes to the test's output (shown when it fails) if REELGATE_TEST_LOG asks.
+        .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() });
+    let server = Server(command.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     while reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err() {
         assert!(Instant::now() < deadline, "server did not start");
