@@ -340,7 +340,9 @@ pub trait Store: Send + Sync + 'static {
     async fn transition(&self, transition: Transition) -> Result<Option<EngineJob>>;
     /// Active jobs whose due time has come, soonest first.
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<EngineJob>>;
-    /// The earliest due time among active and backed-off queued jobs.
+    /// The earliest due time among active jobs (the poller's schedule). Queued jobs that
+    /// are backing off are not counted: the dispatcher, which claims them, looks again
+    /// on its own timer.
     async fn next_due_at(&self) -> Result<Option<i64>>;
     /// One job with its engine bookkeeping, whatever its account.
     async fn engine_job(&self, id: JobId) -> Result<Option<EngineJob>>;
