@@ -1,10 +1,10 @@
 //! Submissions accepted ahead of SQLite: decided and journaled by the writer, answered,
 //! and written into SQLite in larger transactions a little later.
 //!
-//! The writer decides a submission exactly as the all-SQLite path does
-//! ([`crate::submit_in_tx`]), against what SQLite holds plus the jobs accepted but not yet
-//! written there ([`Accepted`]): an idempotency key held by such a job replays it, and
-//! their costs count against the balance. Only the writer changes balances downwards, so
+//! The writer decides a submission as one-at-a-time submissions would, against what
+//! SQLite holds plus the jobs accepted but not yet written there ([`Accepted`]): an
+//! idempotency key held by such a job replays it, and their costs count against the
+//! balance. Only the writer changes balances downwards, so
 //! "SQLite's balance minus what is accepted and not yet written" is exactly what
 //! one-at-a-time submissions would have seen; a grant from another process only raises
 //! SQLite's side. An accepted job is journaled ([`crate::journal`]), and once the batch's
@@ -24,7 +24,7 @@ use domain::{AccountId, JobId, JobStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 use store::{LedgerKind, NewJob, Result, StoreError, SubmitOutcome};
 
-use crate::journal::{encode_record, Answer, Journal, Syncer};
+use crate::journal::{encode_record, Answer, Journal, Record, Syncer};
 use crate::map_err;
 use crate::writer::WriteCtx;
 
@@ -96,7 +96,7 @@ impl Accepted {
                 // Past its window: this job takes the key over.
                 Some(_) => {}
                 None => {
-                    if let Some(outcome) = crate::stored_key_outcome(conn, job, claim)? {
+                    if let Some(outcome) = stored_key_outcome(conn, job, claim)? {
                         return Ok(outcome);
                     }
                 }
@@ -167,27 +167,41 @@ impl Accepted {
     }
 }
 
-/// Inserts an accepted job, its charge and its idempotency key, and debits its account,
-/// with `created_at_ms` as the job's and the ledger row's time. With `skip_existing`
-/// (a journal replay) a job already in SQLite is left alone; `Ok(false)` says so.
-pub(crate) fn insert_accepted(
-    conn: &Connection,
-    job: &NewJob,
-    created_at_ms: i64,
-    skip_existing: bool,
-) -> Result<bool> {
-    if skip_existing {
-        let exists = conn
-            .prepare_cached("select 1 from job where job_id = ?1")
-            .and_then(|mut s| s.query_row([job.id.to_string()], |_| Ok(())).optional())
-            .map_err(map_err)?;
-        if exists.is_some() {
-            return Ok(false);
-        }
+/// Writes the submissions a previous process accepted but did not get into SQLite
+/// before it stopped, in one transaction: each job with its charge, key and debit,
+/// skipping any job already there (records may outlive their job's write, see
+/// [`crate::journal`]).
+pub(crate) fn replay(conn: &Connection, records: &[Record]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
     }
-    debit(conn, job.account_id, job.cost, created_at_ms)?;
-    insert_rows(conn, job, created_at_ms)?;
-    Ok(true)
+    conn.execute_batch("begin immediate").map_err(map_err)?;
+    let mut replayed = 0;
+    let mut write = || -> Result<()> {
+        for Record { job, created_at_ms } in records {
+            let exists = conn
+                .prepare_cached("select 1 from job where job_id = ?1")
+                .and_then(|mut s| s.query_row([job.id.to_string()], |_| Ok(())).optional())
+                .map_err(map_err)?;
+            if exists.is_none() {
+                debit(conn, job.account_id, job.cost, *created_at_ms)?;
+                insert_rows(conn, job, *created_at_ms)?;
+                replayed += 1;
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = conn.execute_batch("rollback");
+        return Err(e);
+    }
+    conn.execute_batch("commit").map_err(map_err)?;
+    tracing::info!(
+        records = records.len(),
+        replayed,
+        "wrote accepted submissions left in the journal into the database"
+    );
+    Ok(())
 }
 
 /// Takes `amount` from the account's balance; the decision made sure it is there.
@@ -207,7 +221,7 @@ fn debit(conn: &Connection, account: AccountId, amount: i64, now_ms: i64) -> Res
 
 /// The job row, its charge and its idempotency key.
 fn insert_rows(conn: &Connection, job: &NewJob, created_at_ms: i64) -> Result<()> {
-    crate::insert_job_rows(conn, job, created_at_ms).map_err(map_err)?;
+    insert_job_row(conn, job, created_at_ms).map_err(map_err)?;
     crate::insert_ledger_at(conn, job.account_id, LedgerKind::Charge, -job.cost, Some(job.id), None, created_at_ms)
         .map_err(map_err)?;
     if let Some(claim) = &job.idempotency {
@@ -229,5 +243,65 @@ fn insert_rows(conn: &Connection, job: &NewJob, created_at_ms: i64) -> Result<()
         })
         .map_err(map_err)?;
     }
+    Ok(())
+}
+
+/// What a stored idempotency key means for `job`: a replay of its job (or a mismatch)
+/// while it is within its window; `None` when there is no such key or it has expired
+/// (the new job then takes it over).
+fn stored_key_outcome(
+    conn: &Connection,
+    job: &NewJob,
+    claim: &store::IdempotencyClaim,
+) -> Result<Option<SubmitOutcome>> {
+    let existing: Option<(Vec<u8>, String, i64)> = conn
+        .prepare_cached(
+            "select fingerprint, job_id, created_at from idempotency_key where account_id = ?1 and idempotency_key = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![job.account_id.to_string(), claim.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(map_err)?;
+    let Some((fingerprint, job_id, created_at)) = existing else {
+        return Ok(None);
+    };
+    if created_at < claim.not_before_ms {
+        return Ok(None);
+    }
+    if fingerprint != claim.fingerprint {
+        return Ok(Some(SubmitOutcome::IdempotencyMismatch));
+    }
+    let status: String = conn
+        .prepare_cached("select status from job where job_id = ?1")
+        .and_then(|mut s| s.query_row([&job_id], |r| r.get(0)))
+        .map_err(map_err)?;
+    Ok(Some(SubmitOutcome::Replayed {
+        job_id: job_id.parse().map_err(|_| StoreError::Internal("bad job id".into()))?,
+        status: JobStatus::parse(&status).ok_or_else(|| StoreError::Internal("bad status".into()))?,
+    }))
+}
+
+/// Inserts a new job's row, QUEUED, created at `created_at_ms`.
+fn insert_job_row(conn: &Connection, job: &NewJob, created_at_ms: i64) -> rusqlite::Result<()> {
+    let events = job.webhook_events.as_ref().map(|e| e.join(","));
+    let webhook_status = job.webhook_url.as_ref().map(|_| "pending");
+    conn.prepare_cached(
+        "insert into job (job_id, account_id, api_key_id, model, status, progress, credit_cost, webhook_url,
+                          webhook_events, webhook_status, input, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, 'QUEUED', 0, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+    )?
+    .execute(params![
+        job.id.to_string(),
+        job.account_id.to_string(),
+        job.api_key_id.to_string(),
+        job.model.as_str(),
+        job.cost,
+        job.webhook_url,
+        events,
+        webhook_status,
+        job.input_json,
+        created_at_ms
+    ])?;
     Ok(())
 }

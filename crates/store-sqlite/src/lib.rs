@@ -113,7 +113,7 @@ impl SqliteStore {
         };
         let accepted = match owned {
             Some((mut journal, records)) => {
-                replay_journal(&conn, &records)?;
+                accepted::replay(&conn, &records)?;
                 journal.reset().map_err(cannot)?;
                 Some(accepted::Accepted::new(journal))
             }
@@ -206,33 +206,6 @@ impl SqliteStore {
     }
 }
 
-/// Writes the submissions a previous process accepted but did not get into SQLite
-/// before it stopped, in one transaction, skipping any already there.
-fn replay_journal(conn: &Connection, records: &[journal::Record]) -> Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    conn.execute_batch("begin immediate").map_err(map_err)?;
-    let mut replayed = 0;
-    for record in records {
-        match accepted::insert_accepted(conn, &record.job, record.created_at_ms, true) {
-            Ok(true) => replayed += 1,
-            Ok(false) => {}
-            Err(e) => {
-                let _ = conn.execute_batch("rollback");
-                return Err(e);
-            }
-        }
-    }
-    conn.execute_batch("commit").map_err(map_err)?;
-    tracing::info!(
-        records = records.len(),
-        replayed,
-        "wrote accepted submissions left in the journal into the database"
-    );
-    Ok(())
-}
-
 fn poisoned() -> StoreError {
     StoreError::Internal("read pool lock poisoned".into())
 }
@@ -311,66 +284,6 @@ fn load_key(conn: &Connection, id: ApiKeyId) -> rusqlite::Result<Option<ApiKeyRe
     conn.prepare_cached(concat!("select ", key_columns!(), " from api_key where api_key_id = ?1"))?
         .query_row([id.to_string()], key_from_row)
         .optional()
-}
-
-/// What a stored idempotency key means for `job`: a replay of its job (or a mismatch)
-/// while it is within its window; `None` when there is no such key or it has expired
-/// (the new job then takes it over).
-pub(crate) fn stored_key_outcome(
-    conn: &Connection,
-    job: &NewJob,
-    claim: &store::IdempotencyClaim,
-) -> Result<Option<SubmitOutcome>> {
-    let existing: Option<(Vec<u8>, String, i64)> = conn
-        .prepare_cached(
-            "select fingerprint, job_id, created_at from idempotency_key where account_id = ?1 and idempotency_key = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![job.account_id.to_string(), claim.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
-        })
-        .map_err(map_err)?;
-    let Some((fingerprint, job_id, created_at)) = existing else {
-        return Ok(None);
-    };
-    if created_at < claim.not_before_ms {
-        return Ok(None);
-    }
-    if fingerprint != claim.fingerprint {
-        return Ok(Some(SubmitOutcome::IdempotencyMismatch));
-    }
-    let status: String = conn
-        .prepare_cached("select status from job where job_id = ?1")
-        .and_then(|mut s| s.query_row([&job_id], |r| r.get(0)))
-        .map_err(map_err)?;
-    Ok(Some(SubmitOutcome::Replayed {
-        job_id: job_id.parse().map_err(|_| StoreError::Internal("bad job id".into()))?,
-        status: JobStatus::parse(&status).ok_or_else(|| StoreError::Internal("bad status".into()))?,
-    }))
-}
-
-/// Inserts a new job's row, QUEUED, created at `created_at_ms`.
-pub(crate) fn insert_job_rows(conn: &Connection, job: &NewJob, created_at_ms: i64) -> rusqlite::Result<()> {
-    let events = job.webhook_events.as_ref().map(|e| e.join(","));
-    let webhook_status = job.webhook_url.as_ref().map(|_| "pending");
-    conn.prepare_cached(
-        "insert into job (job_id, account_id, api_key_id, model, status, progress, credit_cost, webhook_url,
-                          webhook_events, webhook_status, input, created_at, updated_at)
-         values (?1, ?2, ?3, ?4, 'QUEUED', 0, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
-    )?
-    .execute(params![
-        job.id.to_string(),
-        job.account_id.to_string(),
-        job.api_key_id.to_string(),
-        job.model.as_str(),
-        job.cost,
-        job.webhook_url,
-        events,
-        webhook_status,
-        job.input_json,
-        created_at_ms
-    ])?;
-    Ok(())
 }
 
 #[async_trait]
@@ -785,7 +698,7 @@ fn cancel_in_tx(ctx: &WriteCtx<'_>, account_id: AccountId, id: JobId) -> Result<
     Ok(CancelOutcome::Cancelled(Arc::new(job)))
 }
 
-/// The row `submit_in_tx` inserts, as a record; `None` only if the input is not JSON,
+/// The row an accepted job becomes, as a record; `None` only if the input is not JSON,
 /// which the API layer rules out (the job is then simply not cached).
 fn new_job_record(job: &NewJob, created_at_ms: i64) -> Option<JobRecord> {
     Some(JobRecord {

@@ -276,7 +276,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, mut accepted: Option<A
         if let Some(accepted) = accepted.as_mut() {
             decide_submissions(&ctx, accepted, &mut submissions, &backlog);
         } else {
-            // Without a journal a submission arrives as an ordinary write; see `SqliteStore`.
+            // `SqliteStore` refuses submissions itself when it does not own the journal.
             for (_, reply) in submissions.drain(..) {
                 let _ = reply.send(Err(StoreError::Internal("submission sent to a writer without a journal".into())));
             }
@@ -285,7 +285,8 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, mut accepted: Option<A
             !ops.is_empty() || !settles.is_empty() || closing.is_some() || accepted.as_ref().is_some_and(Accepted::due);
         if write_now {
             commit_batch(&ctx, &mut ops, accepted.as_mut());
-            // A failed operation rolls back the accepted jobs written before it.
+            // Writes what a failed operation rolled back with it, and updates the backlog
+            // either way.
             let _ = write_accepted(&ctx, accepted.as_mut(), &backlog);
             let written = accepted.as_ref().is_none_or(Accepted::is_empty);
             write_failed = !written;
@@ -352,10 +353,13 @@ fn decide_submissions(
     }));
 }
 
-/// Writes the accepted jobs into SQLite in a transaction of their own.
+/// Writes the accepted jobs still waiting (if any) into SQLite in a transaction of
+/// their own, and publishes how many are left for readers to settle on.
 fn write_accepted(ctx: &WriteCtx<'_>, accepted: Option<&mut Accepted>, backlog: &AtomicUsize) -> Result<()> {
     let Some(accepted) = accepted else { return Ok(()) };
     if accepted.is_empty() {
+        // Possibly written by the operations' transaction just before.
+        backlog.store(0, Ordering::Release);
         return Ok(());
     }
     match run_in_transaction(ctx, &mut [], Some(&mut *accepted)) {

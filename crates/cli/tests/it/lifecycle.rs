@@ -98,6 +98,13 @@ impl std::ops::DerefMut for Server {
     }
 }
 
+/// A new account with `credits` and its key, made with `reelgate keys create`.
+fn create_key(data: &TestData, name: &str, credits: i64) -> String {
+    let (ok, out, err) = data.reelgate(&["keys", "create", "--name", name, "--credits", &credits.to_string()]);
+    assert!(ok, "{err}");
+    out.lines().last().expect("the key is printed on the last line").to_string()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -105,9 +112,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     let data = TestData::new();
-    let (ok, out, err) = data.reelgate(&["keys", "create", "--name", "load", "--credits", "100000"]);
-    assert!(ok, "{err}");
-    let key = out.lines().last().unwrap().to_string();
+    let key = create_key(&data, "load", 100000);
     let port = free_port();
     let mut server = Server(
         data.command()
@@ -207,9 +212,7 @@ async fn assert_every_job_charged_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_every_acknowledged_submission_is_there_and_charged_once() {
     let data = TestData::new();
-    let (ok, out, err) = data.reelgate(&["keys", "create", "--name", "load", "--credits", "100000"]);
-    assert!(ok, "{err}");
-    let key = out.lines().last().unwrap().to_string();
+    let key = create_key(&data, "load", 100000);
     let port = free_port();
     let mut server = serve_plain(&data, port).await;
     let base = format!("http://127.0.0.1:{port}");
@@ -298,9 +301,7 @@ async fn a_second_server_on_the_same_sqlite_data_directory_refuses_to_start() {
         eprintln!("SKIP: on PostgreSQL several servers share the database by design (see multinode)");
         return;
     }
-    let (ok, out, err) = data.reelgate(&["keys", "create", "--name", "one", "--credits", "100"]);
-    assert!(ok, "{err}");
-    let key = out.lines().last().unwrap().to_string();
+    let key = create_key(&data, "one", 100);
     let port = free_port();
     let _first = serve_plain(&data, port).await;
     let second = data
