@@ -6,45 +6,47 @@
 //! a balance: measured here, about one 4 KiB page per job at the batch sizes a closed
 //! loop of clients produces, and the single writer spent most of its time writing and
 //! syncing those pages. The same submission as a journal record is one ~300-byte append.
-//! So the writer makes a submission durable by appending its record here and syncing
-//! this file once per batch, answers the caller, and writes the accepted jobs into
-//! SQLite later in transactions of hundreds (see [`crate::accepted`]), which share their
-//! index pages. Once such a transaction has committed (durably, `synchronous = FULL`),
-//! the journal is emptied.
+//! So a submission is made durable by appending its record here and syncing once per
+//! round of decisions ([`crate::acceptor`]); its caller is answered then, and the writer
+//! writes the accepted jobs into SQLite later in large transactions (see
+//! [`crate::accepted`]), which share their index pages. Once such a transaction has
+//! committed (durably, `synchronous = FULL`), the records of its jobs are emptied.
 //!
-//! The file is `<database>.accepted`: a header (an 8-byte magic and the current
-//! generation, a `u64`), then records, each `len: u32 | crc32(payload): u32 | payload`
-//! (little endian), where the payload starts with the generation it was written in.
-//! Reading stops at the first record that is incomplete, fails its checksum or belongs
-//! to another generation: a write cut short by a crash was never synced, so never
-//! acknowledged, and older generations were emptied.
+//! The journal is [`SEGMENTS`] files, `<database>.accepted` and `<database>.accepted.1`.
+//! Records go to one segment until the writer takes the jobs accepted so far, which
+//! seals it; later records go to the other while the writer writes the sealed one's jobs
+//! into SQLite, and once that has committed the sealed segment is emptied. So a segment
+//! is emptied only when every record in it is in SQLite, without pausing submissions.
 //!
-//! Emptying the journal bumps the generation in the header and starts writing at the
-//! front again, over the old records, instead of truncating: a sync that overwrites
-//! blocks the file already has was measured here at half the time of one that grows the
-//! file, so the file is also filled to [`PREALLOCATED`] when created. The new header is
-//! synced together with the first records written after it; until then nothing in the
-//! new generation was acknowledged, so a crash that keeps the old header loses nothing.
+//! Each segment is a header (an 8-byte magic and the current generation, a `u64`), then
+//! records, each `len: u32 | crc32(payload): u32 | payload` (little endian), where the
+//! payload starts with the generation it was written in. Reading stops at the first
+//! record that is incomplete, fails its checksum or belongs to another generation: a
+//! write cut short by a crash was never synced, so never acknowledged, and older
+//! generations were emptied.
+//!
+//! Emptying a segment bumps the generation in its header and starts writing at the front
+//! again, over the old records, instead of truncating: a sync that overwrites blocks the
+//! file already has was measured here at half the time of one that grows the file, so
+//! each file is also filled to [`PREALLOCATED`] when created. The new header is synced
+//! with (or before) the first records written after it; until then nothing in the new
+//! generation was acknowledged, so a crash that keeps the old header loses nothing.
 //! Replay is idempotent (a record whose job is already in SQLite is skipped), so records
 //! of an emptied generation that come back after a crash change nothing either.
 //!
-//! The writer thread decides and encodes; a syncer thread of its own
-//! ([`Syncer`]) writes, syncs and answers, so the writer goes on deciding the next batch
-//! (or writing accepted jobs into SQLite) while the disk works. Every write to the file
-//! goes through that one thread, in the order the writer sent it.
+//! This module only reads and writes the files; one thread does all the writing, in
+//! order (the journal thread, see [`crate::acceptor`]).
 //!
-//! One process owns the journal at a time, by an exclusive lock on the file held for the
-//! store's life: the server. Another process opening the same database (the admin CLI)
-//! cannot take the lock and writes submissions straight into SQLite instead, as it did
-//! before the journal existed; before reading it waits, briefly, for the owner to empty
-//! the journal, so it sees what the server has acknowledged ([`wait_until_drained`]).
+//! One process owns the journal at a time, by an exclusive lock on the first segment's
+//! file held for the store's life: the server. Another process opening the same
+//! database (the admin CLI) cannot take the lock and refuses submissions; before reading
+//! it waits, briefly, for the owner to empty the journal, so it sees what the server has
+//! acknowledged ([`wait_until_drained`]).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use domain::{AccountId, ApiKeyId, JobId, ModelId};
@@ -58,11 +60,24 @@ const MAX_RECORD_LEN: u32 = 64 << 20;
 /// The journal's size when created. Records past it grow the file (slower syncs, still
 /// correct); between two emptyings the journal holds a few hundred small records.
 const PREALLOCATED: u64 = 4 << 20;
+/// Segment files: records go to one while the jobs of the other are written into SQLite.
+pub(crate) const SEGMENTS: usize = 2;
 
-/// The journal beside the database at `db_path`.
+/// The journal beside the database at `db_path` (its first segment, which also holds
+/// the lock).
 pub(crate) fn path_for(db_path: &Path) -> PathBuf {
     let mut name = db_path.as_os_str().to_owned();
     name.push(".accepted");
+    PathBuf::from(name)
+}
+
+/// The file of segment `segment` of the journal at `path`.
+fn segment_path(path: &Path, segment: usize) -> PathBuf {
+    if segment == 0 {
+        return path.to_path_buf();
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{segment}"));
     PathBuf::from(name)
 }
 
@@ -73,8 +88,13 @@ pub(crate) struct Record {
     pub job: NewJob,
 }
 
-/// The journal, owned (locked) by this process.
+/// The journal, owned (locked) by this process: [`SEGMENTS`] files, written one at a
+/// time (see the module comment).
 pub(crate) struct Journal {
+    segments: Vec<Segment>,
+}
+
+struct Segment {
     file: File,
     generation: u64,
     /// Where the next record goes.
@@ -83,27 +103,86 @@ pub(crate) struct Journal {
 
 impl Journal {
     /// Opens (creating if needed) and locks the journal at `path`, returning it with the
-    /// records of its current generation.
+    /// records of each segment's current generation.
     /// `None` when another process holds the lock.
     pub(crate) fn open(path: &Path) -> io::Result<Option<(Self, Vec<Record>)>> {
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        match file.try_lock() {
+        let first = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        match first.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Ok(None),
             Err(TryLockError::Error(e)) => return Err(e),
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        if bytes.is_empty() {
-            let journal = Self { file, generation: 0, end: HEADER_LEN };
-            journal.write_header()?;
-            journal.file.write_all_at(&vec![0; (PREALLOCATED - HEADER_LEN) as usize], HEADER_LEN)?;
-            journal.file.sync_all()?;
-            // The file's name must survive a crash too, or its records would go with it.
+        let mut segments = Vec::with_capacity(SEGMENTS);
+        let mut records = Vec::new();
+        let mut created = false;
+        for index in 0..SEGMENTS {
+            let path = segment_path(path, index);
+            let file = match index {
+                0 => first.try_clone()?,
+                _ => OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?,
+            };
+            let (segment, found, new) = Segment::open(file, &path)?;
+            records.extend(found);
+            created |= new;
+            segments.push(segment);
+        }
+        // A new file's name must survive a crash too, or its records would go with it.
+        if created {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 File::open(dir)?.sync_all()?;
             }
-            return Ok(Some((journal, Vec::new())));
+        }
+        // The lock is on the open file description, which `first`'s clone shares.
+        drop(first);
+        Ok(Some((Self { segments }, records)))
+    }
+
+    /// The generation new records in `segment` must carry.
+    pub(crate) fn generation(&self, segment: usize) -> u64 {
+        self.segments[segment].generation
+    }
+
+    /// Empties every segment (see the module comment) and syncs the new headers.
+    pub(crate) fn reset(&mut self) -> io::Result<()> {
+        for segment in &mut self.segments {
+            segment.start_generation(segment.generation + 1)?;
+            segment.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Empties `segment` into `generation`: new records go at its front. The new header
+    /// reaches the disk with the segment's next [`sync`](Self::sync).
+    pub(crate) fn empty(&mut self, segment: usize, generation: u64) -> io::Result<()> {
+        self.segments[segment].start_generation(generation)
+    }
+
+    /// Writes encoded records (see [`encode_record`]) after the last ones of `segment`.
+    pub(crate) fn append(&mut self, segment: usize, records: &[u8]) -> io::Result<()> {
+        let segment = &mut self.segments[segment];
+        segment.file.write_all_at(records, segment.end)?;
+        segment.end += records.len() as u64;
+        Ok(())
+    }
+
+    /// Makes what was written to `segment` durable.
+    pub(crate) fn sync(&self, segment: usize) -> io::Result<()> {
+        self.segments[segment].file.sync_data()
+    }
+}
+
+impl Segment {
+    /// Reads the segment in `file`, filling it to [`PREALLOCATED`] if it is new. Returns
+    /// it with its current records and whether it was created now.
+    fn open(mut file: File, path: &Path) -> io::Result<(Self, Vec<Record>, bool)> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        if bytes.is_empty() {
+            let segment = Self { file, generation: 0, end: HEADER_LEN };
+            segment.write_header()?;
+            segment.file.write_all_at(&vec![0; (PREALLOCATED - HEADER_LEN) as usize], HEADER_LEN)?;
+            segment.file.sync_all()?;
+            return Ok((segment, Vec::new(), true));
         }
         if bytes.len() < HEADER_LEN as usize || &bytes[..MAGIC.len()] != MAGIC {
             return Err(io::Error::new(
@@ -113,18 +192,7 @@ impl Journal {
         }
         let generation = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
         let (records, used) = read_records(&bytes[HEADER_LEN as usize..], generation);
-        Ok(Some((Self { file, generation, end: HEADER_LEN + used as u64 }, records)))
-    }
-
-    /// The generation new records must carry.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// Empties the journal (see the module comment) and syncs the new header.
-    pub(crate) fn reset(&mut self) -> io::Result<()> {
-        self.start_generation(self.generation + 1)?;
-        self.file.sync_data()
+        Ok((Self { file, generation, end: HEADER_LEN + used as u64 }, records, false))
     }
 
     fn start_generation(&mut self, generation: u64) -> io::Result<()> {
@@ -155,103 +223,6 @@ pub(crate) fn encode_record(job: &NewJob, created_at_ms: i64, generation: u64, o
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Answers the callers of one batch once its records are synced (`None`) or failed.
-pub(crate) type Answer = Box<dyn FnOnce(Option<&io::Error>) + Send>;
-
-enum SyncRequest {
-    /// Write these records (possibly none), then answer.
-    Records(Vec<u8>, Answer),
-    /// Every record written so far is in SQLite: start this generation.
-    Empty(u64),
-}
-
-/// The thread that writes and syncs the journal (see the module comment).
-pub(crate) struct Syncer {
-    requests: Option<mpsc::Sender<SyncRequest>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Syncer {
-    pub(crate) fn start(journal: Journal) -> Self {
-        let (requests, queue) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("sqlite-journal".into())
-            .spawn(move || sync_loop(journal, queue))
-            .expect("spawning the journal thread only fails when the OS is out of threads");
-        Self { requests: Some(requests), thread: Some(thread) }
-    }
-
-    /// Writes `records` after everything sent before, syncs, then calls `answer`.
-    pub(crate) fn write(&self, records: Vec<u8>, answer: Answer) {
-        if let Some(requests) = &self.requests {
-            if let Err(mpsc::SendError(SyncRequest::Records(_, answer))) =
-                requests.send(SyncRequest::Records(records, answer))
-            {
-                answer(Some(&io::Error::other("the journal thread stopped")));
-            }
-        }
-    }
-
-    /// Empties the journal into `generation`, after everything sent before.
-    pub(crate) fn empty(&self, generation: u64) {
-        if let Some(requests) = &self.requests {
-            let _ = requests.send(SyncRequest::Empty(generation));
-        }
-    }
-
-    /// Finishes everything sent, then stops the thread.
-    pub(crate) fn stop(&mut self) {
-        self.requests = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn sync_loop(mut journal: Journal, queue: mpsc::Receiver<SyncRequest>) {
-    let mut answers: Vec<Answer> = Vec::new();
-    while let Ok(first) = queue.recv() {
-        // Everything queued meanwhile shares this sync.
-        let mut outcome: io::Result<()> = Ok(());
-        let mut wrote = false;
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                SyncRequest::Records(bytes, answer) => {
-                    if !bytes.is_empty() && outcome.is_ok() {
-                        outcome = journal.file.write_all_at(&bytes, journal.end);
-                        journal.end += bytes.len() as u64;
-                        wrote = true;
-                    }
-                    answers.push(answer);
-                }
-                SyncRequest::Empty(generation) => {
-                    if outcome.is_ok() {
-                        outcome = journal.start_generation(generation);
-                        wrote = true;
-                    }
-                }
-            }
-            next = queue.try_recv().ok();
-        }
-        if wrote && outcome.is_ok() {
-            outcome = journal.file.sync_data();
-        }
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "the acceptance journal could not be written; refusing the submissions waiting on it");
-        }
-        for answer in answers.drain(..) {
-            answer(outcome.as_ref().err());
-        }
-    }
-}
-
 /// For a process that does not own the journal: waits until the owner has moved every
 /// acknowledged submission into SQLite (the journal is empty), at most `limit`. Under
 /// continuous load the journal may never be empty; the caller then reads what SQLite
@@ -279,9 +250,13 @@ fn owned_by_anyone(path: &Path) -> bool {
     }
 }
 
-/// Whether the journal at `path` holds records of its current generation (read without
-/// the lock: a torn read only makes the caller wait or read a moment early).
+/// Whether the journal at `path` holds records of a segment's current generation (read
+/// without the lock: a torn read only makes the caller wait or read a moment early).
 pub(crate) fn holds_records(path: &Path) -> bool {
+    (0..SEGMENTS).any(|segment| segment_holds_records(&segment_path(path, segment)))
+}
+
+fn segment_holds_records(path: &Path) -> bool {
     let Ok(file) = File::open(path) else { return false };
     let mut head = [0u8; HEADER_LEN as usize + 16];
     let Ok(()) = file.read_exact_at(&mut head, 0) else { return false };
@@ -454,21 +429,51 @@ mod tests {
         assert_eq!(key(a), key(b));
     }
 
-    /// Writes `records` through a syncer, as the writer does, and waits for the answer.
+    /// Writes `records` into segment 0 and syncs, as the acceptor does.
     fn write(journal: Journal, records: &[Record], empty_first: bool) {
-        let generation = journal.generation() + u64::from(empty_first);
-        let mut syncer = Syncer::start(journal);
-        if empty_first {
-            syncer.empty(generation);
+        write_segments(journal, &[(0, records)], empty_first.then_some(0));
+    }
+
+    /// Empties segment `empty_first` (if any), then writes each `(segment, records)` and
+    /// syncs every segment.
+    fn write_segments(mut journal: Journal, writes: &[(usize, &[Record])], empty_first: Option<usize>) {
+        if let Some(segment) = empty_first {
+            journal.empty(segment, journal.generation(segment) + 1).unwrap();
         }
-        let mut bytes = Vec::new();
-        for r in records {
-            encode_record(&r.job, r.created_at_ms, generation, &mut bytes);
+        for (segment, records) in writes {
+            let mut bytes = Vec::new();
+            for r in *records {
+                encode_record(&r.job, r.created_at_ms, journal.generation(*segment), &mut bytes);
+            }
+            journal.append(*segment, &bytes).unwrap();
         }
-        let (tx, rx) = mpsc::channel();
-        syncer.write(bytes, Box::new(move |e| tx.send(e.map(|e| e.to_string())).unwrap()));
-        assert_eq!(rx.recv().unwrap(), None, "the sync must succeed");
-        syncer.stop();
+        for segment in 0..SEGMENTS {
+            journal.sync(segment).unwrap();
+        }
+    }
+
+    #[test]
+    fn both_segments_replay_and_emptying_one_keeps_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(&dir.path().join("reelgate.db"));
+        let (first, second) = ([record(0, Some("k-0")), record(1, None)], [record(2, None)]);
+        let (journal, _) = Journal::open(&path).unwrap().unwrap();
+        write_segments(journal, &[(0, &first), (1, &second)], None);
+        assert!(segment_path(&path, 1).exists(), "the second segment has a file of its own");
+        let (journal, replay) = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(replay.len(), 3);
+        for (a, b) in first.iter().chain(&second).zip(&replay) {
+            same(a, b);
+        }
+
+        // Segment 0's jobs reached SQLite: emptying it leaves segment 1's record.
+        write_segments(journal, &[], Some(0));
+        assert!(holds_records(&path), "segment 1 still holds a record");
+        let (journal, replay) = Journal::open(&path).unwrap().unwrap();
+        assert_eq!(replay.len(), 1);
+        same(&second[0], &replay[0]);
+        write_segments(journal, &[], Some(1));
+        assert!(!holds_records(&path));
     }
 
     #[test]
@@ -492,7 +497,7 @@ mod tests {
         let (journal, replay) = Journal::open(&path).unwrap().unwrap();
         assert!(replay.is_empty(), "an emptied journal replays nothing");
 
-        // Emptied through the syncer, then one new record over the old ones.
+        // Emptied, then one new record over the old ones.
         let later = record(7, None);
         write(journal, std::slice::from_ref(&later), true);
         let (_, replay) = Journal::open(&path).unwrap().unwrap();

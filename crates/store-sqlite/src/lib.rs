@@ -1,17 +1,19 @@
-//! The embedded SQLite backend: one group-committing writer thread ([`writer`]) and a
-//! small pool of read connections.
+//! The embedded SQLite backend: one group-committing writer thread ([`writer`]), an
+//! acceptor thread for submissions ([`acceptor`]) and a small pool of read connections.
 //!
 //! Reads run inline on the calling task. They are indexed point reads or short keyset
 //! scans that take microseconds in WAL mode (readers never wait for the writer), so
 //! handing them to a blocking thread pool would cost more than the read itself. Writes
 //! go through the writer thread, which acknowledges only after a durable commit
-//! (`synchronous = FULL`), or, for submissions, a durable journal record
-//! ([`journal`]) that it writes into SQLite shortly after ([`accepted`]). Reads first
-//! wait for those ([`Writer::settle`]), so an acknowledged job is always visible.
+//! (`synchronous = FULL`). Submissions are acknowledged once their record is durable
+//! in the acceptance journal ([`journal`]), and the writer writes them into SQLite
+//! shortly after ([`accepted`]). Reads first wait for those ([`Writer::settle`]), so an
+//! acknowledged job is always visible.
 
 #![forbid(unsafe_code)]
 
 mod accepted;
+mod acceptor;
 mod cache;
 mod checkpoint;
 mod engine;
@@ -22,7 +24,7 @@ mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,17 +113,23 @@ impl SqliteStore {
                 None => break None,
             }
         };
-        let accepted = match owned {
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let journaled = match owned {
             Some((mut journal, records)) => {
                 accepted::replay(&conn, &records)?;
                 journal.reset().map_err(cannot)?;
-                Some(accepted::Accepted::new(journal))
+                let written_seq = accepted::written_seq(&conn)?;
+                Some(writer::Journaled {
+                    accepted: accepted::Accepted::new(&journal, written_seq, backlog.clone()),
+                    journal,
+                    acceptor_conn: open_connection(path, true)?,
+                })
             }
             None => None,
         };
         // The process that takes submissions checkpoints on a thread of its own; others
         // (short-lived admin commands) leave it to SQLite.
-        let checkpointer = match &accepted {
+        let checkpointer = match &journaled {
             Some(_) => {
                 conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES)
                     .map_err(map_err)?;
@@ -132,7 +140,7 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_path_buf(),
             journal_path,
-            writer: Writer::start(conn, accepted),
+            writer: Writer::start(conn, journaled, backlog),
             checkpointer: Mutex::new(checkpointer),
             readers: Mutex::new(Vec::new()),
             jobs: JobCache::new(),
@@ -815,6 +823,59 @@ mod tests {
         assert_eq!(acct.credits, 50);
         assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 50);
         store.close().await;
+    }
+
+    /// The acceptor decides against snapshots while the writer commits accepted jobs
+    /// beside it (here forced often by reads that settle): a job the snapshot already
+    /// holds must not count twice, nor one it does not hold zero times.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decisions_stay_exact_while_the_writer_writes_accepted_jobs_beside_them() {
+        const AFFORDABLE: usize = 1000;
+        let (dir, store, key) = store_with_account(AFFORDABLE as i64).await;
+        let store = std::sync::Arc::new(store);
+        let submitting = std::sync::Arc::new(AtomicUsize::new(40));
+        let reader = {
+            let (store, submitting, account) = (store.clone(), submitting.clone(), key.account_id);
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while submitting.load(Ordering::Acquire) > 0 {
+                    let credits = store.get_account(account).await.unwrap().unwrap().credits;
+                    assert!(credits >= 0);
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let (store, key, submitting) = (store.clone(), key.clone(), submitting.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut created, mut refused) = (0, 0);
+                for _ in 0..(AFFORDABLE * 2 / 40) {
+                    match store.submit_job(job(&key, 1, None)).await.unwrap() {
+                        SubmitOutcome::Created { .. } => created += 1,
+                        SubmitOutcome::InsufficientCredits { .. } => refused += 1,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                submitting.fetch_sub(1, Ordering::AcqRel);
+                (created, refused)
+            }));
+        }
+        let (mut created, mut refused) = (0, 0);
+        for t in tasks {
+            let (c, r) = t.await.unwrap();
+            created += c;
+            refused += r;
+        }
+        assert!(reader.await.unwrap() > 0, "the reads ran beside the submissions");
+        assert_eq!((created, refused), (AFFORDABLE, AFFORDABLE), "exactly what the balance affords is accepted");
+        assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 0);
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 0);
+        store.close().await;
+        let raw = Connection::open(dir.path().join("t.db")).unwrap();
+        let jobs: usize = raw.query_row("select count(*) from job", [], |r| r.get(0)).unwrap();
+        assert_eq!(jobs, AFFORDABLE);
     }
 
     #[tokio::test]

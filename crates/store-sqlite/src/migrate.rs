@@ -15,6 +15,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_job_engine", include_str!("../../../migrations/sqlite/0002_job_engine.sql")),
     ("0003_webhooks", include_str!("../../../migrations/sqlite/0003_webhooks.sql")),
     ("0004_server_secret", include_str!("../../../migrations/sqlite/0004_server_secret.sql")),
+    ("0005_accepted_write", include_str!("../../../migrations/sqlite/0005_accepted_write.sql")),
 ];
 
 /// Applies pending migrations; returns the names applied now.

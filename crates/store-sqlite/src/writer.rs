@@ -15,16 +15,15 @@
 //! That is why operations are `Fn`, not `FnOnce`: a replay calls them again, and a
 //! rolled-back run left no trace for the second one to trip over.
 //!
-//! Submissions, the hot write, take a shorter path ([`crate::journal`],
-//! [`crate::accepted`]): the writer decides each one and hands the accepted ones'
-//! records to the journal thread, which syncs them and answers, while the writer goes on
-//! with the next batch. The accepted jobs are written into SQLite later, many per
-//! transaction, and always before any other operation runs, so every other write sees
-//! them. Only the process that owns the journal takes submissions.
+//! Submissions, the hot write, take a shorter path ([`crate::acceptor`],
+//! [`crate::journal`], [`crate::accepted`]): the acceptor thread decides them, makes the
+//! accepted ones durable in the journal and answers. This thread writes the
+//! accepted jobs into SQLite later, many per transaction, and always before any other
+//! operation runs, so every other write sees them. Only the process that owns the
+//! journal takes submissions.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +31,9 @@ use rusqlite::Connection;
 use store::{NewJob, Result, StoreError, SubmitOutcome};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accepted::Accepted;
+use crate::accepted::{self, Accepted};
+use crate::acceptor::Acceptor;
+use crate::journal::Journal;
 use crate::map_err;
 
 /// Upper bound on operations sharing one commit; keeps a single batch's latency bounded.
@@ -40,10 +41,6 @@ const MAX_BATCH: usize = 512;
 /// Operations waiting for the writer. When full, callers wait (backpressure) instead of
 /// queueing without bound in memory.
 const QUEUE_CAPACITY: usize = 8192;
-/// How long the queue must stay empty before accepted jobs are written to SQLite. Under
-/// load the next requests arrive well within it, so the jobs keep gathering (up to
-/// [`crate::accepted::WRITE_AT`]); when traffic pauses they reach SQLite at once.
-const IDLE_BEFORE_WRITING: Duration = Duration::from_millis(1);
 /// After a failed attempt to write accepted jobs (the database busy for longer than its
 /// timeout, say), the pause before the next.
 const RETRY_WRITING_AFTER: Duration = Duration::from_millis(100);
@@ -55,24 +52,44 @@ pub(crate) struct WriteCtx<'a> {
     /// Unix ms for this batch; never smaller than any earlier batch's, so rows created
     /// later always sort later even if the wall clock steps back.
     pub now_ms: i64,
-    /// The writer's operation counter, see [`WriteCtx::next_version`].
-    versions: &'a Cell<u64>,
+    clock: &'a Clock,
 }
 
 impl WriteCtx<'_> {
-    /// A number larger than any handed out before. Operations run one at a time on
-    /// this thread, so these numbers follow commit order: the job cache uses them to
-    /// keep the newest version of a row when two callers put theirs out of order.
+    /// See [`Clock::next_version`].
     pub fn next_version(&self) -> u64 {
-        let v = self.versions.get() + 1;
-        self.versions.set(v);
-        v
+        self.clock.next_version()
+    }
+}
+
+/// Time and operation numbers shared by the writer and the acceptor.
+#[derive(Default)]
+pub(crate) struct Clock {
+    last_ms: AtomicI64,
+    versions: AtomicU64,
+}
+
+impl Clock {
+    /// Unix ms, never smaller than any returned before, so rows created later always
+    /// sort later even if the wall clock steps back.
+    pub(crate) fn now_ms(&self) -> i64 {
+        let wall = wall_clock_ms();
+        self.last_ms.fetch_max(wall, Ordering::AcqRel).max(wall)
+    }
+
+    /// A number larger than any handed out before. A job's operations reach the store
+    /// one after another (its submission is decided before anything can touch it, and
+    /// the writer runs the rest in commit order), so for one job these numbers follow
+    /// commit order: the job cache uses them to keep the newest version of a row when
+    /// two callers put theirs out of order.
+    pub(crate) fn next_version(&self) -> u64 {
+        self.versions.fetch_add(1, Ordering::AcqRel) + 1
     }
 }
 
 /// An operation waiting in the queue: runs (possibly twice, see the module comment) and
 /// then answers its caller once with the committed outcome.
-trait PendingOp: Send {
+pub(crate) trait PendingOp: Send {
     /// Runs the operation; `false` when it failed and its transaction must be rolled back.
     fn run(&mut self, ctx: &WriteCtx<'_>) -> bool;
     /// Answers the caller: the last run's outcome if `commit` succeeded, else the commit error.
@@ -114,10 +131,10 @@ type BoxedOp = Box<dyn PendingOp>;
 /// operation number for the job cache.
 pub(crate) type Submitted = (SubmitOutcome, i64, u64);
 
-enum Command {
+pub(crate) enum Command {
     Write(BoxedOp),
-    /// A submission to decide on the journal path.
-    Submit(Arc<NewJob>, oneshot::Sender<Result<Submitted>>),
+    /// From the acceptor: jobs have been accepted (see [`Accepted::write_in`]).
+    Accepted,
     /// Write the accepted jobs into SQLite, then answer.
     Settle(oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<()>),
@@ -125,43 +142,58 @@ enum Command {
     Abandon(oneshot::Sender<()>),
 }
 
-/// Handle to the writer thread.
+/// What the owner of the acceptance journal runs besides the writer.
+pub(crate) struct Journaled {
+    pub journal: Journal,
+    pub accepted: Accepted,
+    /// A read connection for the acceptor.
+    pub acceptor_conn: Connection,
+}
+
+/// Handle to the writer thread (and, when submissions are taken, the acceptor thread).
 pub(crate) struct Writer {
     tx: mpsc::Sender<Command>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// Whether submissions go through the acceptance journal.
-    journaled: bool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Present when submissions go through the acceptance journal.
+    acceptor: Option<Acceptor>,
     /// Accepted jobs not yet in SQLite; readers settle only when it is non-zero.
     backlog: Arc<AtomicUsize>,
 }
 
 impl Writer {
-    /// Starts the writer on `conn`; with `accepted`, submissions take the journal path.
-    pub(crate) fn start(conn: Connection, accepted: Option<Accepted>) -> Self {
+    /// Starts the writer on `conn`; with `journaled`, the acceptor too, and submissions
+    /// take the journal path.
+    pub(crate) fn start(conn: Connection, journaled: Option<Journaled>, backlog: Arc<AtomicUsize>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let journaled = accepted.is_some();
+        let clock = Arc::new(Clock::default());
+        let (accepted, acceptor) = match journaled {
+            Some(Journaled { journal, accepted, acceptor_conn }) => {
+                let accepted = Arc::new(Mutex::new(accepted));
+                let acceptor = Acceptor::start(acceptor_conn, journal, accepted.clone(), clock.clone(), tx.clone());
+                lock(&accepted).signal_written_to(acceptor.written_signal());
+                (Some(accepted), Some(acceptor))
+            }
+            None => (None, None),
+        };
         let shared = backlog.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, accepted, shared))
+            .spawn(move || run(conn, rx, accepted, &clock, &shared))
             .expect("spawning the writer thread only fails when the OS is out of threads");
-        Self { tx, thread: std::sync::Mutex::new(Some(thread)), journaled, backlog }
+        Self { tx, thread: Mutex::new(Some(thread)), acceptor, backlog }
     }
 
     /// Whether [`submit`](Self::submit) may be used.
     pub(crate) fn journaled(&self) -> bool {
-        self.journaled
+        self.acceptor.is_some()
     }
 
     /// Decides a submission on the journal path; resolves once it is durable.
     pub(crate) async fn submit(&self, job: Arc<NewJob>) -> Result<Submitted> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Submit(job, reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
-        rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+        match &self.acceptor {
+            Some(acceptor) => acceptor.submit(job).await,
+            None => Err(StoreError::Internal("submission sent to a store without a journal".into())),
+        }
     }
 
     /// Returns once every submission acknowledged before the call is in SQLite, so a
@@ -190,9 +222,12 @@ impl Writer {
         rx.await.map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
     }
 
-    /// Stops the thread without writing the accepted jobs into SQLite, as a crash
+    /// Stops the threads without writing the accepted jobs into SQLite, as a crash
     /// would; for tests of the journal's replay.
     pub(crate) async fn abandon(&self) {
+        if let Some(acceptor) = &self.acceptor {
+            acceptor.abandon().await;
+        }
         self.stop(Command::Abandon).await;
     }
 
@@ -201,8 +236,12 @@ impl Writer {
         self.tx.is_closed()
     }
 
-    /// Finishes every queued write, then stops the thread.
+    /// Decides every queued submission and finishes every queued write (the accepted
+    /// jobs included), then stops the threads.
     pub(crate) async fn close(&self) {
+        if let Some(acceptor) = &self.acceptor {
+            acceptor.stop().await;
+        }
         self.stop(Command::Close).await;
     }
 
@@ -212,42 +251,48 @@ impl Writer {
         if self.tx.send(command(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        let handle = self.thread.lock().expect("writer handle lock poisoned").take();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, mut accepted: Option<Accepted>, backlog: Arc<AtomicUsize>) {
+fn lock(accepted: &Mutex<Accepted>) -> MutexGuard<'_, Accepted> {
+    accepted.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    accepted: Option<Arc<Mutex<Accepted>>>,
+    clock: &Clock,
+    backlog: &AtomicUsize,
+) {
     // Only for waiting on the queue with a timeout while accepted jobs gather.
     let timer = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("a timer-only runtime needs no resources that can run out");
-    let mut last_ms = 0i64;
-    let versions = Cell::new(0u64);
+    let accepted = accepted.as_deref();
     let mut ops: Vec<BoxedOp> = Vec::with_capacity(MAX_BATCH);
-    let mut submissions: Vec<(Arc<NewJob>, oneshot::Sender<Result<Submitted>>)> = Vec::new();
     let mut settles: Vec<oneshot::Sender<Result<()>>> = Vec::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
     let mut abandoned: Option<oneshot::Sender<()>> = None;
     let mut write_failed = false;
     loop {
-        let waiting = accepted.as_ref().is_some_and(|a| !a.is_empty());
-        let first = if waiting {
-            let pause = if write_failed { RETRY_WRITING_AFTER } else { IDLE_BEFORE_WRITING };
-            match timer.block_on(async { tokio::time::timeout(pause, rx.recv()).await }) {
+        let write_in = accepted.and_then(|a| lock(a).write_in());
+        let pause = if write_failed { Some(RETRY_WRITING_AFTER) } else { write_in };
+        let first = match pause {
+            Some(pause) => match timer.block_on(async { tokio::time::timeout(pause, rx.recv()).await }) {
                 Ok(command) => command,
-                Err(_idle) => {
-                    last_ms = last_ms.max(wall_clock_ms());
-                    let ctx = WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions };
-                    write_failed = write_accepted(&ctx, accepted.as_mut(), &backlog).is_err();
+                Err(_due) => {
+                    let ctx = WriteCtx { conn: &conn, now_ms: clock.now_ms(), clock };
+                    write_failed = write_accepted(&ctx, accepted).is_err();
                     continue;
                 }
-            }
-        } else {
-            rx.blocking_recv()
+            },
+            None => rx.blocking_recv(),
         };
         let Some(first) = first else { break };
         let mut next = Some(first);
@@ -256,7 +301,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, mut accepted: Option<A
             taken += 1;
             match command {
                 Command::Write(op) => ops.push(op),
-                Command::Submit(job, reply) => submissions.push((job, reply)),
+                Command::Accepted => {}
                 Command::Settle(reply) => settles.push(reply),
                 Command::Close(done) => closing = Some(done),
                 Command::Abandon(done) => abandoned = Some(done),
@@ -271,24 +316,27 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, mut accepted: Option<A
         if abandoned.is_some() {
             break;
         }
-        last_ms = last_ms.max(wall_clock_ms());
-        let ctx = WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions };
-        if let Some(accepted) = accepted.as_mut() {
-            decide_submissions(&ctx, accepted, &mut submissions, &backlog);
-        } else {
-            // `SqliteStore` refuses submissions itself when it does not own the journal.
-            for (_, reply) in submissions.drain(..) {
-                let _ = reply.send(Err(StoreError::Internal("submission sent to a writer without a journal".into())));
+        let ctx = WriteCtx { conn: &conn, now_ms: clock.now_ms(), clock };
+        let due = accepted.is_some_and(|a| lock(a).write_in() == Some(Duration::ZERO));
+        if !ops.is_empty() || !settles.is_empty() || closing.is_some() || due {
+            // Every accepted job acknowledged so far goes into SQLite first: a batch an
+            // earlier attempt failed to write in a transaction of its own, the rest in
+            // the operations' transaction.
+            let retried = match accepted {
+                Some(a) if lock(a).has_taken() => write_accepted(&ctx, Some(a)),
+                _ => Ok(()),
+            };
+            match retried {
+                Ok(()) => commit_batch(&ctx, &mut ops, accepted),
+                Err(e) => {
+                    for op in ops.drain(..) {
+                        op.finish(Err(StoreError::Unavailable(format!(
+                            "accepted submissions could not be written to the database first: {e}"
+                        ))));
+                    }
+                }
             }
-        }
-        let write_now =
-            !ops.is_empty() || !settles.is_empty() || closing.is_some() || accepted.as_ref().is_some_and(Accepted::due);
-        if write_now {
-            commit_batch(&ctx, &mut ops, accepted.as_mut());
-            // Writes what a failed operation rolled back with it, and updates the backlog
-            // either way.
-            let _ = write_accepted(&ctx, accepted.as_mut(), &backlog);
-            let written = accepted.as_ref().is_none_or(Accepted::is_empty);
+            let written = accepted.is_none_or(|a| !lock(a).has_taken());
             write_failed = !written;
             for reply in settles.drain(..) {
                 let _ = reply.send(if written {
@@ -302,82 +350,41 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, mut accepted: Option<A
             break;
         }
     }
-    if closing.is_none() && abandoned.is_none() {
-        // The handle was dropped without `close`: still move what was accepted.
-        last_ms = last_ms.max(wall_clock_ms());
-        let ctx = WriteCtx { conn: &conn, now_ms: last_ms, versions: &versions };
-        let _ = write_accepted(&ctx, accepted.as_mut(), &backlog);
+    if abandoned.is_none() {
+        // Closing, or the handle was dropped without `close` (the acceptor is gone too,
+        // it held a sender of this queue): still move everything accepted.
+        let ctx = WriteCtx { conn: &conn, now_ms: clock.now_ms(), clock };
+        while accepted.is_some_and(|a| !lock(a).is_empty()) {
+            if write_accepted(&ctx, accepted).is_err() {
+                break;
+            }
+        }
     }
-    drop(accepted);
     drop(conn);
+    backlog.store(accepted.map_or(0, |a| lock(a).len()), Ordering::Release);
     for done in closing.into_iter().chain(abandoned) {
         let _ = done.send(());
     }
 }
 
-/// Decides the batch's submissions and hands them to the journal thread, which answers
-/// them once their records are on disk.
-fn decide_submissions(
-    ctx: &WriteCtx<'_>,
-    accepted: &mut Accepted,
-    submissions: &mut Vec<(Arc<NewJob>, oneshot::Sender<Result<Submitted>>)>,
-    backlog: &AtomicUsize,
-) {
-    if submissions.is_empty() {
-        return;
-    }
-    // One read transaction for the whole batch: each statement outside one would take
-    // and release SQLite's shared-memory read lock (two `fcntl` calls) on its own.
-    let in_read = ctx.conn.execute_batch("begin").is_ok();
-    let decided: Vec<_> = submissions
-        .drain(..)
-        .map(|(job, reply)| {
-            let outcome = accepted.decide(ctx, &job).map(|o| (o, ctx.now_ms, ctx.next_version()));
-            (outcome, reply)
-        })
-        .collect();
-    if in_read {
-        let _ = ctx.conn.execute_batch("commit");
-    }
-    // Counted before anyone is answered, so a read after an answer knows to settle.
-    backlog.store(accepted.len(), Ordering::Release);
-    accepted.answer_after_sync(Box::new(move |failed| {
-        for (outcome, reply) in decided {
-            let answer = match (failed, outcome) {
-                (Some(e), Ok((SubmitOutcome::Created { .. }, ..))) => Err(StoreError::Unavailable(e.to_string())),
-                (_, outcome) => outcome,
-            };
-            // The caller may have gone away; the job stands regardless.
-            let _ = reply.send(answer);
-        }
-    }));
-}
-
-/// Writes the accepted jobs still waiting (if any) into SQLite in a transaction of
-/// their own, and publishes how many are left for readers to settle on.
-fn write_accepted(ctx: &WriteCtx<'_>, accepted: Option<&mut Accepted>, backlog: &AtomicUsize) -> Result<()> {
-    let Some(accepted) = accepted else { return Ok(()) };
-    if accepted.is_empty() {
-        // Possibly written by the operations' transaction just before.
-        backlog.store(0, Ordering::Release);
+/// Writes the accepted jobs (if any) into SQLite in a transaction of their own.
+fn write_accepted(ctx: &WriteCtx<'_>, accepted: Option<&Mutex<Accepted>>) -> Result<()> {
+    if accepted.is_none_or(|a| lock(a).is_empty()) {
         return Ok(());
     }
-    match run_in_transaction(ctx, &mut [], Some(&mut *accepted)) {
-        Ok(_) => {
-            backlog.store(accepted.len(), Ordering::Release);
-            Ok(())
-        }
+    match run_in_transaction(ctx, &mut [], accepted) {
+        Ok(_) => Ok(()),
         Err(e) => {
-            tracing::error!(error = %e, jobs = accepted.len(), "could not write accepted jobs to the database; will retry");
+            tracing::error!(error = %e, "could not write accepted jobs to the database; will retry");
             Err(e)
         }
     }
 }
 
 /// Runs the batch's operations in one transaction, after writing the accepted jobs.
-fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>, mut accepted: Option<&mut Accepted>) {
+fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>, accepted: Option<&Mutex<Accepted>>) {
     let size = batch.len();
-    match run_in_transaction(ctx, batch, accepted.as_deref_mut()) {
+    match run_in_transaction(ctx, batch, accepted) {
         Ok(true) => {
             for op in batch.drain(..) {
                 op.finish(Ok(()));
@@ -387,7 +394,7 @@ fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>, mut accepted: Opti
             tracing::debug!(batch.size = size, "an operation failed; replaying the batch one by one");
             for mut op in batch.drain(..) {
                 let single = std::slice::from_mut(&mut op);
-                let commit = run_in_transaction(ctx, single, accepted.as_deref_mut()).map(|_| ());
+                let commit = run_in_transaction(ctx, single, accepted).map(|_| ());
                 op.finish(commit);
             }
         }
@@ -404,13 +411,18 @@ fn commit_batch(ctx: &WriteCtx<'_>, batch: &mut Vec<BoxedOp>, mut accepted: Opti
 /// `Ok(false)`: one failed and everything was rolled back (for a single op, its own
 /// error is kept in its outcome). `Err`: the transaction itself could not begin or commit.
 ///
-/// Accepted jobs are written first, so the operations see them; they are forgotten (and
-/// the journal emptied) only once the commit holding them has returned.
-fn run_in_transaction(ctx: &WriteCtx<'_>, ops: &mut [BoxedOp], accepted: Option<&mut Accepted>) -> Result<bool> {
+/// The accepted jobs the writer takes ([`Accepted::take`]) are written first, so the
+/// operations see them; they are forgotten (and their journal segment emptied) only
+/// once the commit holding them has returned. The lock on them is not held meanwhile:
+/// the acceptor goes on deciding.
+fn run_in_transaction(ctx: &WriteCtx<'_>, ops: &mut [BoxedOp], accepted: Option<&Mutex<Accepted>>) -> Result<bool> {
+    let batch = accepted.and_then(|a| lock(a).take());
+    if ops.is_empty() && batch.is_none() {
+        return Ok(true);
+    }
     ctx.conn.execute_batch("begin immediate").map_err(map_err)?;
-    let accepted = accepted.filter(|a| !a.is_empty());
-    if let Some(accepted) = &accepted {
-        if let Err(e) = accepted.write_into(ctx.conn, ctx.now_ms) {
+    if let Some(batch) = &batch {
+        if let Err(e) = accepted::write_batch(ctx.conn, batch, ctx.now_ms) {
             let _ = ctx.conn.execute_batch("rollback");
             return Err(e);
         }
@@ -427,8 +439,8 @@ fn run_in_transaction(ctx: &WriteCtx<'_>, ops: &mut [BoxedOp], accepted: Option<
         let _ = ctx.conn.execute_batch("rollback");
         return Err(map_err(e));
     }
-    if let Some(accepted) = accepted {
-        accepted.written();
+    if let (Some(accepted), Some(_)) = (accepted, batch) {
+        lock(accepted).written();
     }
     Ok(true)
 }
