@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::accepted::{self, Accepted, JournalWork, WRITE_AT};
 use crate::journal::{Journal, SEGMENTS};
-use crate::writer::{Clock, Command, Submitted};
+use crate::writer::{stop_thread, Clock, Command, Submitted};
 
 /// Upper bound on submissions sharing one snapshot and one journal sync.
 const MAX_BATCH: usize = 512;
@@ -98,14 +98,7 @@ impl Acceptor {
     }
 
     async fn stop_with(&self, request: fn(oneshot::Sender<()>) -> Request) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(request(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        stop_thread(&self.tx, request, &self.thread).await;
     }
 }
 

@@ -247,14 +247,24 @@ impl Writer {
 
     /// Sends `command` (a way of stopping) and waits for the thread to end.
     async fn stop(&self, command: fn(oneshot::Sender<()>) -> Command) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(command(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        stop_thread(&self.tx, command, &self.thread).await;
+    }
+}
+
+/// Sends `request` (a way of stopping, answered when the thread has done what it
+/// asks) into a thread's queue, waits for the answer, then for the thread to end.
+pub(crate) async fn stop_thread<R>(
+    queue: &mpsc::Sender<R>,
+    request: fn(oneshot::Sender<()>) -> R,
+    thread: &Mutex<Option<JoinHandle<()>>>,
+) {
+    let (tx, rx) = oneshot::channel();
+    if queue.send(request(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+    let handle = thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(handle) = handle {
+        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
     }
 }
 
