@@ -127,9 +127,10 @@ fn run(
     writer: &mpsc::Sender<Command>,
 ) {
     let (to_journal, journal_queue) = std_mpsc::channel();
+    let fallback = writer.clone();
     let journal_thread = std::thread::Builder::new()
         .name("sqlite-journal".into())
-        .spawn(move || journal_loop(journal, &journal_queue))
+        .spawn(move || journal_loop(journal, &journal_queue, &fallback))
         .expect("spawning the journal thread only fails when the OS is out of threads");
     let mut submissions = Vec::with_capacity(MAX_BATCH);
     let mut stopped: Option<oneshot::Sender<()>> = None;
@@ -183,7 +184,17 @@ fn run(
 /// The journal thread: writes each round's work in order, syncs once for everything
 /// that queued up meanwhile, then answers those rounds' callers. Returns the journal
 /// when the acceptor stops.
-fn journal_loop(mut journal: Journal, queue: &std_mpsc::Receiver<(JournalWork, Decided)>) -> Journal {
+///
+/// When the journal cannot be written, the accepted jobs are already in [`Accepted`]
+/// and the writer will write them into SQLite regardless; answering 503 would tell a
+/// client its job failed while it runs. So this thread asks the writer to write them
+/// now (through `writer`) and answers as decided once that has committed; only if that
+/// fails too are the created jobs answered 503.
+fn journal_loop(
+    mut journal: Journal,
+    queue: &std_mpsc::Receiver<(JournalWork, Decided)>,
+    writer: &mpsc::Sender<Command>,
+) -> Journal {
     let mut answers: Vec<Decided> = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut touched = [false; SEGMENTS];
@@ -199,11 +210,18 @@ fn journal_loop(mut journal: Journal, queue: &std_mpsc::Receiver<(JournalWork, D
         if outcome.is_ok() {
             outcome = accepted::sync_touched(&journal, &touched);
         }
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "the acceptance journal could not be written; refusing the submissions waiting on it");
-        }
+        let created = |(result, _): &(Result<Submitted>, _)| matches!(result, Ok((SubmitOutcome::Created { .. }, ..)));
+        let durable = match &outcome {
+            Ok(()) => Ok(()),
+            Err(e) if answers.iter().flatten().any(created) => {
+                tracing::error!(error = %e, "the acceptance journal could not be written; writing the submissions waiting on it into the database instead");
+                write_into_sqlite_now(writer)
+                    .map_err(|fallback| StoreError::Unavailable(format!("{e}; and then: {fallback}")))
+            }
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        };
         for (result, reply) in answers.drain(..).flatten() {
-            let answer = match (&outcome, result) {
+            let answer = match (&durable, result) {
                 (Err(e), Ok((SubmitOutcome::Created { .. }, ..))) => Err(StoreError::Unavailable(e.to_string())),
                 (_, result) => result,
             };
@@ -212,6 +230,14 @@ fn journal_loop(mut journal: Journal, queue: &std_mpsc::Receiver<(JournalWork, D
         }
     }
     journal
+}
+
+/// Has the writer write every accepted job into SQLite (a settle) and waits for it.
+fn write_into_sqlite_now(writer: &mpsc::Sender<Command>) -> Result<()> {
+    let stopped = || StoreError::Unavailable("the writer stopped".into());
+    let (reply, answer) = oneshot::channel();
+    writer.blocking_send(Command::Settle(reply)).map_err(|_| stopped())?;
+    answer.blocking_recv().map_err(|_| stopped())?
 }
 
 /// One round: decides `submissions` in one snapshot and takes the journal work that

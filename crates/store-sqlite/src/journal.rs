@@ -47,6 +47,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::{AccountId, ApiKeyId, JobId, ModelId};
@@ -92,6 +94,8 @@ pub(crate) struct Record {
 /// time (see the module comment).
 pub(crate) struct Journal {
     segments: Vec<Segment>,
+    /// Set by tests to make every write fail, as a failing disk would.
+    failing: Arc<AtomicBool>,
 }
 
 struct Segment {
@@ -134,7 +138,7 @@ impl Journal {
         }
         // The lock is on the open file description, which `first`'s clone shares.
         drop(first);
-        Ok(Some((Self { segments }, records)))
+        Ok(Some((Self { segments, failing: Arc::default() }, records)))
     }
 
     /// The generation new records in `segment` must carry.
@@ -157,8 +161,16 @@ impl Journal {
         self.segments[segment].start_generation(generation)
     }
 
+    /// A switch that makes every later write fail, as a failing disk would; for tests.
+    pub(crate) fn failure_switch(&self) -> Arc<AtomicBool> {
+        self.failing.clone()
+    }
+
     /// Writes encoded records (see [`encode_record`]) after the last ones of `segment`.
     pub(crate) fn append(&mut self, segment: usize, records: &[u8]) -> io::Result<()> {
+        if self.failing.load(Ordering::Acquire) {
+            return Err(io::Error::other("journal writes fail (switched on by a test)"));
+        }
         let segment = &mut self.segments[segment];
         segment.file.write_all_at(records, segment.end)?;
         segment.end += records.len() as u64;

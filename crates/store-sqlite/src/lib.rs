@@ -70,6 +70,8 @@ pub struct SqliteStore {
     /// Set by `close`: reads refuse too, as the trait promises, instead of opening a
     /// fresh connection or answering from the cache.
     closed: AtomicBool,
+    /// Makes the owned journal's writes fail (see [`SqliteStore::fail_journal_writes`]).
+    journal_failure: Option<Arc<AtomicBool>>,
 }
 
 impl SqliteStore {
@@ -114,6 +116,7 @@ impl SqliteStore {
             }
         };
         let backlog = Arc::new(AtomicUsize::new(0));
+        let journal_failure = owned.as_ref().map(|(journal, _)| journal.failure_switch());
         let journaled = match owned {
             Some((mut journal, records)) => {
                 accepted::replay(&conn, &records)?;
@@ -145,6 +148,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             jobs: JobCache::new(),
             closed: AtomicBool::new(false),
+            journal_failure,
         })
     }
 
@@ -202,6 +206,15 @@ impl SqliteStore {
     pub async fn simulate_crash(&self) {
         self.closed.store(true, Ordering::Release);
         self.writer.abandon().await;
+    }
+
+    /// Makes every later write to the acceptance journal fail (or succeed again), as a
+    /// failing disk would. For tests.
+    #[doc(hidden)]
+    pub fn fail_journal_writes(&self, failing: bool) {
+        if let Some(switch) = &self.journal_failure {
+            switch.store(failing, Ordering::Release);
+        }
     }
 
     /// Sum of an account's ledger: what its balance must equal.
@@ -876,6 +889,36 @@ mod tests {
         let raw = Connection::open(dir.path().join("t.db")).unwrap();
         let jobs: usize = raw.query_row("select count(*) from job", [], |r| r.get(0)).unwrap();
         assert_eq!(jobs, AFFORDABLE);
+    }
+
+    #[tokio::test]
+    async fn when_the_journal_cannot_be_written_submissions_become_durable_in_sqlite_instead() {
+        let (dir, store, key) = store_with_account(100).await;
+        store.fail_journal_writes(true);
+        let SubmitOutcome::Created { job_id, .. } = store.submit_job(job(&key, 5, None)).await.unwrap() else {
+            panic!("the job is accepted although the journal failed");
+        };
+        let refused = store.submit_job(job(&key, 1000, None)).await.unwrap();
+        assert!(matches!(refused, SubmitOutcome::InsufficientCredits { .. }), "{refused:?}");
+        // What a crash leaves: the journal holds nothing, so the job must be in SQLite.
+        store.simulate_crash().await;
+        let path = dir.path().join("t.db");
+        assert!(!journal::holds_records(&journal::path_for(&path)), "the failed journal holds no record");
+        let raw = Connection::open(&path).unwrap();
+        let jobs: i64 =
+            raw.query_row("select count(*) from job where job_id = ?1", [job_id.to_string()], |r| r.get(0)).unwrap();
+        assert_eq!(jobs, 1);
+        let credits: i64 = raw
+            .query_row("select credits from account where account_id = ?1", [key.account_id.to_string()], |r| r.get(0))
+            .unwrap();
+        let ledger: i64 = raw
+            .query_row(
+                "select sum(amount) from ledger_entry where account_id = ?1",
+                [key.account_id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!((credits, ledger), (95, 95), "charged once");
     }
 
     #[tokio::test]
