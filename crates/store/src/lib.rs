@@ -92,7 +92,9 @@ pub struct NewApiKey {
     pub prefix: String,
     /// SHA-256 of the key.
     pub digest: KeyDigest,
-    /// Credits granted to a newly created account (ledger row `grant`).
+    /// Credits granted to the key's account in the same transaction (ledger row
+    /// `grant`), whether the account is new or not; `reelgate keys create` offers them
+    /// only for a new account and points to `credits grant` otherwise.
     pub initial_credits: i64,
     /// Plan label for a new account.
     pub plan: String,
