@@ -341,7 +341,7 @@ impl JournalWork {
 }
 
 /// Syncs the segments written since their last sync.
-pub(crate) fn sync_touched(journal: &Journal, touched: &[bool; SEGMENTS]) -> std::io::Result<()> {
+pub(crate) fn sync_touched(journal: &mut Journal, touched: &[bool; SEGMENTS]) -> std::io::Result<()> {
     for segment in (0..SEGMENTS).filter(|s| touched[*s]) {
         journal.sync(segment)?;
     }

@@ -208,7 +208,7 @@ fn journal_loop(
             next = queue.try_recv().ok();
         }
         if outcome.is_ok() {
-            outcome = accepted::sync_touched(&journal, &touched);
+            outcome = accepted::sync_touched(&mut journal, &touched);
         }
         let created = |(result, _): &(Result<Submitted>, _)| matches!(result, Ok((SubmitOutcome::Created { .. }, ..)));
         let durable = match &outcome {

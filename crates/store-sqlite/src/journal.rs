@@ -158,28 +158,44 @@ impl Journal {
     /// Empties `segment` into `generation`: new records go at its front. The new header
     /// reaches the disk with the segment's next [`sync`](Self::sync).
     pub(crate) fn empty(&mut self, segment: usize, generation: u64) -> io::Result<()> {
-        self.segments[segment].start_generation(generation)
+        self.checked(|journal| journal.segments[segment].start_generation(generation))
     }
 
-    /// A switch that makes every later write fail, as a failing disk would; for tests.
+    /// The switch behind [`checked`](Self::checked): set by the first failed write, or by
+    /// a test to act as a failing disk would.
     pub(crate) fn failure_switch(&self) -> Arc<AtomicBool> {
         self.failing.clone()
     }
 
     /// Writes encoded records (see [`encode_record`]) after the last ones of `segment`.
     pub(crate) fn append(&mut self, segment: usize, records: &[u8]) -> io::Result<()> {
-        if self.failing.load(Ordering::Acquire) {
-            return Err(io::Error::other("journal writes fail (switched on by a test)"));
-        }
-        let segment = &mut self.segments[segment];
-        segment.file.write_all_at(records, segment.end)?;
-        segment.end += records.len() as u64;
-        Ok(())
+        self.checked(|journal| {
+            let segment = &mut journal.segments[segment];
+            segment.file.write_all_at(records, segment.end)?;
+            segment.end += records.len() as u64;
+            Ok(())
+        })
     }
 
     /// Makes what was written to `segment` durable.
-    pub(crate) fn sync(&self, segment: usize) -> io::Result<()> {
-        self.segments[segment].file.sync_data()
+    pub(crate) fn sync(&mut self, segment: usize) -> io::Result<()> {
+        self.checked(|journal| journal.segments[segment].file.sync_data())
+    }
+
+    /// Runs one write, unless an earlier one failed. After a failure the file may hold a
+    /// header or records that did not all reach the disk (a new generation's records
+    /// behind the old header would never replay), so nothing more is trusted to it:
+    /// every later write fails too, and submissions are made durable in SQLite instead
+    /// (see [`crate::acceptor`]) until the next start replays and empties the journal.
+    fn checked(&mut self, write: impl FnOnce(&mut Self) -> io::Result<()>) -> io::Result<()> {
+        if self.failing.load(Ordering::Acquire) {
+            return Err(io::Error::other("the acceptance journal failed earlier and is no longer written"));
+        }
+        let result = write(self);
+        if result.is_err() {
+            self.failing.store(true, Ordering::Release);
+        }
+        result
     }
 }
 

@@ -208,8 +208,9 @@ impl SqliteStore {
         self.writer.abandon().await;
     }
 
-    /// Makes every later write to the acceptance journal fail (or succeed again), as a
-    /// failing disk would. For tests.
+    /// Makes every later write to the acceptance journal fail, as a failing disk would
+    /// (a real failure does the same, until the next start); `false` lets it be written
+    /// again. For tests.
     #[doc(hidden)]
     pub fn fail_journal_writes(&self, failing: bool) {
         if let Some(switch) = &self.journal_failure {
