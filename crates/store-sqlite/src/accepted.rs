@@ -123,11 +123,6 @@ impl Accepted {
         self.jobs.len() - self.taken.as_ref().map_or(0, |t| t.count)
     }
 
-    /// Jobs accepted and not yet written.
-    pub(crate) fn len(&self) -> usize {
-        self.jobs.len()
-    }
-
     /// Whether nothing waits to be written (nor is being written).
     pub(crate) fn is_empty(&self) -> bool {
         self.jobs.is_empty()
@@ -264,10 +259,8 @@ impl Accepted {
             if self.jobs.is_empty() {
                 return None;
             }
-            let mut debits = HashMap::new();
-            for (job, _) in &self.jobs {
-                *debits.entry(job.account_id).or_insert(0) += job.cost;
-            }
+            // Every job is taken, so the batch owes what all of them owe.
+            let debits = self.debits.clone();
             self.taken = Some(Taken { seq: self.next_seq, count: self.jobs.len(), segment: self.segment, debits });
             // Later records go to the other segment, which the last `written` emptied.
             self.segment = (self.segment + 1) % SEGMENTS;
@@ -285,13 +278,15 @@ impl Accepted {
     /// their segment.
     pub(crate) fn written(&mut self) {
         let Some(taken) = self.taken.take() else { return };
-        for (job, _) in self.jobs.drain(..taken.count) {
-            if let Some(debit) = self.debits.get_mut(&job.account_id) {
-                *debit -= job.cost;
+        for (account, paid) in &taken.debits {
+            if let Some(debit) = self.debits.get_mut(account) {
+                *debit -= paid;
                 if *debit == 0 {
-                    self.debits.remove(&job.account_id);
+                    self.debits.remove(account);
                 }
             }
+        }
+        for (job, _) in self.jobs.drain(..taken.count) {
             if let Some(claim) = &job.idempotency {
                 let slot = (job.account_id, claim.key.clone());
                 if self.keys.get(&slot).is_some_and(|(holder, ..)| *holder == job.id) {

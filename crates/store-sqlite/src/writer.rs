@@ -175,10 +175,9 @@ impl Writer {
             }
             None => (None, None),
         };
-        let shared = backlog.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, accepted, &clock, &shared))
+            .spawn(move || run(conn, rx, accepted, &clock))
             .expect("spawning the writer thread only fails when the OS is out of threads");
         Self { tx, thread: Mutex::new(Some(thread)), acceptor, backlog }
     }
@@ -272,13 +271,7 @@ fn lock(accepted: &Mutex<Accepted>) -> MutexGuard<'_, Accepted> {
     accepted.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn run(
-    conn: Connection,
-    mut rx: mpsc::Receiver<Command>,
-    accepted: Option<Arc<Mutex<Accepted>>>,
-    clock: &Clock,
-    backlog: &AtomicUsize,
-) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, accepted: Option<Arc<Mutex<Accepted>>>, clock: &Clock) {
     // Only for waiting on the queue with a timeout while accepted jobs gather.
     let timer = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -371,7 +364,6 @@ fn run(
         }
     }
     drop(conn);
-    backlog.store(accepted.map_or(0, |a| lock(a).len()), Ordering::Release);
     for done in closing.into_iter().chain(abandoned) {
         let _ = done.send(());
     }
