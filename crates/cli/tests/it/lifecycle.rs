@@ -133,25 +133,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     }
 
     // 16 clients submit as fast as they can; SIGTERM lands in the middle.
-    let mut clients = Vec::new();
-    for c in 0..16 {
-        let (http, base, key) = (http.clone(), base.clone(), key.clone());
-        clients.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0.. {
-                let body = json!({"model": "hailuo-2.3", "prompt": format!("client {c} clip {i}")});
-                match http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await
-                {
-                    Ok(r) if r.status() == 202 => {
-                        acked.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string())
-                    }
-                    Ok(r) => panic!("unexpected status {}", r.status()),
-                    Err(_) => break, // the server stopped accepting
-                }
-            }
-            acked
-        }));
-    }
+    let clients = submit_until_the_server_goes(&http, &base, &key, Stop::Graceful);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let kill = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     assert!(kill.success());
@@ -165,10 +147,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
     .unwrap();
     assert!(status.0.success(), "exit status {:?}; log:\n{}", status.0, status.1);
     assert!(status.1.contains("listening on http://127.0.0.1:"), "{}", status.1);
-    let mut acked = Vec::new();
-    for c in clients {
-        acked.extend(c.await.unwrap());
-    }
+    let acked: Vec<String> = acknowledged(clients).await.into_iter().map(|(id, _)| id).collect();
     assert!(acked.len() > 10, "load should have been acknowledged before the signal ({})", acked.len());
 
     // Reopen the database: every acknowledged job is there and paid for exactly once.
@@ -206,6 +185,68 @@ async fn assert_every_job_charged_once(
     assert_eq!(acct.credits, granted - cost * charges as i64);
 }
 
+/// How the server goes away under [`submit_until_the_server_goes`].
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGTERM: every request the server took is answered in full.
+    Graceful,
+    /// SIGKILL: an answer may be cut off mid-body, and then it was never acknowledged.
+    Kill,
+}
+
+/// A job the server acknowledged, with the Idempotency-Key and body it was sent with
+/// (if it had a key).
+type Acked = (String, Option<(String, Value)>);
+
+/// 16 clients submitting as fast as they can until the server stops answering. Under
+/// [`Stop::Kill`] every third request carries an Idempotency-Key.
+fn submit_until_the_server_goes(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    stop: Stop,
+) -> Vec<tokio::task::JoinHandle<Vec<Acked>>> {
+    (0..16)
+        .map(|c| {
+            let (http, base, key) = (http.clone(), base.to_owned(), key.to_owned());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    let body = json!({"model": "hailuo-2.3", "prompt": format!("client {c} clip {i}")});
+                    let idempotency_key = (stop == Stop::Kill && i % 3 == 0).then(|| format!("c{c}-i{i}"));
+                    let mut request =
+                        http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body);
+                    if let Some(k) = &idempotency_key {
+                        request = request.header("Idempotency-Key", k);
+                    }
+                    match request.send().await {
+                        Ok(r) if r.status() == 202 => {
+                            let id = match (r.json::<Value>().await, stop) {
+                                (Ok(b), _) => b["jobId"].as_str().unwrap().to_string(),
+                                (Err(_), Stop::Kill) => break, // cut off by the kill: not acknowledged
+                                (Err(e), Stop::Graceful) => panic!("an answer was cut off by SIGTERM: {e}"),
+                            };
+                            acked.push((id, idempotency_key.map(|k| (k, body))));
+                        }
+                        Ok(r) => panic!("unexpected status {}", r.status()),
+                        Err(_) => break, // the server stopped accepting, or is gone
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+/// Every client's acknowledged jobs.
+async fn acknowledged(clients: Vec<tokio::task::JoinHandle<Vec<Acked>>>) -> Vec<Acked> {
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.extend(c.await.unwrap());
+    }
+    acked
+}
+
 /// On SQLite an accepted job is durable first as a record in the acceptance journal and
 /// reaches the database a little later; a kill -9 in between must lose nothing. The
 /// engine is off, so nothing but the writer's own schedule moves jobs into SQLite.
@@ -220,46 +261,20 @@ async fn after_kill_9_every_acknowledged_submission_is_there_and_charged_once() 
 
     // 16 clients submit as fast as they can (a third with an Idempotency-Key); the kill
     // lands in the middle of the stream.
-    let mut clients = Vec::new();
-    for c in 0..16 {
-        let (http, base, key) = (http.clone(), base.clone(), key.clone());
-        clients.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0.. {
-                let body = json!({"model": "hailuo-2.3", "prompt": format!("client {c} clip {i}")});
-                let mut request = http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body);
-                if i % 3 == 0 {
-                    request = request.header("Idempotency-Key", format!("c{c}-i{i}"));
-                }
-                match request.send().await {
-                    Ok(r) if r.status() == 202 => {
-                        let id = r.json::<Value>().await.map(|b| b["jobId"].as_str().unwrap().to_string());
-                        match id {
-                            Ok(id) => acked.push((id, (i % 3 == 0).then(|| (format!("c{c}-i{i}"), body)))),
-                            Err(_) => break, // the body was cut off by the kill: not acknowledged
-                        }
-                    }
-                    Ok(r) => panic!("unexpected status {}", r.status()),
-                    Err(_) => break, // the server is gone
-                }
-            }
-            acked
-        }));
-    }
+    let clients = submit_until_the_server_goes(&http, &base, &key, Stop::Kill);
     tokio::time::sleep(Duration::from_millis(600)).await;
     server.kill().unwrap();
     server.wait().unwrap();
-    let mut acked = Vec::new();
-    for c in clients {
-        acked.extend(c.await.unwrap());
-    }
+    let acked = acknowledged(clients).await;
     assert!(acked.len() > 50, "load should have been acknowledged before the kill ({})", acked.len());
-    let journal = data.dir().join("reelgate.db.accepted");
     if data.database_url().is_none() {
-        let bytes = std::fs::read(&journal).expect("the server keeps its acceptance journal beside the database");
-        // Header: magic and generation; a first record of that generation means jobs were
-        // still waiting in the journal when the process died.
-        let waiting = bytes.len() > 32 && bytes[20..24] != [0; 4] && bytes[24..32] == bytes[8..16];
+        // Each segment: a header (magic and generation); a first record of that
+        // generation means jobs were still waiting in the journal when the process died.
+        let waiting = ["reelgate.db.accepted", "reelgate.db.accepted.1"].iter().any(|name| {
+            let bytes = std::fs::read(data.dir().join(name))
+                .expect("the server keeps its acceptance journal beside the database");
+            bytes.len() > 32 && bytes[20..24] != [0; 4] && bytes[24..32] == bytes[8..16]
+        });
         eprintln!(
             "{} acknowledged; the journal {} records at the kill",
             acked.len(),
