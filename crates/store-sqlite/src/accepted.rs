@@ -46,6 +46,16 @@ pub(crate) const WRITE_AT: usize = 1024;
 /// or any other write makes the writer write the accepted jobs first).
 pub(crate) const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The most the accepted jobs not yet in SQLite may hold, counted as the size of their
+/// journal records (which is about what they take in memory, too). Normally they hold
+/// [`WRITE_AT`] jobs or [`MAX_WAIT`]'s worth at most, a few hundred KiB of typical
+/// requests; this is reached only when the writer cannot write them (another process
+/// holding the database's write lock past its busy timeout, a full disk). Past it,
+/// submissions are refused as unavailable (503 with Retry-After) until the writer
+/// catches up, instead of gathering in memory and in the journal without bound. 32 MiB
+/// is about 80k typical jobs, or 32 that carry a 1 MiB inline image each.
+pub(crate) const MAX_UNWRITTEN_BYTES: usize = 32 << 20;
+
 /// An accepted job and when it was accepted (its `created_at`).
 type AcceptedJob = (Arc<NewJob>, i64);
 
@@ -65,6 +75,8 @@ pub(crate) struct Accepted {
     /// Records of jobs decided since the acceptor last took them.
     unsent: Vec<u8>,
     jobs: Vec<AcceptedJob>,
+    /// The summed size of `jobs`' journal records (see [`MAX_UNWRITTEN_BYTES`]).
+    bytes: usize,
     /// Per account, the summed cost of `jobs`.
     debits: HashMap<AccountId, i64>,
     /// Idempotency keys taken by `jobs`: `(account, key)` to the job, its body's
@@ -86,6 +98,7 @@ struct Taken {
     seq: u64,
     count: usize,
     segment: usize,
+    bytes: usize,
     debits: HashMap<AccountId, i64>,
 }
 
@@ -109,6 +122,7 @@ impl Accepted {
             segment: 0,
             unsent: Vec::new(),
             jobs: Vec::new(),
+            bytes: 0,
             debits: HashMap::new(),
             keys: HashMap::new(),
             since: None,
@@ -181,6 +195,14 @@ impl Accepted {
                 }
             }
         }
+        // Checked after the replays above: a client retrying an accepted job still
+        // learns its id while new work is refused.
+        if self.bytes >= MAX_UNWRITTEN_BYTES {
+            return Err(StoreError::Unavailable(format!(
+                "{} accepted submissions are waiting to be written into the database; retry shortly",
+                self.jobs.len()
+            )));
+        }
         // The account pays; the API key must exist, which the job's foreign key would
         // otherwise only check once the job reaches SQLite, too late to refuse it.
         let (credits, key_exists): (i64, bool) = conn
@@ -202,7 +224,9 @@ impl Accepted {
         if available < job.cost {
             return Ok(SubmitOutcome::InsufficientCredits { required: job.cost, available: available.max(0) });
         }
+        let unsent_before = self.unsent.len();
         encode_record(job, now_ms, self.generations[self.segment], &mut self.unsent);
+        self.bytes += self.unsent.len() - unsent_before;
         *self.debits.entry(job.account_id).or_insert(0) += job.cost;
         if let Some(claim) = &job.idempotency {
             self.keys.insert((job.account_id, claim.key.clone()), (job.id, claim.fingerprint, now_ms));
@@ -259,9 +283,10 @@ impl Accepted {
             if self.jobs.is_empty() {
                 return None;
             }
-            // Every job is taken, so the batch owes what all of them owe.
+            // Every job is taken, so the batch owes (and weighs) what all of them do.
             let debits = self.debits.clone();
-            self.taken = Some(Taken { seq: self.next_seq, count: self.jobs.len(), segment: self.segment, debits });
+            let (seq, count, segment, bytes) = (self.next_seq, self.jobs.len(), self.segment, self.bytes);
+            self.taken = Some(Taken { seq, count, segment, bytes, debits });
             // Later records go to the other segment, which the last `written` emptied.
             self.segment = (self.segment + 1) % SEGMENTS;
             self.since = None;
@@ -278,6 +303,7 @@ impl Accepted {
     /// their segment.
     pub(crate) fn written(&mut self) {
         let Some(taken) = self.taken.take() else { return };
+        self.bytes -= taken.bytes;
         for (account, paid) in &taken.debits {
             if let Some(debit) = self.debits.get_mut(account) {
                 *debit -= paid;

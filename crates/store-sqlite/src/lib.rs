@@ -923,6 +923,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn accepted_jobs_the_writer_cannot_write_are_bounded_and_new_ones_refused_past_the_bound() {
+        let (dir, store, key) = store_with_account(10_000).await;
+        let path = dir.path().join("t.db");
+        // Another process holds the database's write lock, as a `sqlite3` shell with an
+        // open transaction would: the writer cannot write what the acceptor accepts.
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("begin immediate").unwrap();
+        const MIB: usize = 1 << 20;
+        let heavy = |n: usize| {
+            let mut heavy = job(&key, 1, Some((&format!("k{n}"), 0)));
+            heavy.input_json = json!({"prompt": "x".repeat(MIB)}).to_string();
+            heavy
+        };
+        let mut accepted = Vec::new();
+        let refusal = loop {
+            match store.submit_job(heavy(accepted.len())).await {
+                Ok(SubmitOutcome::Created { job_id, .. }) => accepted.push(job_id),
+                Ok(other) => panic!("only acceptances or a refusal expected, got {other:?}"),
+                Err(e) => break e,
+            }
+            assert!(accepted.len() <= 2 * accepted::MAX_UNWRITTEN_BYTES / MIB, "no bound on unwritten jobs");
+        };
+        assert!(matches!(refusal, StoreError::Unavailable(_)), "{refusal:?}");
+        let bound = accepted::MAX_UNWRITTEN_BYTES / MIB;
+        assert!(
+            (bound - 1..=bound + 1).contains(&accepted.len()),
+            "{} accepted for a bound of {bound} MiB",
+            accepted.len()
+        );
+        // A retry of an accepted job still learns its id while new work is refused.
+        let replay = store.submit_job(heavy(0)).await.unwrap();
+        assert!(matches!(replay, SubmitOutcome::Replayed { job_id, .. } if job_id == accepted[0]), "{replay:?}");
+
+        blocker.execute_batch("rollback").unwrap();
+        store.settle().await.unwrap();
+        let SubmitOutcome::Created { .. } = store.submit_job(job(&key, 1, None)).await.unwrap() else {
+            panic!("accepted again once the writer caught up")
+        };
+        store.settle().await.unwrap();
+        let jobs: i64 = blocker.query_row("select count(*) from job", [], |r| r.get(0)).unwrap();
+        assert_eq!(jobs as usize, accepted.len() + 1, "every accepted job reached SQLite, the refused one did not");
+        let spent = accepted.len() as i64 + 1;
+        assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 10_000 - spent);
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 10_000 - spent);
+    }
+
+    #[tokio::test]
     async fn acknowledged_submissions_survive_a_crash_through_the_journal() {
         let (dir, store, key) = store_with_account(100).await;
         let path = dir.path().join("t.db");
