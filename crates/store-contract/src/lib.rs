@@ -25,7 +25,7 @@ use std::sync::Arc;
 use store::Store;
 
 pub mod cases;
-mod support;
+pub mod support;
 
 /// A boxed, sendable future, as cases and cleanups are passed around.
 pub type BoxFuture<T = ()> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

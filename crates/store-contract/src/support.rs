@@ -1,5 +1,8 @@
 //! Helpers the cases share: accounts with keys, job builders, engine shortcuts and
 //! ledger checks. Everything goes through the `Store` trait.
+//!
+//! The account, job and submission helpers are public: each backend's own tests (what
+//! only that backend has to prove) build their fixtures with them too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// A new account with `credits` and a concurrency cap, and its first key.
-pub(crate) async fn account(db: &Db, credits: i64, max_concurrent_jobs: u32) -> ApiKeyRecord {
+pub async fn account(db: &dyn Store, credits: i64, max_concurrent_jobs: u32) -> ApiKeyRecord {
     let secret = ApiKeySecret::generate();
     let (_, key) = db
         .create_api_key(NewApiKey {
@@ -58,7 +61,7 @@ pub(crate) async fn second_key(db: &Db, account_id: AccountId) -> ApiKeyRecord {
 }
 
 /// A job for `key` costing `cost`, with a distinct prompt.
-pub(crate) fn job(key: &ApiKeyRecord, cost: i64) -> NewJob {
+pub fn job(key: &ApiKeyRecord, cost: i64) -> NewJob {
     static PROMPTS: AtomicU64 = AtomicU64::new(0);
     let n = PROMPTS.fetch_add(1, Ordering::Relaxed);
     NewJob {
@@ -75,20 +78,20 @@ pub(crate) fn job(key: &ApiKeyRecord, cost: i64) -> NewJob {
 }
 
 /// The same job with an idempotency key and body fingerprint, replayable after `not_before_ms`.
-pub(crate) fn with_key(mut job: NewJob, key: &str, fingerprint: u8, not_before_ms: i64) -> NewJob {
+pub fn with_key(mut job: NewJob, key: &str, fingerprint: u8, not_before_ms: i64) -> NewJob {
     job.idempotency = Some(IdempotencyClaim { key: key.into(), fingerprint: [fingerprint; 32], not_before_ms });
     job
 }
 
 /// The same job with a webhook subscription.
-pub(crate) fn with_webhook(mut job: NewJob, events: Option<&[&str]>) -> NewJob {
+pub fn with_webhook(mut job: NewJob, events: Option<&[&str]>) -> NewJob {
     job.webhook_url = Some("https://hooks.example.com/reelgate".into());
     job.webhook_events = events.map(|e| e.iter().map(|s| s.to_string()).collect());
     job
 }
 
 /// Submits and expects a new job.
-pub(crate) async fn submit(db: &Db, job: NewJob) -> JobId {
+pub async fn submit(db: &dyn Store, job: NewJob) -> JobId {
     match db.submit_job(job).await.expect("submit") {
         SubmitOutcome::Created { job_id, .. } => job_id,
         other => panic!("expected a new job, got {other:?}"),
@@ -99,7 +102,7 @@ pub(crate) async fn submit(db: &Db, job: NewJob) -> JobId {
 pub(crate) async fn submit_n(db: &Db, key: &ApiKeyRecord, n: usize) -> Vec<JobId> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        ids.push(submit(db, job(key, 1)).await);
+        ids.push(submit(db.as_ref(), job(key, 1)).await);
     }
     ids
 }

@@ -4,8 +4,7 @@
 //! and their outcomes.
 
 use deadpool_postgres::{GenericClient, Object};
-use domain::webhook::{self, EventJob};
-use domain::{JobId, Stage, WebhookEvent, WebhookStatus};
+use domain::{JobId, WebhookEvent, WebhookStatus};
 use store::{
     AttemptOutcome, AttemptRecord, EngineJob, Result, StoreError, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
 };
@@ -26,35 +25,13 @@ pub(crate) async fn raise_event(
     now_ms: i64,
 ) -> Result<bool> {
     let Some(url) = url else { return Ok(false) };
-    let subscribed = webhook::parse_events(events);
-    let progress = job.record.progress.unwrap_or(0);
-    let raised = match job.stage {
-        Stage::Completed => Some(WebhookEvent::Completed),
-        Stage::Failed => Some(WebhookEvent::Failed),
-        s if s.is_active() && progress > old_progress => Some(WebhookEvent::Progress),
-        _ => None,
-    };
-    let Some(event) = raised.filter(|e| webhook::wants(subscribed.as_deref(), *e)) else { return Ok(false) };
-    let r = &job.record;
-    let payload = webhook::payload(
-        event,
-        &EventJob {
-            id: r.id,
-            status: r.status,
-            model: &r.model,
-            progress,
-            result: r.result.as_ref(),
-            error: r.error.as_deref(),
-            credit_cost: r.credit_cost,
-            completed_at_ms: r.completed_at_ms,
-        },
-    );
-    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let Some(raised) = store::raised_event(job, events, old_progress) else { return Ok(false) };
     const SQL: &str = "insert into webhook_event (webhook_event_id, job_id, event, url, payload, status,
                                                  next_attempt_at, created_at, updated_at)
                        values ($1, $2, $3, $4, $5, 'pending', $6, $6, $6)";
     let stmt = tx.prepare_cached(SQL).await.map_err(db_err)?;
-    let params: [Param<'_>; 6] = [&id, &r.id.0, &event.as_str(), &url, &payload, &now_ms];
+    let params: [Param<'_>; 6] =
+        [&raised.event_id, &job.record.id.0, &raised.event.as_str(), &url, &raised.payload, &now_ms];
     tx.execute(&stmt, &params).await.map_err(db_err)?;
     Ok(true)
 }

@@ -9,12 +9,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{ApiKeySecret, ApiKeyStatus, JobId, JobStatus, ModelId, Stage};
+use domain::{ApiKeyStatus, JobId, JobStatus, Stage};
 use schema::TestSchema;
 use store::{
-    CancelOutcome, ClaimRequest, IdempotencyClaim, NewApiKey, NewJob, Store, StoreError, SubmitOutcome, Transition,
-    UpstreamBudget,
+    CancelOutcome, ClaimRequest, IdempotencyClaim, NewJob, Store, StoreError, SubmitOutcome, Transition, UpstreamBudget,
 };
+use store_contract::support::{account, submit, with_webhook};
 use store_postgres::PgStore;
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
@@ -22,43 +22,10 @@ use tokio_postgres::error::SqlState;
 /// How long a wake-up may take to arrive before the test fails.
 const WAKE_WITHIN: Duration = Duration::from_secs(5);
 
-async fn new_key(store: &PgStore, credits: i64, max_concurrent_jobs: u32) -> store::ApiKeyRecord {
-    let secret = ApiKeySecret::generate();
-    let (_, key) = store
-        .create_api_key(NewApiKey {
-            account_id: None,
-            name: "pg".into(),
-            email: "pg@reelgate.local".into(),
-            prefix: secret.prefix,
-            digest: secret.digest,
-            initial_credits: credits,
-            plan: "test".into(),
-            max_concurrent_jobs,
-        })
-        .await
-        .unwrap();
-    key
-}
-
+/// The shared contract's job, subscribed to webhooks so its transitions raise events
+/// (the wake-up test counts on them).
 fn job(key: &store::ApiKeyRecord, cost: i64) -> NewJob {
-    NewJob {
-        id: JobId::new(),
-        account_id: key.account_id,
-        api_key_id: key.id,
-        model: ModelId::Hailuo23,
-        cost,
-        input_json: r#"{"model":"hailuo-2.3","prompt":"pg"}"#.into(),
-        webhook_url: Some("https://hooks.example.com/pg".into()),
-        webhook_events: None,
-        idempotency: None,
-    }
-}
-
-async fn submit(store: &PgStore, job: NewJob) -> JobId {
-    match store.submit_job(job).await.unwrap() {
-        SubmitOutcome::Created { job_id, .. } => job_id,
-        other => panic!("expected a new job, got {other:?}"),
-    }
+    with_webhook(store_contract::support::job(key, cost), None)
 }
 
 #[tokio::test]
@@ -96,7 +63,7 @@ fn sqlstate(result: Result<u64, tokio_postgres::Error>) -> SqlState {
 async fn the_schema_guards_the_ledger_and_balances() {
     let Some(schema) = TestSchema::create().await else { return };
     let store = PgStore::connect(&schema.url).await.unwrap();
-    let key = new_key(&store, 10, 1).await;
+    let key = account(&store, 10, 1).await;
     let id = submit(&store, job(&key, 4)).await;
     assert!(matches!(store.cancel_job(key.account_id, id).await.unwrap(), CancelOutcome::Cancelled(_)));
     let raw = schema.raw().await;
@@ -123,7 +90,7 @@ async fn the_schema_guards_the_ledger_and_balances() {
 async fn nodes_see_each_others_writes_at_once() {
     let Some(schema) = TestSchema::create().await else { return };
     let (a, b) = (PgStore::connect(&schema.url).await.unwrap(), PgStore::connect(&schema.url).await.unwrap());
-    let key = new_key(&a, 10, 1).await;
+    let key = account(&a, 10, 1).await;
     let id = submit(&a, job(&key, 5)).await;
     // Read on b first, so a cache (there must be none) would hold the QUEUED version.
     assert_eq!(b.get_job(key.account_id, id).await.unwrap().unwrap().status, JobStatus::Queued);
@@ -145,11 +112,11 @@ async fn claims_from_several_nodes_never_overlap_and_keep_the_caps() {
     for _ in 0..3 {
         nodes.push(Arc::new(PgStore::connect(&schema.url).await.unwrap()));
     }
-    let capped = new_key(&nodes[0], 100, 4).await;
-    let roomy = new_key(&nodes[0], 100, 100).await;
+    let capped = account(&*nodes[0], 100, 4).await;
+    let roomy = account(&*nodes[0], 100, 100).await;
     let mut queued = HashSet::new();
     for i in 0..30 {
-        queued.insert(submit(&nodes[i % 3], job(if i % 2 == 0 { &capped } else { &roomy }, 1)).await);
+        queued.insert(submit(&*nodes[i % 3], job(if i % 2 == 0 { &capped } else { &roomy }, 1)).await);
     }
     let request = ClaimRequest {
         upstreams: vec![UpstreamBudget {
@@ -200,8 +167,8 @@ async fn batched_submissions_from_several_nodes_keep_every_rule() {
     for _ in 0..3 {
         nodes.push(Arc::new(PgStore::connect(&schema.url).await.unwrap()));
     }
-    let small = new_key(&nodes[0], 20, 1).await;
-    let large = new_key(&nodes[0], 1000, 1).await;
+    let small = account(&*nodes[0], 20, 1).await;
+    let large = account(&*nodes[0], 1000, 1).await;
     let tasks: Vec<_> = (0..90)
         .map(|i| {
             // Kinds take turns, so every node's batches mix all three.
@@ -276,7 +243,7 @@ async fn wakeups_reach_other_nodes_when_work_is_committed() {
     // The first wake-up comes once the listener is connected (it may have missed work).
     assert!(woken(wakeups.jobs()).await && woken(wakeups.webhooks()).await, "listener connected");
 
-    let key = new_key(&writer, 5, 10).await;
+    let key = account(&writer, 5, 10).await;
     settle(wakeups.jobs()).await;
     // A refused submission commits nothing, so it announces nothing.
     let refused = writer.submit_job(job(&key, 50)).await.unwrap();
@@ -299,7 +266,7 @@ async fn wakeups_reach_other_nodes_when_work_is_committed() {
     // Another schema's work is not ours.
     let Some(other_schema) = TestSchema::create().await else { return };
     let other = PgStore::connect(&other_schema.url).await.unwrap();
-    let other_key = new_key(&other, 5, 1).await;
+    let other_key = account(&other, 5, 1).await;
     settle(wakeups.jobs()).await;
     submit(&other, job(&other_key, 1)).await;
     assert!(tokio::time::timeout(Duration::from_millis(500), wakeups.jobs().notified()).await.is_err());
@@ -334,7 +301,7 @@ async fn a_store_whose_pool_is_busy_still_answers_its_ping() {
     // Named, to tell this store's sessions from those of tests running beside it.
     let url = format!("{}&application_name={}", schema.url, schema.name);
     let store = Arc::new(PgStore::connect(&url).await.unwrap());
-    let key = new_key(&store, 100, 1).await;
+    let key = account(&*store, 100, 1).await;
     // A transaction outside the store holds the account row, so each grant below waits
     // for it while holding one pooled connection; 16 of them take the whole pool.
     let mut raw = schema.raw().await;
@@ -381,7 +348,7 @@ async fn a_store_whose_pool_is_busy_still_answers_its_ping() {
 async fn a_submission_waits_at_most_five_seconds_for_a_locked_account_and_writes_nothing() {
     let Some(schema) = TestSchema::create().await else { return };
     let store = PgStore::connect(&schema.url).await.unwrap();
-    let key = new_key(&store, 100, 1).await;
+    let key = account(&store, 100, 1).await;
     // A transaction left open elsewhere (by hand in psql, say) holds the account's row.
     let mut raw = schema.raw().await;
     let blocker = raw.transaction().await.unwrap();

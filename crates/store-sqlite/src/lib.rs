@@ -751,47 +751,25 @@ fn grant_in_tx(ctx: &WriteCtx<'_>, id: AccountId, amount: i64, note: Option<&str
 
 #[cfg(test)]
 mod tests {
-    use domain::{ApiKeySecret, ModelId, Stage};
     use serde_json::json;
-    use store::{IdempotencyClaim, Store};
+    use store::Store;
+    use store_contract::support;
 
     use super::*;
 
     async fn store_with_account(credits: i64) -> (tempfile::TempDir, SqliteStore, ApiKeyRecord) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        let secret = ApiKeySecret::generate();
-        let (_, key) = store
-            .create_api_key(NewApiKey {
-                account_id: None,
-                name: "t".into(),
-                email: "t@reelgate.local".into(),
-                prefix: secret.prefix,
-                digest: secret.digest,
-                initial_credits: credits,
-                plan: "p".into(),
-                max_concurrent_jobs: 1,
-            })
-            .await
-            .unwrap();
+        let key = support::account(&store, credits, 1).await;
         (dir, store, key)
     }
 
+    /// A job costing `cost`, with an idempotency key `(key, not_before_ms)` if given.
     fn job(key: &ApiKeyRecord, cost: i64, idem: Option<(&str, i64)>) -> NewJob {
-        NewJob {
-            id: JobId::new(),
-            account_id: key.account_id,
-            api_key_id: key.id,
-            model: ModelId::Hailuo23,
-            cost,
-            input_json: json!({"model": "hailuo-2.3", "prompt": "x"}).to_string(),
-            webhook_url: None,
-            webhook_events: None,
-            idempotency: idem.map(|(k, not_before_ms)| IdempotencyClaim {
-                key: k.into(),
-                fingerprint: [7; 32],
-                not_before_ms,
-            }),
+        let job = support::job(key, cost);
+        match idem {
+            Some((idempotency_key, not_before_ms)) => support::with_key(job, idempotency_key, 7, not_before_ms),
+            None => job,
         }
     }
 
@@ -1048,21 +1026,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_idempotency_keys_are_reusable_and_purged() {
-        let (_dir, store, key) = store_with_account(100).await;
-        let first = store.submit_job(job(&key, 5, Some(("k", 0)))).await.unwrap();
-        let replay = store.submit_job(job(&key, 5, Some(("k", 0)))).await.unwrap();
-        let SubmitOutcome::Created { job_id, .. } = first else { panic!("{first:?}") };
-        assert_eq!(replay, SubmitOutcome::Replayed { job_id, status: JobStatus::Queued });
-        // Outside the window (not_before in the future), the key is free again.
-        let later = store.submit_job(job(&key, 5, Some(("k", i64::MAX)))).await.unwrap();
-        assert!(matches!(later, SubmitOutcome::Created { job_id: j, .. } if j != job_id));
-        assert_eq!(store.purge_idempotency_keys(i64::MAX).await.unwrap(), 1);
-        assert_eq!(store.purge_idempotency_keys(i64::MAX).await.unwrap(), 0);
-        store.close().await;
-    }
-
-    #[tokio::test]
     async fn a_cached_job_reads_exactly_like_its_row() {
         let (dir, store, key) = store_with_account(100).await;
         let mut new = job(&key, 5, None);
@@ -1077,153 +1040,6 @@ mod tests {
         // Ownership is checked on cache hits too.
         assert!(store.get_job(AccountId::new(), job_id).await.unwrap().is_none());
         fresh.close().await;
-        store.close().await;
-    }
-
-    fn budget(name: &str, rpm: u32, in_flight: u32) -> store::UpstreamBudget {
-        store::UpstreamBudget { name: name.into(), create_rpm: rpm, max_in_flight: in_flight, claimable_now: u32::MAX }
-    }
-
-    fn claim(upstreams: Vec<store::UpstreamBudget>, max_jobs: usize, after: Option<AccountId>) -> ClaimRequest {
-        ClaimRequest { upstreams, max_jobs, lease_ms: 60_000, after_account: after }
-    }
-
-    async fn submit_n(store: &SqliteStore, key: &ApiKeyRecord, n: usize) -> Vec<JobId> {
-        let mut ids = Vec::new();
-        for _ in 0..n {
-            let SubmitOutcome::Created { job_id, .. } = store.submit_job(job(key, 1, None)).await.unwrap() else {
-                panic!()
-            };
-            ids.push(job_id);
-        }
-        ids
-    }
-
-    #[tokio::test]
-    async fn claims_go_round_robin_across_accounts_and_fifo_within_one() {
-        let (dir, store, big) = store_with_account(1000).await;
-        let big_jobs = submit_n(&store, &big, 30).await;
-        let (_, small) = {
-            let secret = ApiKeySecret::generate();
-            store
-                .create_api_key(NewApiKey {
-                    account_id: None,
-                    name: "small".into(),
-                    email: "s@reelgate.local".into(),
-                    prefix: secret.prefix,
-                    digest: secret.digest,
-                    initial_credits: 10,
-                    plan: "p".into(),
-                    max_concurrent_jobs: 10,
-                })
-                .await
-                .unwrap()
-        };
-        let small_job = submit_n(&store, &small, 1).await[0];
-        // Raise the big account's concurrency so only fairness decides.
-        Connection::open(dir.path().join("t.db"))
-            .unwrap()
-            .execute("update account set max_concurrent_jobs = 100", [])
-            .unwrap();
-        let got = store.claim_jobs(claim(vec![budget("a", 100, 100)], 2, None)).await.unwrap();
-        let ids: Vec<JobId> = got.iter().map(|c| c.job.record.id).collect();
-        assert!(ids.contains(&small_job), "the single job of the second account is served in the first round");
-        assert!(ids.contains(&big_jobs[0]), "the other account's oldest job goes first");
-        assert!(got.iter().all(|c| c.job.stage == Stage::Submitting && c.upstream == "a"));
-        assert!(got.iter().all(|c| c.job.record.status == JobStatus::Processing));
-        // Later claims continue FIFO within the remaining account.
-        let next = store.claim_jobs(claim(vec![budget("a", 100, 100)], 3, None)).await.unwrap();
-        let ids: Vec<JobId> = next.iter().map(|c| c.job.record.id).collect();
-        assert_eq!(ids, big_jobs[1..4].to_vec());
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn claims_respect_account_concurrency_and_upstream_caps() {
-        let (_dir, store, key) = store_with_account(1000).await; // max_concurrent_jobs = 1
-        submit_n(&store, &key, 5).await;
-        let got = store.claim_jobs(claim(vec![budget("a", 100, 100)], 10, None)).await.unwrap();
-        assert_eq!(got.len(), 1, "maxConcurrentJobs = 1");
-        let again = store.claim_jobs(claim(vec![budget("a", 100, 100)], 10, None)).await.unwrap();
-        assert!(again.is_empty(), "the active job still holds the account's only slot");
-        // Finishing it frees the slot.
-        let done = got[0].job.record.id;
-        let t = Transition::new(done, Stage::Submitting, Stage::Failed).error("x");
-        assert!(store.transition(t).await.unwrap().is_some());
-        let got = store.claim_jobs(claim(vec![budget("a", 100, 0)], 10, None)).await.unwrap();
-        assert!(got.is_empty(), "no in-flight slot upstream");
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn the_create_budget_is_a_sliding_window() {
-        let (_dir, store, key) = store_with_account(1000).await;
-        let ids = submit_n(&store, &key, 4).await;
-        for id in &ids[..3] {
-            assert_eq!(store.reserve_upstream_call("a", *id, 3, 60_000).await.unwrap(), CallReservation::Granted);
-        }
-        let full = store.reserve_upstream_call("a", ids[3], 3, 60_000).await.unwrap();
-        assert!(matches!(full, CallReservation::FullUntil(t) if t > writer::wall_clock_ms()));
-        // Another upstream account has its own budget; a tiny window has already passed.
-        assert_eq!(store.reserve_upstream_call("b", ids[3], 3, 60_000).await.unwrap(), CallReservation::Granted);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        assert_eq!(store.reserve_upstream_call("a", ids[3], 3, 1).await.unwrap(), CallReservation::Granted);
-        // A full budget also stops claims.
-        let got = store.claim_jobs(claim(vec![budget("b", 1, 100)], 10, None)).await.unwrap();
-        assert!(got.is_empty());
-        let job = store.engine_job(ids[3]).await.unwrap().unwrap();
-        assert_eq!(job.attempts, 2, "granted reservations count as create calls, refused ones do not");
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn transitions_are_compare_and_set_and_refund_once() {
-        let (_dir, store, key) = store_with_account(100).await;
-        let ids = submit_n(&store, &key, 1).await;
-        let id = ids[0];
-        let got = store.claim_jobs(claim(vec![budget("a", 10, 10)], 1, None)).await.unwrap();
-        let due = got[0].job.due_at_ms;
-        // Two workers race to record the submission; only the one holding the lease wins.
-        let win = Transition::new(id, Stage::Submitting, Stage::Running).if_due_at(due).due_at(1).progress(10);
-        let mut lose = win.clone();
-        lose.upstream_task_id = Some("2".into());
-        let mut win = win;
-        win.upstream_task_id = Some("1".into());
-        assert!(store.transition(win).await.unwrap().is_some());
-        assert!(store.transition(lose).await.unwrap().is_none());
-        // A poll and a callback both try to fail the job: one refund.
-        let fail = Transition::new(id, Stage::Running, Stage::Failed).error("upstream said no");
-        let (a, b) = tokio::join!(store.transition(fail.clone()), store.transition(fail));
-        assert_eq!(a.unwrap().is_some() as u8 + b.unwrap().is_some() as u8, 1);
-        let job = store.engine_job(id).await.unwrap().unwrap();
-        assert_eq!(job.upstream_task_id.as_deref(), Some("1"));
-        assert_eq!((job.stage, job.record.credit_cost, job.due_at_ms), (Stage::Failed, 0, None));
-        assert_eq!(job.record.error.as_deref(), Some("upstream said no"));
-        assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 100);
-        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 100);
-        let refunds =
-            store.ledger(key.account_id).await.unwrap().iter().filter(|e| e.kind == LedgerKind::Refund).count();
-        assert_eq!(refunds, 1);
-        // The cache serves the terminal version.
-        let cached = store.get_job(key.account_id, id).await.unwrap().unwrap();
-        assert_eq!(cached.status, JobStatus::Failed);
-        // Progress never goes backwards, and illegal moves are refused as bugs.
-        assert!(store.transition(Transition::new(id, Stage::Failed, Stage::Running)).await.is_err());
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn due_jobs_come_back_soonest_first() {
-        let (_dir, store, key) = store_with_account(100).await;
-        submit_n(&store, &key, 1).await;
-        let got = store.claim_jobs(claim(vec![budget("a", 10, 10)], 1, None)).await.unwrap();
-        let id = got[0].job.record.id;
-        let now = writer::wall_clock_ms();
-        assert!(store.due_jobs(now, 10).await.unwrap().is_empty(), "the lease is not over");
-        let due = store.due_jobs(now + 120_000, 10).await.unwrap();
-        assert_eq!(due.iter().map(|j| j.record.id).collect::<Vec<_>>(), vec![id]);
-        assert_eq!(store.next_due_at().await.unwrap(), got[0].job.due_at_ms);
-        assert_eq!(store.queue_depth().await.unwrap(), QueueDepth { queued: 0, active: 1 });
         store.close().await;
     }
 }

@@ -1,8 +1,7 @@
 //! The webhook outbox on SQLite: events raised inside job transitions, claims with a
 //! lease, attempts and their outcomes.
 
-use domain::webhook::{self, EventJob};
-use domain::{JobId, Stage, WebhookEvent, WebhookStatus};
+use domain::{JobId, WebhookEvent, WebhookStatus};
 use rusqlite::{params, Connection, OptionalExtension};
 use store::{
     AttemptOutcome, AttemptRecord, EngineJob, Result, StoreError, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
@@ -21,35 +20,21 @@ pub(crate) fn raise_events(ctx: &WriteCtx<'_>, job: &EngineJob, old_progress: i6
         .and_then(|mut s| s.query_row([job.record.id.to_string()], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(map_err)?;
     let Some(url) = url else { return Ok(()) };
-    let subscribed = webhook::parse_events(events.as_deref());
-    let progress = job.record.progress.unwrap_or(0);
-    let raised = match job.stage {
-        Stage::Completed => Some(WebhookEvent::Completed),
-        Stage::Failed => Some(WebhookEvent::Failed),
-        s if s.is_active() && progress > old_progress => Some(WebhookEvent::Progress),
-        _ => None,
-    };
-    let Some(event) = raised.filter(|e| webhook::wants(subscribed.as_deref(), *e)) else { return Ok(()) };
-    let r = &job.record;
-    let payload = webhook::payload(
-        event,
-        &EventJob {
-            id: r.id,
-            status: r.status,
-            model: &r.model,
-            progress,
-            result: r.result.as_ref(),
-            error: r.error.as_deref(),
-            credit_cost: r.credit_cost,
-            completed_at_ms: r.completed_at_ms,
-        },
-    );
-    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let Some(raised) = store::raised_event(job, events.as_deref(), old_progress) else { return Ok(()) };
     conn.prepare_cached(
         "insert into webhook_event (webhook_event_id, job_id, event, url, payload, status, next_attempt_at, created_at, updated_at)
          values (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?6)",
     )
-    .and_then(|mut s| s.execute(params![id, r.id.to_string(), event.as_str(), url, payload, ctx.now_ms]))
+    .and_then(|mut s| {
+        s.execute(params![
+            raised.event_id,
+            job.record.id.to_string(),
+            raised.event.as_str(),
+            url,
+            raised.payload,
+            ctx.now_ms
+        ])
+    })
     .map_err(map_err)?;
     Ok(())
 }

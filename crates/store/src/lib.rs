@@ -19,7 +19,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub use engine::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, QueueDepth, Transition, UpstreamBudget};
-pub use webhooks::{AttemptOutcome, AttemptRecord, WebhookAttempt, WebhookDelivery, WebhookEventRecord};
+pub use webhooks::{
+    raised_event, AttemptOutcome, AttemptRecord, RaisedEvent, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
+};
 
 /// What can go wrong in a backend, by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,52 @@
 //! What the webhook worker and the API ask of a store: claiming due events from the
 //! outbox, recording attempts, and reading a job's delivery history.
 
-use domain::{JobId, WebhookEvent, WebhookStatus};
+use domain::webhook::{self, EventJob};
+use domain::{JobId, Stage, WebhookEvent, WebhookStatus};
+
+use crate::EngineJob;
+
+/// An event a transition raised for the job's client, ready for the outbox.
+#[derive(Clone, Debug)]
+pub struct RaisedEvent {
+    /// A new event id (`msg_` and a UUID v7); the Standard Webhooks `webhook-id`.
+    pub event_id: String,
+    /// Which event.
+    pub event: WebhookEvent,
+    /// The exact body every attempt sends.
+    pub payload: String,
+}
+
+/// The event a transition that left `job` as it is now raises for a client subscribed
+/// with `events` (the stored comma-separated list; none stored means completed and
+/// failed), if any. `old_progress` is the job's progress before the transition. Every
+/// backend writes the result in the transition's own transaction, so a crash cannot
+/// separate a job's change from its client's event.
+pub fn raised_event(job: &EngineJob, events: Option<&str>, old_progress: i64) -> Option<RaisedEvent> {
+    let progress = job.record.progress.unwrap_or(0);
+    let raised = match job.stage {
+        Stage::Completed => Some(WebhookEvent::Completed),
+        Stage::Failed => Some(WebhookEvent::Failed),
+        s if s.is_active() && progress > old_progress => Some(WebhookEvent::Progress),
+        _ => None,
+    };
+    let event = raised.filter(|e| webhook::wants(webhook::parse_events(events).as_deref(), *e))?;
+    let r = &job.record;
+    let payload = webhook::payload(
+        event,
+        &EventJob {
+            id: r.id,
+            status: r.status,
+            model: &r.model,
+            progress,
+            result: r.result.as_ref(),
+            error: r.error.as_deref(),
+            credit_cost: r.credit_cost,
+            completed_at_ms: r.completed_at_ms,
+        },
+    );
+    Some(RaisedEvent { event_id: format!("msg_{}", uuid::Uuid::now_v7().simple()), event, payload })
+}
 
 /// An event claimed for one delivery attempt, with everything needed to send it.
 #[derive(Clone, Debug)]

@@ -70,7 +70,7 @@ pub async fn api_keys_are_created_found_and_listed(db: Db) {
 
 /// A key moves between active and disabled freely, but never back from revoked.
 pub async fn api_key_status_changes_and_revocation_is_final(db: Db) {
-    let key = account(&db, 0, 1).await;
+    let key = account(&*db, 0, 1).await;
     let disabled = db.set_api_key_status(key.id, ApiKeyStatus::Disabled).await.unwrap();
     assert_eq!(disabled, store::ApiKeyRecord { status: ApiKeyStatus::Disabled, ..key.clone() });
     assert_eq!(db.find_api_key(&key.digest).await.unwrap().unwrap().status, ApiKeyStatus::Disabled);
@@ -89,7 +89,7 @@ pub async fn api_key_status_changes_and_revocation_is_final(db: Db) {
 
 /// Grants are positive, each one ledger row, and the balance is always the ledger's sum.
 pub async fn grants_write_ledger_rows_that_sum_to_the_balance(db: Db) {
-    let key = account(&db, 10, 1).await;
+    let key = account(&*db, 10, 1).await;
     let after = db.grant_credits(key.account_id, 5, Some("bonus".into())).await.unwrap();
     assert_eq!(after.credits, 15);
     assert_eq!(db.grant_credits(key.account_id, 7, None).await.unwrap().credits, 22);

@@ -7,8 +7,8 @@ use crate::support::*;
 
 /// Cancelling a queued job refunds it with one ledger row; other states and accounts are refused.
 pub async fn cancelling_a_queued_job_refunds_it_once(db: Db) {
-    let key = account(&db, 10, 5).await;
-    let id = submit(&db, with_webhook(job(&key, 4), None)).await;
+    let key = account(&*db, 10, 5).await;
+    let id = submit(&*db, with_webhook(job(&key, 4), None)).await;
     assert_balance(&db, key.account_id, 6).await;
     let CancelOutcome::Cancelled(cancelled) = db.cancel_job(key.account_id, id).await.unwrap() else {
         panic!("a queued job is cancellable")
@@ -35,8 +35,8 @@ pub async fn cancelling_a_queued_job_refunds_it_once(db: Db) {
     assert_eq!(ledger_rows(&db, key.account_id, LedgerKind::Refund).await, 1);
 
     // Another account's job and an unknown job are both "not found".
-    let other = submit(&db, job(&key, 1)).await;
-    let bob = account(&db, 0, 1).await;
+    let other = submit(&*db, job(&key, 1)).await;
+    let bob = account(&*db, 0, 1).await;
     assert!(matches!(db.cancel_job(bob.account_id, other).await.unwrap(), CancelOutcome::NotFound));
     assert!(matches!(db.cancel_job(key.account_id, JobId::new()).await.unwrap(), CancelOutcome::NotFound));
     assert!(matches!(db.cancel_job(AccountId::new(), other).await.unwrap(), CancelOutcome::NotFound));
@@ -48,7 +48,7 @@ pub async fn cancelling_a_queued_job_refunds_it_once(db: Db) {
     assert_balance(&db, key.account_id, 9).await;
 
     // A free job is cancelled without a refund row.
-    let free = submit(&db, job(&key, 0)).await;
+    let free = submit(&*db, job(&key, 0)).await;
     assert!(matches!(db.cancel_job(key.account_id, free).await.unwrap(), CancelOutcome::Cancelled(_)));
     assert_eq!(ledger_rows(&db, key.account_id, LedgerKind::Refund).await, 1);
     assert_balance(&db, key.account_id, 9).await;
@@ -56,8 +56,8 @@ pub async fn cancelling_a_queued_job_refunds_it_once(db: Db) {
 
 /// Twenty racing cancels of one job: one wins, one refund.
 pub async fn racing_cancels_refund_once(db: Db) {
-    let key = account(&db, 5, 1).await;
-    let id = submit(&db, job(&key, 5)).await;
+    let key = account(&*db, 5, 1).await;
+    let id = submit(&*db, job(&key, 5)).await;
     let outcomes = concurrently(20, |_| {
         let (db, account) = (db.clone(), key.account_id);
         async move { db.cancel_job(account, id).await.expect("cancel") }

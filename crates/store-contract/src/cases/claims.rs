@@ -9,9 +9,9 @@ use crate::support::*;
 
 /// Claims serve accounts round-robin and each account's jobs oldest first, with a lease.
 pub async fn claims_go_round_robin_and_fifo_within_an_account(db: Db) {
-    let big = account(&db, 1000, 100).await;
+    let big = account(&*db, 1000, 100).await;
     let big_jobs = submit_n(&db, &big, 30).await;
-    let small = account(&db, 10, 10).await;
+    let small = account(&*db, 10, 10).await;
     let small_job = submit_n(&db, &small, 1).await[0];
 
     let before = now_ms();
@@ -37,7 +37,7 @@ pub async fn claims_go_round_robin_and_fifo_within_an_account(db: Db) {
 pub async fn claims_start_after_the_account_served_last(db: Db) {
     let mut accounts: Vec<(AccountId, Vec<JobId>)> = Vec::new();
     for _ in 0..3 {
-        let key = account(&db, 100, 10).await;
+        let key = account(&*db, 100, 10).await;
         accounts.push((key.account_id, submit_n(&db, &key, 2).await));
     }
     accounts.sort_by_key(|(id, _)| *id);
@@ -56,7 +56,7 @@ pub async fn claims_start_after_the_account_served_last(db: Db) {
 /// Claims keep maxConcurrentJobs, in-flight slots, create budgets and the caller's pacing.
 pub async fn claims_respect_account_and_upstream_caps(db: Db) {
     // maxConcurrentJobs = 1.
-    let single = account(&db, 1000, 1).await;
+    let single = account(&*db, 1000, 1).await;
     submit_n(&db, &single, 5).await;
     let got = db.claim_jobs(claim(vec![budget("a", 100, 100)], 10, None)).await.unwrap();
     assert_eq!(got.len(), 1, "maxConcurrentJobs = 1");
@@ -73,7 +73,7 @@ pub async fn claims_respect_account_and_upstream_caps(db: Db) {
     assert_eq!(db.claim_jobs(claim(vec![budget("a", 100, 100)], 10, None)).await.unwrap().len(), 1);
 
     // In-flight slots: submitting and running hold one, downloading does not.
-    let wide = account(&db, 1000, 100).await;
+    let wide = account(&*db, 1000, 100).await;
     submit_n(&db, &wide, 10).await;
     let in_flight = db.claim_jobs(claim(vec![budget("b", 100, 3)], 10, None)).await.unwrap();
     assert_eq!(in_flight.len(), 3);
@@ -105,7 +105,7 @@ pub async fn claims_respect_account_and_upstream_caps(db: Db) {
 pub async fn concurrent_claims_never_take_a_job_twice(db: Db) {
     let mut all = HashSet::new();
     for _ in 0..3 {
-        let key = account(&db, 100, 100).await;
+        let key = account(&*db, 100, 100).await;
         all.extend(submit_n(&db, &key, 10).await);
     }
     let per_task = concurrently(6, |_| {
@@ -136,7 +136,7 @@ pub async fn concurrent_claims_never_take_a_job_twice(db: Db) {
 /// Dispatchers claiming at once together stay within the account and upstream caps.
 pub async fn concurrent_claims_respect_the_caps(db: Db) {
     // One account allowing 3 jobs at once; eight dispatchers race for its 20 jobs.
-    let capped = account(&db, 100, 3).await;
+    let capped = account(&*db, 100, 3).await;
     submit_n(&db, &capped, 20).await;
     let taken: usize = concurrently(8, |_| {
         let db = db.clone();
@@ -150,7 +150,7 @@ pub async fn concurrent_claims_respect_the_caps(db: Db) {
 
     // Roomy accounts, but an upstream with 7 in-flight slots.
     for _ in 0..3 {
-        let key = account(&db, 100, 100).await;
+        let key = account(&*db, 100, 100).await;
         submit_n(&db, &key, 10).await;
     }
     let taken: usize = concurrently(8, |_| {
@@ -165,7 +165,7 @@ pub async fn concurrent_claims_respect_the_caps(db: Db) {
 
 /// Forty racing reservations against a budget of twenty: exactly twenty are granted.
 pub async fn upstream_budget_holds_under_concurrency(db: Db) {
-    let key = account(&db, 100, 1).await;
+    let key = account(&*db, 100, 1).await;
     let jobs = submit_n(&db, &key, 40).await;
     let before = now_ms();
     let outcomes = concurrently(40, |i| {
@@ -191,7 +191,7 @@ pub async fn upstream_budget_holds_under_concurrency(db: Db) {
 
 /// The create budget is a sliding window per upstream account.
 pub async fn the_create_budget_is_a_sliding_window(db: Db) {
-    let key = account(&db, 1000, 1).await;
+    let key = account(&*db, 1000, 1).await;
     let ids = submit_n(&db, &key, 4).await;
     for id in &ids[..3] {
         assert_eq!(db.reserve_upstream_call("a", *id, 3, 60_000).await.unwrap(), CallReservation::Granted);

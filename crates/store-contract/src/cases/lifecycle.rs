@@ -7,8 +7,8 @@ use crate::support::*;
 /// After close, reads and writes fail with Unavailable.
 pub async fn a_closed_store_is_unavailable(db: Db) {
     assert!(db.ping().await.is_ok(), "an open store answers its ping");
-    let key = account(&db, 10, 1).await;
-    let id = submit(&db, job(&key, 1)).await;
+    let key = account(&*db, 10, 1).await;
+    let id = submit(&*db, job(&key, 1)).await;
     db.close().await;
     let grant = db.grant_credits(key.account_id, 1, None).await;
     assert!(matches!(grant, Err(StoreError::Unavailable(_))), "{grant:?}");

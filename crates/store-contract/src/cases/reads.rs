@@ -7,9 +7,9 @@ use crate::support::*;
 
 /// A job is visible only to its own account (the engine's view excepted).
 pub async fn jobs_are_read_only_within_their_account(db: Db) {
-    let alice = account(&db, 10, 1).await;
-    let bob = account(&db, 10, 1).await;
-    let id = submit(&db, job(&alice, 1)).await;
+    let alice = account(&*db, 10, 1).await;
+    let bob = account(&*db, 10, 1).await;
+    let id = submit(&*db, job(&alice, 1)).await;
     assert_eq!(db.get_job(alice.account_id, id).await.unwrap().map(|j| j.id), Some(id));
     assert!(db.get_job(bob.account_id, id).await.unwrap().is_none());
     assert!(db.get_job(alice.account_id, JobId::new()).await.unwrap().is_none());
@@ -35,14 +35,14 @@ fn order_key(j: &JobRecord) -> (i64, JobId) {
 
 /// Listing is newest first, keyset-paged without gaps or repeats, and filters combine.
 pub async fn job_lists_page_newest_first_with_filters(db: Db) {
-    let first_key = account(&db, 100, 1).await;
+    let first_key = account(&*db, 100, 1).await;
     let second_key = second_key(&db, first_key.account_id).await;
     let mut submitted = Vec::new();
     for i in 0..7 {
         let key = if i % 2 == 0 { &first_key } else { &second_key };
         let mut new = job(key, 1);
         new.model = if i < 3 { ModelId::Hailuo02 } else { ModelId::Hailuo23 };
-        submitted.push(submit(&db, new).await);
+        submitted.push(submit(&*db, new).await);
         if i == 3 {
             // Some jobs share a millisecond, some do not: both orders must hold.
             tokio::time::sleep(std::time::Duration::from_millis(3)).await;
@@ -104,7 +104,7 @@ pub async fn job_lists_page_newest_first_with_filters(db: Db) {
     assert_eq!(second_key_models, ["hailuo-02", "hailuo-2.3"]);
     let mut only_new = job(&second_key, 1);
     only_new.model = ModelId::Hailuo23Fast;
-    submit(&db, only_new).await;
+    submit(&*db, only_new).await;
     assert_eq!(
         db.job_models(first_key.account_id, None).await.unwrap(),
         ["hailuo-02", "hailuo-2.3", "hailuo-2.3-fast"]

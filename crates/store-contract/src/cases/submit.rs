@@ -11,7 +11,7 @@ fn everything(account_id: AccountId) -> JobQuery {
 
 /// A submission charges once, with one ledger row, and its input reads back byte for byte.
 pub async fn a_submission_is_charged_once_and_reads_back_verbatim(db: Db) {
-    let key = account(&db, 20, 1).await;
+    let key = account(&*db, 20, 1).await;
     // Key order, spacing inside strings and non-ASCII text must come back byte for byte.
     let input = r#"{"prompt":"a  corgi, \"surfing\" — ünïcode","model":"hailuo-2.3","z":[1,2.5,{"y":null}],"a":{}}"#;
     let mut new = with_webhook(job(&key, 5), Some(&["completed", "progress"]));
@@ -41,7 +41,7 @@ pub async fn a_submission_is_charged_once_and_reads_back_verbatim(db: Db) {
     assert_eq!(charge.created_at_ms, stored.created_at_ms);
 
     // Without a webhook there is no webhook status.
-    let plain = submit(&db, job(&key, 1)).await;
+    let plain = submit(&*db, job(&key, 1)).await;
     assert_eq!(db.get_job(key.account_id, plain).await.unwrap().unwrap().webhook_status, None);
     assert_eq!(ledger_rows(&db, key.account_id, LedgerKind::Charge).await, 2);
     assert_balance(&db, key.account_id, 14).await;
@@ -49,7 +49,7 @@ pub async fn a_submission_is_charged_once_and_reads_back_verbatim(db: Db) {
 
 /// A refused submission writes nothing: no job, no ledger row, no idempotency key.
 pub async fn insufficient_credits_write_nothing(db: Db) {
-    let key = account(&db, 4, 1).await;
+    let key = account(&*db, 4, 1).await;
     let refused = db.submit_job(job(&key, 5)).await.unwrap();
     assert_eq!(refused, SubmitOutcome::InsufficientCredits { required: 5, available: 4 });
     let keyed = db.submit_job(with_key(job(&key, 5), "k", 1, 0)).await.unwrap();
@@ -82,8 +82,8 @@ pub async fn insufficient_credits_write_nothing(db: Db) {
 
 /// The same key and body replay the original job; another body conflicts; expired keys are free.
 pub async fn idempotent_replays_return_the_original_job(db: Db) {
-    let key = account(&db, 100, 1).await;
-    let first = submit(&db, with_key(job(&key, 5), "k1", 1, 0)).await;
+    let key = account(&*db, 100, 1).await;
+    let first = submit(&*db, with_key(job(&key, 5), "k1", 1, 0)).await;
     let replay = db.submit_job(with_key(job(&key, 5), "k1", 1, 0)).await.unwrap();
     assert_eq!(replay, SubmitOutcome::Replayed { job_id: first, status: JobStatus::Queued });
     let other_body = db.submit_job(with_key(job(&key, 5), "k1", 2, 0)).await.unwrap();
@@ -93,8 +93,8 @@ pub async fn idempotent_replays_return_the_original_job(db: Db) {
     assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 1);
 
     // Keys belong to one account.
-    let bob = account(&db, 10, 1).await;
-    submit(&db, with_key(job(&bob, 5), "k1", 1, 0)).await;
+    let bob = account(&*db, 10, 1).await;
+    submit(&*db, with_key(job(&bob, 5), "k1", 1, 0)).await;
 
     // A replay shows the job's current status.
     assert!(matches!(db.cancel_job(key.account_id, first).await.unwrap(), CancelOutcome::Cancelled(_)));
@@ -103,7 +103,7 @@ pub async fn idempotent_replays_return_the_original_job(db: Db) {
 
     // A key older than the replay window is free again, for any body, and then belongs
     // to the new job.
-    let fresh = submit(&db, with_key(job(&key, 5), "k1", 2, i64::MAX)).await;
+    let fresh = submit(&*db, with_key(job(&key, 5), "k1", 2, i64::MAX)).await;
     assert_ne!(fresh, first);
     let replay = db.submit_job(with_key(job(&key, 5), "k1", 2, 0)).await.unwrap();
     assert_eq!(replay, SubmitOutcome::Replayed { job_id: fresh, status: JobStatus::Queued });
@@ -114,7 +114,7 @@ pub async fn idempotent_replays_return_the_original_job(db: Db) {
 
 /// Fifty racing submissions on a balance that covers twenty: exactly twenty go through.
 pub async fn concurrent_submissions_never_overdraw(db: Db) {
-    let key = account(&db, 20, 1).await;
+    let key = account(&*db, 20, 1).await;
     let outcomes = concurrently(50, |_| {
         let (db, key) = (db.clone(), key.clone());
         async move { db.submit_job(job(&key, 1)).await.expect("submit") }
@@ -135,7 +135,7 @@ pub async fn concurrent_submissions_never_overdraw(db: Db) {
 /// Racing submissions with distinct idempotency keys never overdraw, and the refused ones leave no key.
 pub async fn concurrent_keyed_submissions_never_overdraw(db: Db) {
     // Distinct keys racing for one balance: the refused ones must leave no key behind.
-    let key = account(&db, 20, 1).await;
+    let key = account(&*db, 20, 1).await;
     let outcomes = concurrently(50, |i| {
         let (db, key) = (db.clone(), key.clone());
         async move { (i, db.submit_job(with_key(job(&key, 1), &format!("k{i}"), 1, 0)).await.expect("submit")) }
@@ -152,7 +152,7 @@ pub async fn concurrent_keyed_submissions_never_overdraw(db: Db) {
     assert_eq!(ledger_rows(&db, key.account_id, LedgerKind::Charge).await, 20);
     db.grant_credits(key.account_id, 30, None).await.unwrap();
     for i in refused {
-        submit(&db, with_key(job(&key, 1), &format!("k{i}"), 1, 0)).await;
+        submit(&*db, with_key(job(&key, 1), &format!("k{i}"), 1, 0)).await;
     }
     assert_balance(&db, key.account_id, 0).await;
     assert_eq!(db.list_jobs(&everything(key.account_id)).await.unwrap().len(), 50);
@@ -160,7 +160,7 @@ pub async fn concurrent_keyed_submissions_never_overdraw(db: Db) {
 
 /// Twenty racing requests with one idempotency key make one job and one charge.
 pub async fn racing_requests_with_one_key_make_one_job(db: Db) {
-    let key = account(&db, 100, 1).await;
+    let key = account(&*db, 100, 1).await;
     let outcomes = concurrently(20, |_| {
         let (db, key) = (db.clone(), key.clone());
         async move { db.submit_job(with_key(job(&key, 5), "same", 7, 0)).await.expect("submit") }
@@ -186,8 +186,8 @@ pub async fn racing_requests_with_one_key_make_one_job(db: Db) {
 
 /// Purging forgets keys created before the cut-off, and only those.
 pub async fn purged_idempotency_keys_are_forgotten(db: Db) {
-    let key = account(&db, 100, 1).await;
-    let first = submit(&db, with_key(job(&key, 1), "k", 1, 0)).await;
+    let key = account(&*db, 100, 1).await;
+    let first = submit(&*db, with_key(job(&key, 1), "k", 1, 0)).await;
     let created_at = db.get_job(key.account_id, first).await.unwrap().unwrap().created_at_ms;
     // Only keys created strictly before the cut-off go.
     assert_eq!(db.purge_idempotency_keys(created_at).await.unwrap(), 0);
@@ -196,7 +196,7 @@ pub async fn purged_idempotency_keys_are_forgotten(db: Db) {
     assert_eq!(db.purge_idempotency_keys(now_ms() + 60_000).await.unwrap(), 1);
     assert_eq!(db.purge_idempotency_keys(now_ms() + 60_000).await.unwrap(), 0);
     // Forgotten: the same request now makes a second job.
-    let second = submit(&db, with_key(job(&key, 1), "k", 1, 0)).await;
+    let second = submit(&*db, with_key(job(&key, 1), "k", 1, 0)).await;
     assert_ne!(second, first);
     assert_balance(&db, key.account_id, 98).await;
 }

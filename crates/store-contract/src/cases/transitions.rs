@@ -9,8 +9,8 @@ use crate::support::*;
 
 /// Transitions are compare-and-set on the stage and due time; illegal moves are bugs.
 pub async fn transitions_are_compare_and_set(db: Db) {
-    let key = account(&db, 100, 1).await;
-    let id = submit(&db, job(&key, 10)).await;
+    let key = account(&*db, 100, 1).await;
+    let id = submit(&*db, job(&key, 10)).await;
     let claimed = claim_some(&db, 1).await;
     let lease = claimed[0].job.due_at_ms;
     let next_poll = now_ms() + 1_000;
@@ -96,10 +96,10 @@ fn payload(db_event: &store::WebhookEventRecord, deliveries: &[store::WebhookDel
 
 /// A failure refunds once and raises exactly the webhook events the job subscribed to.
 pub async fn failures_refund_once_and_raise_the_subscribed_events(db: Db) {
-    let key = account(&db, 100, 10).await;
-    let default_events = submit(&db, with_webhook(job(&key, 10), None)).await;
-    let progress_only = submit(&db, with_webhook(job(&key, 10), Some(&["progress"]))).await;
-    let no_webhook = submit(&db, job(&key, 10)).await;
+    let key = account(&*db, 100, 10).await;
+    let default_events = submit(&*db, with_webhook(job(&key, 10), None)).await;
+    let progress_only = submit(&*db, with_webhook(job(&key, 10), Some(&["progress"]))).await;
+    let no_webhook = submit(&*db, job(&key, 10)).await;
     assert_balance(&db, key.account_id, 70).await;
     for id in [default_events, progress_only] {
         advance(&db, Transition::new(id, Stage::Queued, Stage::Submitting).progress(5)).await;
@@ -166,7 +166,7 @@ pub async fn failures_refund_once_and_raise_the_subscribed_events(db: Db) {
 
 /// Due work comes back soonest first; a requeued job returns to the queue after its back-off.
 pub async fn due_jobs_come_soonest_first_and_requeued_jobs_return(db: Db) {
-    let key = account(&db, 100, 10).await;
+    let key = account(&*db, 100, 10).await;
     let ids = submit_n(&db, &key, 3).await;
     let got = claim_some(&db, 2).await;
     assert_eq!(self::ids_of(&got), ids[..2].to_vec());
@@ -215,7 +215,7 @@ fn ids_of(claimed: &[store::ClaimedJob]) -> Vec<JobId> {
 
 /// Completed results are listed for expiry oldest first and marked expired once.
 pub async fn completed_results_expire(db: Db) {
-    let key = account(&db, 100, 10).await;
+    let key = account(&*db, 100, 10).await;
     let jobs = submit_n(&db, &key, 3).await;
     let first = complete(&db, jobs[0]).await;
     tokio::time::sleep(std::time::Duration::from_millis(3)).await;

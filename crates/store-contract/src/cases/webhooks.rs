@@ -27,8 +27,8 @@ async fn webhook_status(db: &Db, account: domain::AccountId, id: JobId) -> Optio
 
 /// Webhook events are leased, deferred and recorded, and final outcomes set the job's webhookStatus.
 pub async fn webhook_deliveries_are_claimed_deferred_and_recorded(db: Db) {
-    let key = account(&db, 100, 10).await;
-    let id = submit(&db, with_webhook(job(&key, 5), None)).await;
+    let key = account(&*db, 100, 10).await;
+    let id = submit(&*db, with_webhook(job(&key, 5), None)).await;
     let done = complete(&db, id).await;
 
     let before = now_ms();
@@ -91,7 +91,7 @@ pub async fn webhook_deliveries_are_claimed_deferred_and_recorded(db: Db) {
     assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
 
     // Giving up on a final event marks the job failed; a progress event never decides.
-    let chatty = submit(&db, with_webhook(job(&key, 5), Some(&["progress", "failed"]))).await;
+    let chatty = submit(&*db, with_webhook(job(&key, 5), Some(&["progress", "failed"]))).await;
     advance(&db, Transition::new(chatty, Stage::Queued, Stage::Submitting).progress(5)).await;
     let progress = db.claim_webhooks(10, 30_000).await.unwrap();
     assert_eq!(progress.iter().map(|d| d.event).collect::<Vec<_>>(), [WebhookEvent::Progress]);
@@ -111,8 +111,8 @@ pub async fn webhook_deliveries_are_claimed_deferred_and_recorded(db: Db) {
 
 /// A replay makes the final events due again with a fresh schedule, keeping their history.
 pub async fn replaying_webhooks_resends_the_final_events(db: Db) {
-    let key = account(&db, 100, 10).await;
-    let id = submit(&db, with_webhook(job(&key, 5), Some(&["progress", "completed"]))).await;
+    let key = account(&*db, 100, 10).await;
+    let id = submit(&*db, with_webhook(job(&key, 5), Some(&["progress", "completed"]))).await;
     complete(&db, id).await;
     let raised = db.claim_webhooks(10, 30_000).await.unwrap();
     assert_eq!(raised.iter().filter(|d| d.event == WebhookEvent::Progress).count(), 3, "at 5, 30 and 90");
@@ -137,17 +137,17 @@ pub async fn replaying_webhooks_resends_the_final_events(db: Db) {
     db.record_webhook_attempt(attempt(&resent[0].event_id, Some(500), AttemptOutcome::GaveUp)).await.unwrap();
     assert_eq!(webhook_status(&db, key.account_id, id).await, Some(WebhookStatus::Failed));
 
-    let quiet = submit(&db, job(&key, 5)).await;
+    let quiet = submit(&*db, job(&key, 5)).await;
     assert_eq!(db.replay_webhooks(quiet).await.unwrap(), 0);
     assert_eq!(db.replay_webhooks(JobId::new()).await.unwrap(), 0);
 }
 
 /// Delivery workers claiming at once never get the same event.
 pub async fn concurrent_webhook_claims_never_share_an_event(db: Db) {
-    let key = account(&db, 100, 20).await;
+    let key = account(&*db, 100, 20).await;
     let mut expected = HashSet::new();
     for _ in 0..12 {
-        let id = submit(&db, with_webhook(job(&key, 1), None)).await;
+        let id = submit(&*db, with_webhook(job(&key, 1), None)).await;
         advance(&db, Transition::new(id, Stage::Queued, Stage::Failed).error("x")).await;
         expected.insert(id);
     }
