@@ -531,3 +531,68 @@ fn insert_job_row(conn: &Connection, job: &NewJob, created_at_ms: i64) -> rusqli
     ])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use store::Store;
+    use store_contract::support;
+
+    use super::*;
+    use crate::{journal, open_connection, SqliteStore};
+
+    /// Both directions of the sequence-number rule, stepped by hand: a snapshot taken
+    /// before the writer's transaction commits must still count the taken batch as
+    /// owed (or a balance could be spent twice), and one taken after must not count it
+    /// again (or affordable submissions would be refused), even before the writer has
+    /// called `written`.
+    #[tokio::test]
+    async fn a_taken_batch_is_owed_exactly_until_the_snapshot_holds_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let key = support::account(&store, 100, 1).await;
+        store.close().await;
+        drop(store);
+
+        let writer = open_connection(&path, false).unwrap();
+        let reader = open_connection(&path, true).unwrap();
+        let (journal, _) = journal::Journal::open(&journal::path_for(&path)).unwrap().expect("the journal is free");
+        let mut accepted = Accepted::new(&journal, written_seq(&writer).unwrap(), Arc::new(AtomicUsize::new(0)));
+        let mut decide = |accepted: &mut Accepted, seq: u64, cost: i64| {
+            accepted.decide(&reader, seq, 1, &Arc::new(support::job(&key, cost))).unwrap()
+        };
+        let created = |outcome: &SubmitOutcome| matches!(outcome, SubmitOutcome::Created { .. });
+        let refused_with = |available| SubmitOutcome::InsufficientCredits { required: 30, available };
+
+        reader.execute_batch("begin").unwrap();
+        let seq = written_seq(&reader).unwrap();
+        assert!(created(&decide(&mut accepted, seq, 30)) && created(&decide(&mut accepted, seq, 30)));
+        reader.execute_batch("commit").unwrap();
+        let batch = accepted.take().expect("two jobs to write");
+
+        // A snapshot from before the writer's commit: balance 100, the batch's 60 owed.
+        reader.execute_batch("begin").unwrap();
+        let before = written_seq(&reader).unwrap();
+        writer.execute_batch("begin immediate").unwrap();
+        write_batch(&writer, &batch, 2).unwrap();
+        writer.execute_batch("commit").unwrap();
+        assert!(created(&decide(&mut accepted, before, 30)), "100 - 60 leaves 40");
+        assert_eq!(decide(&mut accepted, before, 30), refused_with(10), "the taken batch still counts");
+        reader.execute_batch("commit").unwrap();
+
+        // A snapshot holding the commit (`written` not called yet): balance 40, and only
+        // the job accepted since the take is owed.
+        reader.execute_batch("begin").unwrap();
+        let after = written_seq(&reader).unwrap();
+        assert_eq!((before, after), (seq, seq + 1));
+        assert_eq!(decide(&mut accepted, after, 30), refused_with(10), "40 - 30 leaves 10, not less");
+        let ten = SubmitOutcome::InsufficientCredits { required: 11, available: 10 };
+        assert_eq!(decide(&mut accepted, after, 11), ten);
+        assert!(created(&decide(&mut accepted, after, 10)), "the last 10 credits can be spent");
+        reader.execute_batch("commit").unwrap();
+
+        accepted.written();
+        let last = SubmitOutcome::InsufficientCredits { required: 1, available: 0 };
+        assert_eq!(decide(&mut accepted, after, 1), last, "every credit is spent exactly once");
+    }
+}
