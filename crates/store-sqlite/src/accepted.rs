@@ -558,7 +558,7 @@ mod tests {
         let reader = open_connection(&path, true).unwrap();
         let (journal, _) = journal::Journal::open(&journal::path_for(&path)).unwrap().expect("the journal is free");
         let mut accepted = Accepted::new(&journal, written_seq(&writer).unwrap(), Arc::new(AtomicUsize::new(0)));
-        let mut decide = |accepted: &mut Accepted, seq: u64, cost: i64| {
+        let decide = |accepted: &mut Accepted, seq: u64, cost: i64| {
             accepted.decide(&reader, seq, 1, &Arc::new(support::job(&key, cost))).unwrap()
         };
         let created = |outcome: &SubmitOutcome| matches!(outcome, SubmitOutcome::Created { .. });
