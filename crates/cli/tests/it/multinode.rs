@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use service::results::testkit::TestS3;
 
+use crate::helpers::data::{postgres_base_url, TestDb};
 use crate::lifecycle::wait_for_job;
 
 /// Jobs sent in all.
@@ -25,46 +26,6 @@ const ACCOUNTS: usize = 4;
 /// The MiniMax account's create budget, per minute, shared by every node. Below the
 /// number of jobs, so the budget decides the pace for a while and can be overspent.
 const CREATE_RPM: u32 = 1500;
-
-/// The test database: `REELGATE_TEST_DATABASE_URL`, or PostgreSQL on loopback as CI has it.
-fn base_database_url() -> String {
-    std::env::var("REELGATE_TEST_DATABASE_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh schema on the test database and the URL that selects it. An unreachable
-/// database fails the test unless `REELGATE_SKIP_POSTGRES=1` (then it prints SKIP).
-async fn fresh_database(test: &str) -> Option<(String, String)> {
-    let base = base_database_url();
-    let client = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            client
-        }
-        Err(e) if std::env::var("REELGATE_SKIP_POSTGRES").as_deref() == Ok("1") => {
-            eprintln!("SKIP {test}: PostgreSQL at {base} is unreachable ({e}) and REELGATE_SKIP_POSTGRES=1");
-            return None;
-        }
-        Err(e) => panic!("{test} needs PostgreSQL at {base}: {e} (REELGATE_SKIP_POSTGRES=1 skips it)"),
-    };
-    let schema = format!("multinode_{}", uuid::Uuid::new_v4().simple());
-    client.batch_execute(&format!("create schema {schema}")).await.unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    // The nodes die in this test, not PostgreSQL: its commits need not wait for the disk,
-    // which on a small CI machine is the slowest part of the run.
-    let options = format!("-csearch_path%3D{schema}%20-csynchronous_commit%3Doff");
-    Some((format!("{base}{separator}options={options}"), schema))
-}
-
-/// Drops a schema made by [`fresh_database`] (best effort: a leftover schema is harmless).
-async fn drop_schema(schema: &str) {
-    if let Ok((client, connection)) = tokio_postgres::connect(&base_database_url(), tokio_postgres::NoTls).await {
-        tokio::spawn(connection);
-        let _ = client.batch_execute(&format!("drop schema {schema} cascade")).await;
-    }
-}
 
 /// A running node.
 struct Node {
@@ -145,7 +106,8 @@ async fn receiver() -> (String, Arc<Mutex<HashMap<String, String>>>, Arc<Mutex<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node_crash() {
     let test = "three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node_crash";
-    let Some((database_url, schema)) = fresh_database(test).await else { return };
+    let Some(db) = TestDb::fresh_on_postgres(test) else { return };
+    let database_url = db.url().to_owned();
     let Some(s3) = TestS3::get(test).await else { return };
     let bucket = s3.create_bucket().await;
     let s3_config = s3.config(&bucket);
@@ -344,7 +306,7 @@ async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node
     assert!(stats["creates_total"].as_u64().unwrap() >= JOBS as u64, "{stats}");
     drop(nodes);
     sim.shutdown().await;
-    drop_schema(&schema).await;
+    db.drop_schema().await;
 }
 
 /// A TCP proxy in front of PostgreSQL that can be cut: while cut, it drops every open
@@ -387,9 +349,10 @@ impl Partition {
 #[tokio::test]
 async fn a_node_that_loses_its_database_refuses_jobs_and_recovers_by_itself() {
     let test = "a_node_that_loses_its_database_refuses_jobs_and_recovers_by_itself";
-    let Some((database_url, schema)) = fresh_database(test).await else { return };
+    let Some(db) = TestDb::fresh_on_postgres(test) else { return };
+    let database_url = db.url().to_owned();
     // The same database, reached through the proxy.
-    let base = base_database_url();
+    let base = postgres_base_url();
     let host_port = base.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_string();
     let partition = Partition::in_front_of(&host_port).await;
     let proxied = database_url.replacen(&host_port, &partition.addr.to_string(), 1);
@@ -419,13 +382,14 @@ async fn a_node_that_loses_its_database_refuses_jobs_and_recovers_by_itself() {
     let (balance, ledger) = app.balance_and_ledger(key.account_id).await;
     assert_eq!((balance, ledger), (90, 90), "two jobs charged; the refused one moved nothing");
     app.stop().await.unwrap();
-    drop_schema(&schema).await;
+    db.drop_schema().await;
 }
 
 #[tokio::test]
 async fn revoking_a_key_on_one_node_reaches_every_node_within_two_seconds() {
     let test = "revoking_a_key_on_one_node_reaches_every_node_within_two_seconds";
-    let Some((database_url, schema)) = fresh_database(test).await else { return };
+    let Some(db) = TestDb::fresh_on_postgres(test) else { return };
+    let database_url = db.url().to_owned();
     let url = service::config::DatabaseUrl(database_url.clone());
     let mut nodes = Vec::new();
     for _ in 0..3 {
@@ -452,5 +416,5 @@ async fn revoking_a_key_on_one_node_reaches_every_node_within_two_seconds() {
     for node in nodes {
         node.stop().await.unwrap();
     }
-    drop_schema(&schema).await;
+    db.drop_schema().await;
 }

@@ -29,6 +29,12 @@ fn base_url() -> Option<String> {
     std::env::var(DATABASE_VAR).ok().filter(|url| !url.is_empty())
 }
 
+/// The PostgreSQL that tests only PostgreSQL can run use whatever the suite runs on: the
+/// suite's database when it runs on PostgreSQL, else PostgreSQL on loopback, as CI has it.
+pub fn postgres_base_url() -> String {
+    base_url().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
 /// A schema made for one test, dropped when this is dropped (best effort).
 pub struct TestDb {
     base_url: String,
@@ -43,19 +49,42 @@ impl TestDb {
     /// [`block_on_side`] for why that is safe inside a runtime.
     pub fn fresh() -> Option<TestDb> {
         let base_url = base_url()?;
-        let schema = format!("it_{}", uuid::Uuid::new_v4().simple());
-        let created = block_on_side(async {
-            let client = connect(&base_url).await?;
-            client.batch_execute(&format!("create schema {schema}")).await
-        });
-        if let Err(e) = created {
-            panic!(
+        match Self::create(base_url, "it", "") {
+            Ok(db) => Some(db),
+            Err(e) => panic!(
                 "{DATABASE_VAR} is set but the test schema could not be created there: {e}. \
                  Start PostgreSQL (scripts/test does), or unset {DATABASE_VAR} to test on SQLite"
-            );
+            ),
         }
-        let url = schema_url(&base_url, &schema);
-        Some(TestDb { base_url, schema, url })
+    }
+
+    /// A new schema for a test only PostgreSQL can run (several nodes on one database),
+    /// on [`postgres_base_url`] whatever the suite runs on. Its sessions commit without
+    /// waiting for the disk: such a test kills nodes, not PostgreSQL, and on a small CI
+    /// machine the disk is the slowest part of the run. An unreachable database fails
+    /// the test, unless `REELGATE_SKIP_POSTGRES=1`: then it prints SKIP and gives `None`.
+    pub fn fresh_on_postgres(test: &str) -> Option<TestDb> {
+        let base_url = postgres_base_url();
+        match Self::create(base_url.clone(), "multinode", "%20-csynchronous_commit%3Doff") {
+            Ok(db) => Some(db),
+            Err(e) if std::env::var("REELGATE_SKIP_POSTGRES").as_deref() == Ok("1") => {
+                eprintln!("SKIP {test}: PostgreSQL at {base_url} is unreachable ({e}) and REELGATE_SKIP_POSTGRES=1");
+                None
+            }
+            Err(e) => panic!("{test} needs PostgreSQL at {base_url}: {e} (REELGATE_SKIP_POSTGRES=1 skips it)"),
+        }
+    }
+
+    /// Creates the schema `<prefix>_<uuid>`; `extra_options` are appended, encoded, to
+    /// the URL's startup options.
+    fn create(base_url: String, prefix: &str, extra_options: &str) -> Result<TestDb, tokio_postgres::Error> {
+        let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        block_on_side(async {
+            let client = connect(&base_url).await?;
+            client.batch_execute(&format!("create schema {schema}")).await
+        })?;
+        let url = schema_url(&base_url, &schema, extra_options);
+        Ok(TestDb { base_url, schema, url })
     }
 
     /// The URL reelgate connects with: the test database, this schema first on the search path.
@@ -163,14 +192,14 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
     Ok(client)
 }
 
-/// `url` with `search_path` set to `schema` through the startup `options`, and the
-/// schema's name as `application_name`, which tells its sessions apart in
-/// `pg_stat_activity` (for people, and for [`drop_schema`]).
-fn schema_url(url: &str, schema: &str) -> String {
+/// `url` with `search_path` set to `schema` through the startup `options` (then
+/// `extra_options`, already encoded), and the schema's name as `application_name`, which
+/// tells its sessions apart in `pg_stat_activity` (for people, and for [`drop_schema`]).
+fn schema_url(url: &str, schema: &str, extra_options: &str) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let separator = if url.contains('?') { '&' } else { '?' };
         // `-c search_path=<schema>` with `=` percent-encoded, as a URL query value must be.
-        format!("{url}{separator}options=-csearch_path%3D{schema}&application_name={schema}")
+        format!("{url}{separator}options=-csearch_path%3D{schema}{extra_options}&application_name={schema}")
     } else {
         panic!("{DATABASE_VAR} must be a postgres:// URL, as reelgate's database_url is")
     }
