@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use domain::{AccountId, JobId, JobStatus};
@@ -172,7 +172,7 @@ impl Accepted {
             // A taken batch this snapshot already holds may have been touched by the
             // operations that shared its transaction (an engine claim): SQLite's row,
             // not the accepted copy, has the job's current status.
-            if self.taken.as_ref().is_some_and(|t| t.seq <= snapshot_seq) {
+            if self.taken_written_in(snapshot_seq).is_some() {
                 if let Some(outcome) = stored_key_outcome(conn, job, claim)? {
                     return Ok(outcome);
                 }
@@ -236,16 +236,19 @@ impl Accepted {
         Ok(SubmitOutcome::Created { job_id: job.id, status: JobStatus::Queued })
     }
 
+    /// The taken batch, if a snapshot in which `accepted_write` held `snapshot_seq`
+    /// already holds the transaction that wrote it (the rule of the module comment).
+    fn taken_written_in(&self, snapshot_seq: u64) -> Option<&Taken> {
+        self.taken.as_ref().filter(|taken| taken.seq <= snapshot_seq)
+    }
+
     /// What the account's accepted jobs owe beyond the balance a snapshot holding
     /// `snapshot_seq` shows: a taken batch whose transaction the snapshot already holds
     /// is paid for there.
     fn pending_debit(&self, account: AccountId, snapshot_seq: u64) -> i64 {
         let all = self.debits.get(&account).copied().unwrap_or(0);
-        let written = match &self.taken {
-            Some(taken) if taken.seq <= snapshot_seq => taken.debits.get(&account).copied().unwrap_or(0),
-            _ => 0,
-        };
-        all - written
+        let written = self.taken_written_in(snapshot_seq).and_then(|taken| taken.debits.get(&account).copied());
+        all - written.unwrap_or(0)
     }
 
     /// What the acceptor must write to the journal now, in this order: the segments to
@@ -330,6 +333,13 @@ impl Accepted {
             (None, None) => {}
         }
     }
+}
+
+/// Locks the shared state, for the acceptor and the writer alike. Only a panic (a bug)
+/// poisons the lock; the other thread carries on rather than refusing every submission
+/// and write from then on.
+pub(crate) fn lock(accepted: &Mutex<Accepted>) -> MutexGuard<'_, Accepted> {
+    accepted.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Journal writes the acceptor owes ([`Accepted::journal_work`]).

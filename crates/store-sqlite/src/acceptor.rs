@@ -27,7 +27,7 @@ use rusqlite::Connection;
 use store::{NewJob, Result, StoreError, SubmitOutcome};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accepted::{self, Accepted, JournalWork, WRITE_AT};
+use crate::accepted::{self, lock, Accepted, JournalWork, WRITE_AT};
 use crate::journal::{Journal, SEGMENTS};
 use crate::writer::{stop_thread, Clock, Command, Submitted};
 
@@ -172,7 +172,7 @@ fn run(
         }
         (None, Ok(journal)) => {
             // Segments written from now on are emptied by whoever writes them.
-            accepted.lock().unwrap_or_else(|p| p.into_inner()).park_journal(journal);
+            lock(accepted).park_journal(journal);
             if let Some(done) = stopped {
                 let _ = done.send(());
             }
@@ -249,7 +249,7 @@ fn round(
     writer: &mpsc::Sender<Command>,
     submissions: &mut Vec<(Arc<NewJob>, oneshot::Sender<Result<Submitted>>)>,
 ) -> (JournalWork, Decided) {
-    let mut state = accepted.lock().unwrap_or_else(|p| p.into_inner());
+    let mut state = lock(accepted);
     let gathered_before = state.untaken();
     let decided: Decided = if submissions.is_empty() {
         Vec::new()

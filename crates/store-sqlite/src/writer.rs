@@ -23,7 +23,7 @@
 //! journal takes submissions.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +31,7 @@ use rusqlite::Connection;
 use store::{NewJob, Result, StoreError, SubmitOutcome};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accepted::{self, Accepted};
+use crate::accepted::{self, lock, Accepted};
 use crate::acceptor::Acceptor;
 use crate::journal::Journal;
 use crate::map_err;
@@ -265,10 +265,6 @@ pub(crate) async fn stop_thread<R>(
     if let Some(handle) = handle {
         let _ = tokio::task::spawn_blocking(move || handle.join()).await;
     }
-}
-
-fn lock(accepted: &Mutex<Accepted>) -> MutexGuard<'_, Accepted> {
-    accepted.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, accepted: Option<Arc<Mutex<Accepted>>>, clock: &Clock) {
