@@ -210,8 +210,11 @@ async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Resul
     let get_job = measure(real.addr, GET_JOB, 200, &plan, |i| Requests::cycle(&job_reads, i, plan.concurrency)).await?;
 
     let replies = BareReplies { post: padded_json(seeded.generate_body_len), get: padded_json(seeded.job_body_len) };
+    // Served by the same connection loop as the real server, so the ratio measures the
+    // routes and not two different edges.
     let bare = spawn_server(|listener, shutdown| async move {
-        Ok(axum::serve(listener, bare_router(replies)).with_graceful_shutdown(shutdown).await?)
+        let settings = service::Config::defaults().server;
+        Ok(service::server::serve(listener, bare_router(replies), &settings, shutdown).await?)
     })
     .await
     .context("cannot start the bare baseline")?;

@@ -10,6 +10,7 @@ mod engine_routes;
 mod jobs;
 mod models;
 mod results;
+mod unread_body;
 mod videos;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("No such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(state.clone(), unread_body::discard_unread_body))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Request limits.
     pub limits: Limits,
+    /// Connections: timeouts, limits and the shutdown deadline.
+    pub server: ServerConfig,
     /// The job engine.
     pub engine: EngineConfig,
     /// MiniMax accounts; none means the built-in sandbox.
@@ -303,6 +305,34 @@ pub struct AuthConfig {
     pub key_cache_ttl_ms: u64,
 }
 
+/// Connections: timeouts, limits and the shutdown deadline.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How long a client may take to send a request's headers, counted from when the
+    /// connection starts waiting for a request; so an idle keep-alive connection is
+    /// closed after this long too.
+    pub header_read_timeout_ms: u64,
+    /// How long a request body may go without delivering any bytes.
+    pub body_read_timeout_ms: u64,
+    /// A connection on which nothing is read or written for this long is closed (also
+    /// one whose client stopped reading its answer).
+    pub idle_timeout_ms: u64,
+    /// Open client connections at most; past it new ones wait in the listen backlog
+    /// while the open ones are served. Lowered at start to the process's open-file
+    /// limit minus 256.
+    pub max_connections: usize,
+    /// Request headers at most (more: 431).
+    pub max_headers: usize,
+    /// Bytes of request line and headers at most (more: 431).
+    pub max_header_bytes: usize,
+    /// Request body bytes read and thrown away so that an early answer (401, 404, 413,
+    /// ...) reaches a client that is still sending; past it the connection is closed.
+    pub max_discard_bytes: u64,
+    /// On SIGTERM, how long open connections may take to finish before they are dropped.
+    pub shutdown_grace_ms: u64,
+}
+
 /// Request limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -401,6 +431,20 @@ impl Config {
         }
         if self.limits.idempotency_ttl_hours == 0 {
             return Err(ConfigError::Invalid("limits.idempotency_ttl_hours must be at least 1".into()));
+        }
+        let server = &self.server;
+        if server.header_read_timeout_ms == 0
+            || server.body_read_timeout_ms == 0
+            || server.idle_timeout_ms == 0
+            || server.max_connections == 0
+            || server.max_headers == 0
+        {
+            return Err(ConfigError::Invalid(
+                "server: the timeouts, max_connections and max_headers must be positive".into(),
+            ));
+        }
+        if server.max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid("server.max_header_bytes must be at least 1024".into()));
         }
         let e = &self.engine;
         if e.max_concurrent_submits == 0 || e.max_concurrent_polls == 0 || e.max_concurrent_downloads == 0 {

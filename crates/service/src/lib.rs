@@ -15,6 +15,7 @@ pub mod guard;
 pub mod openapi;
 pub mod readiness;
 pub mod results;
+pub mod server;
 pub mod signing;
 pub mod state;
 pub mod webhooks;
@@ -140,7 +141,8 @@ fn forward_wakeups(
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish, flushes the store and returns.
+/// in-flight requests finish (for at most `server.shutdown_grace_ms`), flushes the store
+/// and returns.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -205,7 +207,8 @@ pub async fn run(
     let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.clone()));
 
     tracing::info!(listen.addr = %addr, data_dir = %state.config.data_dir.display(), "reelgate listening on http://{addr}");
-    let served = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await;
+    let server_settings = state.config.server.clone();
+    let served = server::serve(listener, api::router(state), &server_settings, shutdown).await;
     housekeeping.abort();
     stop_monitor.cancel();
     let _ = monitor.await;

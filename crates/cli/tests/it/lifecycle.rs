@@ -75,7 +75,7 @@ fn admin_cli_creates_keys_grants_and_shows_credits() {
 /// A `reelgate serve` child process, killed when dropped: a test that fails half-way
 /// must not leave its server running, holding a port and (on PostgreSQL) a schema's
 /// connections, after the test is gone.
-struct Server(std::process::Child);
+pub(crate) struct Server(pub(crate) std::process::Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -99,13 +99,13 @@ impl std::ops::DerefMut for Server {
 }
 
 /// A new account with `credits` and its key, made with `reelgate keys create`.
-fn create_key(data: &TestData, name: &str, credits: i64) -> String {
+pub(crate) fn create_key(data: &TestData, name: &str, credits: i64) -> String {
     let (ok, out, err) = data.reelgate(&["keys", "create", "--name", name, "--credits", &credits.to_string()]);
     assert!(ok, "{err}");
     out.lines().last().expect("the key is printed on the last line").to_string()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -369,7 +369,7 @@ async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> Server {
 
 /// Starts `reelgate serve` on `data` at `port`, with more arguments and environment,
 /// and waits until it answers.
-async fn spawn_serve(data: &TestData, port: u16, args: &[&str], env: &[(&str, &str)]) -> Server {
+pub(crate) async fn spawn_serve(data: &TestData, port: u16, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut command = data.command();
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

@@ -6,6 +6,7 @@ mod helpers;
 mod account;
 mod auth;
 mod cancel;
+mod edge;
 mod engine;
 mod generate;
 mod jobs;

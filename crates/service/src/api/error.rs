@@ -57,6 +57,9 @@ pub enum ApiError {
     /// Body over the limit.
     #[error("Request body too large: the limit is {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body stopped arriving for longer than `server.body_read_timeout_ms`.
+    #[error("Request body timed out: no data arrived for too long")]
+    RequestTimeout,
     /// Balance below the job's cost.
     #[error("Insufficient credits")]
     InsufficientCredits {
@@ -116,6 +119,7 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message})),
             Self::Conflict(_) => (StatusCode::CONFLICT, json!({"error": message})),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": message})),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, json!({"error": message})),
             Self::RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, json!({"error": message})),
             Self::InsufficientCredits { required, available } => (
                 StatusCode::PAYMENT_REQUIRED,

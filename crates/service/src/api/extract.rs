@@ -71,8 +71,10 @@ impl FromRequest<AppState> for JsonBody {
         }
         let bytes = axum::body::to_bytes(Body::new(req.into_body()), limit).await.map_err(|e| {
             // to_bytes wraps http-body-util's LengthLimitError somewhere in the source chain.
-            if is_length_limit(&e) {
+            if source_is::<http_body_util::LengthLimitError>(&e) {
                 ApiError::PayloadTooLarge(limit)
+            } else if source_is::<tower_http::timeout::TimeoutError>(&e) {
+                ApiError::RequestTimeout
             } else {
                 ApiError::BadRequest(format!("Could not read the request body: {e}"))
             }
@@ -86,10 +88,11 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
+/// Whether `E` is somewhere in the error's source chain (axum wraps body errors).
+fn source_is<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if err.downcast_ref::<E>().is_some() {
             return true;
         }
         source = err.source();
