@@ -315,6 +315,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// How long a request body may go without delivering any bytes.
     pub body_read_timeout_ms: u64,
+    /// How long a JSON request body (at most `limits.max_body_bytes`) may take to
+    /// arrive in full, however steadily it trickles; also bounds reading an unread body
+    /// away before an early answer.
+    pub body_deadline_ms: u64,
     /// A connection on which nothing is read or written for this long is closed (also
     /// one whose client stopped reading its answer).
     pub idle_timeout_ms: u64,
@@ -435,6 +439,7 @@ impl Config {
         let server = &self.server;
         if server.header_read_timeout_ms == 0
             || server.body_read_timeout_ms == 0
+            || server.body_deadline_ms == 0
             || server.idle_timeout_ms == 0
             || server.max_connections == 0
             || server.max_headers == 0

@@ -132,6 +132,48 @@ async fn slow_and_idle_clients_are_closed_within_the_timeouts() {
 }
 
 #[tokio::test]
+async fn a_body_that_trickles_in_gets_a_408_at_the_deadline() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.body_read_timeout_ms = 5_000;
+        c.server.body_deadline_ms = 1_500;
+    })
+    .await;
+    let key = app.create_key(100).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v2/videos/generate HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Length: 500\r\n\r\n",
+        key.key
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 200 ms: never a gap as long as the body timeout, never the whole body.
+    let (mut reader, mut writer) = stream.split();
+    let trickle = async {
+        for _ in 0..100 {
+            if writer.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let answer = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = reader.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let answer = tokio::select! {
+        answer = answer => answer,
+        () = trickle => panic!("no answer while the body trickled for 20 s"),
+    };
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(app.balance_and_ledger(key.account_id).await, (100, 100));
+}
+
+#[tokio::test]
 async fn a_connection_on_which_nothing_moves_is_closed_by_the_idle_timeout() {
     // The header timeout is long here, so only the idle timeout can close it.
     let app = TestApp::spawn_with(|c| {

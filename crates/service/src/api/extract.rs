@@ -69,7 +69,10 @@ impl FromRequest<AppState> for JsonBody {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::PayloadTooLarge(limit));
         }
-        let bytes = axum::body::to_bytes(Body::new(req.into_body()), limit).await.map_err(|e| {
+        // The body timeout ends a body that stops; this ends one that trickles.
+        let deadline = std::time::Duration::from_millis(state.config.server.body_deadline_ms);
+        let read = tokio::time::timeout(deadline, axum::body::to_bytes(Body::new(req.into_body()), limit));
+        let bytes = read.await.map_err(|_| ApiError::RequestTimeout)?.map_err(|e| {
             // to_bytes wraps http-body-util's LengthLimitError somewhere in the source chain.
             if source_is::<http_body_util::LengthLimitError>(&e) {
                 ApiError::PayloadTooLarge(limit)

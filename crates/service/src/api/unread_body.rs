@@ -6,8 +6,9 @@
 //! still writing (Node's fetch, which Apiframe's SDK uses) sees a broken pipe instead of
 //! our JSON. So this middleware keeps a handle on the request body; once the handler has
 //! answered, it reads and throws away what the handler left, up to
-//! `server.max_discard_bytes` (the body timeout bounds its time), and only then lets the
-//! answer go. A body larger than that is not read: the answer says `Connection: close`.
+//! `server.max_discard_bytes` within `server.body_deadline_ms`, and only then lets the
+//! answer go. A body larger than that, or slower, is not read to its end: the answer
+//! says `Connection: close`.
 //!
 //! A client that sent `Expect: 100-continue` and whose body nobody asked for is waiting
 //! for our answer, not sending; it is left alone.
@@ -16,10 +17,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -48,9 +50,14 @@ pub async fn discard_unread_body(State(state): State<AppState>, request: Request
         // sends nothing and reads our answer.
         return response;
     }
-    let limit = state.config.server.max_discard_bytes;
-    // A body declared longer than the limit is not read at all, however little is left.
-    if declared.is_some_and(|n| n > limit) || !discard(left, limit).await {
+    let server = &state.config.server;
+    let (limit, deadline) = (server.max_discard_bytes, Duration::from_millis(server.body_deadline_ms));
+    // A body declared longer than the limit is not read at all, however little is left;
+    // nor is one that already ran out of time.
+    let discarded = !declared.is_some_and(|n| n > limit)
+        && response.status() != StatusCode::REQUEST_TIMEOUT
+        && tokio::time::timeout(deadline, discard(left, limit)).await.unwrap_or(false);
+    if !discarded {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
