@@ -94,7 +94,8 @@ impl S3Results {
             // object_store's client follows the proxy variables unless it is given a
             // proxy, and has no switch for "none"; a proxy every host is excluded from
             // makes it connect directly, like every other client of ours (see `egress`).
-            None => options.with_proxy_url("http://127.0.0.1:9").with_proxy_excludes("*"),
+            // `*` covers names only: addresses are excluded by the two whole networks.
+            None => options.with_proxy_url("http://127.0.0.1:9").with_proxy_excludes("*,0.0.0.0/0,::/0"),
         };
         let build = |options: ClientOptions| builder.clone().with_client_options(options).build();
         let store = build(options.clone().with_timeout(REQUEST_TIMEOUT)).map_err(std::io::Error::other)?;
