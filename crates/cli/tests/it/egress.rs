@@ -86,6 +86,7 @@ async fn proxy_variables_in_the_environment_do_not_carry_private_urls_past_the_g
         command
             .env("REELGATE_ENGINE__FIRST_POLL_DELAY_MS", "200")
             .env("REELGATE_ENGINE__POLL_INTERVAL_MS", "200")
+            .env("REELGATE_SANDBOX_LATENCY_MS", "1000")
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
@@ -111,19 +112,35 @@ async fn proxy_variables_in_the_environment_do_not_carry_private_urls_past_the_g
     assert_eq!(r.status(), 202);
     let id = r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string();
 
+    // And a job with nothing client-supplied to fetch: MiniMax (the sandbox, on
+    // loopback) and the result download are reached directly, not through the proxy.
+    let plain = json!({"model": "hailuo-2.3", "prompt": "a lighthouse at dusk"});
+    let r =
+        http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&plain).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let plain_id = r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string();
+
     let get = |path: String| {
         let (http, key) = (http.clone(), key.clone());
         async move { http.get(path).header("X-API-Key", key).send().await.unwrap().json::<Value>().await.unwrap() }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let job = loop {
-        let job = get(format!("{base}/v2/jobs/{id}")).await;
-        if job["status"] == "FAILED" || job["status"] == "COMPLETED" {
-            break job;
+    let terminal = |id: String| {
+        let (get, base) = (&get, &base);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let job = get(format!("{base}/v2/jobs/{id}")).await;
+                if job["status"] == "FAILED" || job["status"] == "COMPLETED" {
+                    return job;
+                }
+                assert!(Instant::now() < deadline, "job still {}", job["status"]);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        assert!(Instant::now() < deadline, "job still {}", job["status"]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let job = terminal(plain_id).await;
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    let job = terminal(id.clone()).await;
     assert_eq!(job["status"], "FAILED", "{job}");
     let error = job["error"].to_string();
     assert!(error.contains("not allowed") && error.contains("loopback"), "refused by the guard: {job}");
