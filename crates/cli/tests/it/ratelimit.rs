@@ -23,6 +23,7 @@ async fn over_the_generate_rate_a_key_gets_429_charges_nothing_and_other_keys_ar
 
     // A new job, then its replay (a replay is a generate too), then refusals: fresh
     // requests and replays alike, far faster than one a second.
+    let started = std::time::Instant::now();
     let first = app.generate_idem(&key, &body, "same").await;
     assert_eq!(first.status, 202, "{:?}", first.body);
     let replay = app.generate_idem(&key, &body, "same").await;
@@ -41,6 +42,19 @@ async fn over_the_generate_rate_a_key_gets_429_charges_nothing_and_other_keys_ar
         refused += 1;
     }
     assert!(refused >= 4, "{refused} of 6 refused");
+    // Decided before the body is read: a body that would be refused (not JSON) gets 429.
+    let r = app
+        .http
+        .post(app.url("/v2/videos/generate"))
+        .header("X-API-Key", &key.key)
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    // (The next token comes a second after the burst.)
+    if started.elapsed() < Duration::from_millis(900) {
+        assert_eq!(r.status(), 429);
+    }
     // The refused requests wrote nothing: one job, one charge.
     let jobs = app.all_job_ids(&key).await;
     let ledger = app.store.ledger(key.account_id).await.unwrap();
