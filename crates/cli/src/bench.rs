@@ -155,6 +155,10 @@ async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Resul
     // This measures the API alone: the engine (and its in-process sandbox rendering
     // videos) would compete for the same two cores. `bench engine` measures the engine.
     config.engine.enabled = false;
+    // The load comes from a few keys as fast as the server answers: measuring per-key
+    // rate limits would measure only their settings.
+    config.rate_limits.generate_per_sec = 0;
+    config.rate_limits.read_per_sec = 0;
     let bench_keys =
         create_keys(&config, ACCOUNTS, 10, BENCH_CREDITS).await.context("cannot create the bench API keys")?;
     let keys: Vec<String> = bench_keys.iter().map(|k| k.secret.clone()).collect();

@@ -35,6 +35,10 @@ pub struct Config {
     pub limits: Limits,
     /// Connections: timeouts, limits and the shutdown deadline.
     pub server: ServerConfig,
+    /// Requests per second per API key.
+    pub rate_limits: RateLimitConfig,
+    /// Outbound HTTP: whether it goes through a proxy.
+    pub egress: EgressConfig,
     /// The job engine.
     pub engine: EngineConfig,
     /// MiniMax accounts; none means the built-in sandbox.
@@ -347,6 +351,38 @@ pub struct Limits {
     pub idempotency_ttl_hours: u32,
 }
 
+/// Requests per second per API key, as token buckets kept by each node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Generate requests (replays of an idempotent one included) per second per key; 0: no limit.
+    pub generate_per_sec: u32,
+    /// Generate requests a key may send at once after a quiet spell.
+    pub generate_burst: u32,
+    /// Every other authenticated request (reads, lists, cancels) per second per key; 0: no limit.
+    pub read_per_sec: u32,
+    /// Other requests a key may send at once after a quiet spell.
+    pub read_burst: u32,
+}
+
+/// Outbound HTTP requests (MiniMax, input images, webhooks, result downloads, S3).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Send every outbound request through this proxy (`http://` or `https://`). Unset: no proxy, whatever `HTTP_PROXY`, `HTTPS_PROXY` or
+    /// `ALL_PROXY` say. With a proxy the SSRF guard checks only IP-literal URLs; the
+    /// proxy must refuse private destinations itself.
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+}
+
+impl std::fmt::Debug for EgressConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A proxy URL may carry credentials; print it the way database URLs are printed.
+        f.debug_struct("EgressConfig").field("proxy_url", &self.proxy_url.clone().map(DatabaseUrl)).finish()
+    }
+}
+
 impl EngineConfig {
     /// Whether client-supplied URLs may reach private addresses: the setting, else
     /// `REELGATE_ALLOW_PRIVATE_URLS`.
@@ -450,6 +486,21 @@ impl Config {
         }
         if server.max_header_bytes < 1024 {
             return Err(ConfigError::Invalid("server.max_header_bytes must be at least 1024".into()));
+        }
+        let r = &self.rate_limits;
+        if (r.generate_per_sec > 0 && r.generate_burst == 0) || (r.read_per_sec > 0 && r.read_burst == 0) {
+            return Err(ConfigError::Invalid(
+                "rate_limits: a burst must be at least 1 where its rate is set (a rate of 0 turns the limit off)"
+                    .into(),
+            ));
+        }
+        if let Some(proxy) = &self.egress.proxy_url {
+            let scheme_ok = proxy.starts_with("http://") || proxy.starts_with("https://");
+            if !scheme_ok || reqwest::Proxy::all(proxy).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "egress.proxy_url {proxy:?} must be an http:// or https:// proxy URL"
+                )));
+            }
         }
         let e = &self.engine;
         if e.max_concurrent_submits == 0 || e.max_concurrent_polls == 0 || e.max_concurrent_downloads == 0 {
@@ -649,6 +700,27 @@ mod tests {
             let err = s3(tweak).unwrap_err();
             assert!(err.contains(expected), "{err:?} should mention {expected:?}");
         }
+    }
+
+    #[test]
+    fn proxy_urls_and_rate_limits_are_checked_and_proxy_passwords_never_print() {
+        let mut c = Config::defaults();
+        assert!(c.egress.proxy_url.is_none(), "no proxy unless configured");
+        assert_eq!((c.rate_limits.generate_per_sec, c.rate_limits.read_per_sec), (20, 100));
+        c.egress.proxy_url = Some("http://user:hunter2@proxy.internal:3128".into());
+        c.validate().unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2") && printed.contains("proxy.internal"), "{printed}");
+        for bad in ["proxy.internal:3128", "ftp://proxy.internal", "socks5://proxy.internal:1080", "http://"] {
+            c.egress.proxy_url = Some(bad.into());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("egress.proxy_url"), "{bad}: {err}");
+        }
+        c.egress.proxy_url = None;
+        c.rate_limits.generate_burst = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("burst"));
+        c.rate_limits.generate_per_sec = 0;
+        c.validate().unwrap();
     }
 
     #[test]

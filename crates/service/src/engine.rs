@@ -253,6 +253,8 @@ pub struct EngineParts {
     pub webhook_wake: Arc<Notify>,
     /// Whether client-supplied URLs may reach private addresses.
     pub allow_private_urls: bool,
+    /// The proxy for outbound requests (`egress.proxy_url`), if any.
+    pub proxy_url: Option<String>,
     /// Whether the store answers.
     pub readiness: Readiness,
 }
@@ -263,7 +265,7 @@ impl Engine {
         let allow_private_urls = parts.allow_private_urls;
         let c = &parts.config;
         Arc::new(Self {
-            images: crate::guard::guarded_client(image_timeout(c), allow_private_urls, 3),
+            images: crate::guard::guarded_client(image_timeout(c), allow_private_urls, 3, parts.proxy_url.as_deref()),
             submits: Arc::new(Semaphore::new(c.max_concurrent_submits)),
             polls: Arc::new(Semaphore::new(c.max_concurrent_polls)),
             downloads: Arc::new(Semaphore::new(c.max_concurrent_downloads)),

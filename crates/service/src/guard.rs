@@ -8,6 +8,10 @@
 //! Operators (and the tests) can allow private destinations with
 //! `REELGATE_ALLOW_PRIVATE_URLS=1`.
 //!
+//! Proxy variables in the environment are ignored (see `egress`): through a proxy, names
+//! would never reach this resolver. With `egress.proxy_url` set, only IP-literal URLs
+//! are checked here and the proxy must refuse the rest.
+//!
 //! URLs the operator configures (MiniMax base URLs) and the download links MiniMax
 //! returns are not client input and do not pass through this guard.
 
@@ -151,7 +155,19 @@ impl Resolve for GuardedResolver {
 
 /// An HTTP client for client-supplied URLs: every connection and redirect passes the
 /// guard. `max_redirects` 0 follows none (webhooks: a 3xx is a failed delivery).
-pub fn guarded_client(timeout: Duration, allow_private: bool, max_redirects: usize) -> reqwest::Client {
+///
+/// Without a proxy (`egress.proxy_url`) it connects directly to checked addresses, and
+/// ignores proxy environment variables, which would otherwise carry names past the
+/// resolver. With a proxy the proxy resolves names, so only IP literals (checked by
+/// [`check_url`] before each request and redirect) are ours to refuse; the resolver
+/// then only resolves the proxy's own name, which the operator chose and may well be
+/// private, so it is the ordinary one.
+pub fn guarded_client(
+    timeout: Duration,
+    allow_private: bool,
+    max_redirects: usize,
+    proxy: Option<&str>,
+) -> reqwest::Client {
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() > max_redirects || max_redirects == 0 {
             attempt.stop()
@@ -163,8 +179,11 @@ pub fn guarded_client(timeout: Duration, allow_private: bool, max_redirects: usi
             attempt.follow()
         }
     });
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+    let mut builder = crate::egress::client_builder(proxy);
+    if proxy.is_none() {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver { allow_private }));
+    }
+    builder
         .redirect(redirects)
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
@@ -232,7 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_resolving_to_refused_addresses_are_not_contacted() {
-        let client = guarded_client(Duration::from_secs(5), false, 3);
+        let client = guarded_client(Duration::from_secs(5), false, 3, None);
         let err = client.get("http://localhost:9/x.png").send().await.unwrap_err();
         let refusal = refusal_in(&err).expect("refused by the guard, not by the network");
         assert!(refusal.contains("loopback"), "{refusal}");

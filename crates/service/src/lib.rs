@@ -10,9 +10,11 @@ pub mod api;
 pub mod auth;
 pub mod background;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod guard;
 pub mod openapi;
+pub mod ratelimit;
 pub mod readiness;
 pub mod results;
 pub mod server;
@@ -180,6 +182,7 @@ pub async fn run(
             metrics.clone(),
             webhook_wake,
             allow_private,
+            config.egress.proxy_url.clone(),
             readiness.clone(),
             engine.as_ref().map(|e| e.engine.results().clone()),
         )
@@ -196,6 +199,7 @@ pub async fn run(
     let state = AppState::new(Handles {
         store: store.clone(),
         keys,
+        rate_limits: ratelimit::RateLimits::new(&config.rate_limits),
         catalog,
         config,
         openapi,
@@ -278,8 +282,14 @@ async fn start_engine(
             max_in_flight: 10_000,
             claimable_now: 0,
         };
-        let client =
-            engine::minimax::MiniMaxClient::new(&started.base_url(), "sandbox-key", submit_timeout, query_timeout);
+        // The sandbox runs in this process on loopback: never through a proxy.
+        let client = engine::minimax::MiniMaxClient::new(
+            &started.base_url(),
+            "sandbox-key",
+            submit_timeout,
+            query_timeout,
+            None,
+        );
         let upstream = engine::Upstream::new(budget, client, 60_000);
         sandbox = Some(started);
         vec![upstream]
@@ -295,7 +305,13 @@ async fn start_engine(
                     max_in_flight: a.max_in_flight,
                     claimable_now: 0,
                 };
-                let client = engine::minimax::MiniMaxClient::new(&a.base_url, &a.api_key, submit_timeout, query_timeout);
+                let client = engine::minimax::MiniMaxClient::new(
+                    &a.base_url,
+                    &a.api_key,
+                    submit_timeout,
+                    query_timeout,
+                    config.egress.proxy_url.as_deref(),
+                );
                 tracing::info!(upstream = %a.name, base_url = %a.base_url, create_rpm = a.create_rpm, "MiniMax account in rotation");
                 engine::Upstream::new(budget, client, a.query_rpm)
             })
@@ -312,6 +328,7 @@ async fn start_engine(
         metrics,
         webhook_wake,
         allow_private_urls: e.allow_private_urls(),
+        proxy_url: config.egress.proxy_url.clone(),
         readiness,
     });
     Ok((engine.start(), sandbox))
@@ -326,7 +343,7 @@ fn open_results(config: &Config) -> Result<Arc<dyn results::ResultStore>, RunErr
         ),
         config::ResultsBackend::S3 => {
             let s3 = &config.results.s3;
-            let store = results::s3::S3Results::new(s3)
+            let store = results::s3::S3Results::new(s3, config.egress.proxy_url.as_deref())
                 .map_err(|source| RunError::Setup { what: "the S3 result store", source })?;
             tracing::info!(
                 s3.bucket = s3.bucket.as_deref().unwrap_or(""),

@@ -9,6 +9,7 @@ use store::Store;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::engine::{Engine, Metrics};
+use crate::ratelimit::RateLimits;
 use crate::readiness::Readiness;
 
 /// Cheap to clone: axum clones the state for every request, so it is one `Arc`.
@@ -21,6 +22,8 @@ pub struct Handles {
     pub store: Arc<dyn Store>,
     /// API key lookups.
     pub keys: KeyCache,
+    /// Per-key request rates.
+    pub rate_limits: RateLimits,
     /// Models and prices.
     pub catalog: Catalog,
     /// The loaded configuration.

@@ -217,6 +217,11 @@ fn server_config(args: &EngineArgs, paths: &Paths, api: SocketAddr, sim: SocketA
          # The bench's webhook receiver is on loopback.\n\
          allow_private_urls = {webhooks}\n\
          \n\
+         # The bench submits as fast as it can from few keys.\n\
+         [rate_limits]\n\
+         generate_per_sec = 0\n\
+         read_per_sec = 0\n\
+         \n\
          [[minimax.accounts]]\n\
          name = \"sandbox\"\n\
          api_key = \"{SANDBOX_KEY}\"\n\

@@ -52,6 +52,31 @@ async fn missing_unknown_disabled_and_revoked_keys_are_refused_on_every_route() 
 }
 
 #[tokio::test]
+async fn two_api_key_headers_are_ambiguous_and_refused_on_every_route() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.create_key(100).await, app.create_key(100).await);
+    let body = video("hailuo-2.3", "x");
+    let expected = json!({"error": "Ambiguous credentials: send exactly one X-API-Key header"});
+    for (method, template, path) in authed_routes() {
+        let sent = (method == Method::POST).then_some(&body);
+        // Two different keys, the same key twice, and a valid key beside a garbage one:
+        // none is "the first one wins".
+        for (first, second) in [(&a.key, &b.key), (&a.key, &a.key), (&a.key, &"afk_garbage".to_string())] {
+            let headers = [("X-API-Key", first.as_str()), ("X-API-Key", second.as_str())];
+            let r = app.call(method.clone(), template, &path, None, sent, &headers).await;
+            assert_eq!(r.status, 400, "{method} {path}: {:?}", r.body);
+            assert_eq!(r.body, expected, "{method} {path}");
+        }
+    }
+    // Nothing was charged or queued.
+    for key in [&a, &b] {
+        assert_eq!(app.balance_and_ledger(key.account_id).await, (100, 100));
+        assert!(app.all_job_ids(key).await.is_empty());
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn cli_disable_enable_and_revoke_reach_the_running_server_within_two_seconds() {
     let app = TestApp::spawn().await;
     let key = app.create_key(100).await;

@@ -87,6 +87,7 @@ impl TestApp {
         std::env::set_var("REELGATE_ALLOW_PRIVATE_URLS", "1");
         init_test_log();
         let mut config = data.config();
+        no_rate_limits(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         tweak(&mut config, addr);
@@ -284,6 +285,14 @@ fn init_test_log() {
                 .try_init();
         }
     });
+}
+
+/// Turns the per-key rate limits off: many tests submit as fast as they can from one
+/// key, and only the rate limit tests (`ratelimit.rs`) are about the limits; they set
+/// their own in the tweak, which runs after this.
+pub fn no_rate_limits(config: &mut Config) {
+    config.rate_limits.generate_per_sec = 0;
+    config.rate_limits.read_per_sec = 0;
 }
 
 /// Engine timings for tests: sandbox tasks take about a second and are polled often.

@@ -128,6 +128,7 @@ async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node
         format!(
             "database_url = {database_url:?}\n\
              [accounts]\ndefault_max_concurrent_jobs = 1000\n\
+             [rate_limits]\ngenerate_per_sec = 0\nread_per_sec = 0\n\
              [engine]\nfirst_poll_delay_ms = 2000\npoll_interval_ms = 500\nretry_base_ms = 200\nretry_max_ms = 2000\n\
              submit_timeout_ms = 5000\nquery_timeout_ms = 5000\nallow_private_urls = true\n\
              [webhooks]\ntimeout_ms = 5000\nretry_schedule_ms = [0, 1000, 2000, 5000, 10000, 30000]\n\

@@ -1,13 +1,14 @@
 //! Routes that serve the engine rather than Apiframe clients: MiniMax's callbacks and
 //! the Prometheus metrics.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::api::extract::{read_limited, Path};
 use crate::engine::callback::{self, CallbackReply};
 use crate::state::AppState;
 
@@ -21,14 +22,18 @@ pub(crate) fn router() -> Router<AppState> {
 async fn minimax_callback(
     State(state): State<AppState>,
     Path((job_id, token)): Path<(String, String)>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let Some(engine) = state.engine.as_ref() else {
         return (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": "No engine"}))).into_response();
     };
-    if body.len() > MAX_CALLBACK_BYTES {
-        return (StatusCode::PAYLOAD_TOO_LARGE, Json(serde_json::json!({"error": "Body too large"}))).into_response();
-    }
+    // Read here, not with axum's `Bytes`, whose own limit (2 MiB) answers in plain text.
+    let deadline = std::time::Duration::from_millis(state.config.server.body_deadline_ms);
+    let body = match read_limited(&headers, body, MAX_CALLBACK_BYTES, deadline).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
     let reply = callback::handle(engine, &job_id, &token, &body).await;
     let status = match reply {
         CallbackReply::Challenge(_) | CallbackReply::Accepted => StatusCode::OK,

@@ -6,8 +6,11 @@
 //! Apiframe's envelope: `{"error": "..."}`, plus `details` for validation and the credit
 //! numbers for 402. On a 5xx the client gets a generic message while the full cause
 //! travels in an [`ErrorCause`] response extension to the request-id middleware, which
-//! logs it once together with the request id.
+//! logs it once together with the request id. Axum's extractor rejections are converted
+//! here too (through the [`Path`](crate::api::extract::Path) and
+//! [`Query`](crate::api::extract::Query) wrappers), so no answer is ever plain text.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -39,6 +42,9 @@ pub enum ApiError {
     /// No X-API-Key header.
     #[error("API key is required")]
     MissingKey,
+    /// More than one X-API-Key header: which one to honour would be a guess.
+    #[error("Ambiguous credentials: send exactly one X-API-Key header")]
+    AmbiguousKey,
     /// Unknown or revoked key.
     #[error("Invalid API key")]
     InvalidKey,
@@ -67,6 +73,12 @@ pub enum ApiError {
         required: i64,
         /// Balance.
         available: i64,
+    },
+    /// The key's request rate is over its limit: 429 with `Retry-After`.
+    #[error("Too many requests: retry after {retry_after_secs} s")]
+    TooManyRequests {
+        /// Whole seconds until a request would be allowed (at least 1).
+        retry_after_secs: u64,
     },
     /// A Range header outside the file.
     #[error("Requested range not satisfiable")]
@@ -105,6 +117,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Axum's own extractor rejections (a path segment that is not UTF-8, a query string
+/// that does not deserialize) would answer in plain text; they come here instead, so
+/// the client sees the same envelope as for every other error. Axum already tells the
+/// client's mistakes (4xx) from ours (5xx, a route and extractor that do not match).
+fn from_rejection(status: StatusCode, text: String) -> ApiError {
+    if status.is_server_error() {
+        ApiError::Internal(text)
+    } else {
+        ApiError::BadRequest(text)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        from_rejection(rejection.status(), rejection.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
@@ -112,7 +148,7 @@ impl IntoResponse for ApiError {
             Self::Validation { details, .. } => {
                 (StatusCode::BAD_REQUEST, json!({"error": message, "details": details.0}))
             }
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, json!({"error": message})),
+            Self::BadRequest(_) | Self::AmbiguousKey => (StatusCode::BAD_REQUEST, json!({"error": message})),
             Self::MissingKey | Self::InvalidKey => (StatusCode::UNAUTHORIZED, json!({"error": message})),
             Self::InactiveKey => (StatusCode::FORBIDDEN, json!({"error": message})),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, json!({"error": message})),
@@ -120,6 +156,7 @@ impl IntoResponse for ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, json!({"error": message})),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": message})),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, json!({"error": message})),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, json!({"error": message})),
             Self::RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, json!({"error": message})),
             Self::InsufficientCredits { required, available } => (
                 StatusCode::PAYMENT_REQUIRED,
@@ -129,6 +166,9 @@ impl IntoResponse for ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": message})),
         };
         let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests { retry_after_secs } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
         if let Self::Unavailable(cause) | Self::Internal(cause) = self {
             response.extensions_mut().insert(ErrorCause(cause));
         }

@@ -1,26 +1,37 @@
-//! Extractors: the authenticated [`Caller`] and the size-limited [`JsonBody`].
+//! Extractors: the authenticated and rate-limited [`Caller`], the size-limited
+//! [`JsonBody`], and [`Path`] and [`Query`], axum's own with their rejections in our
+//! envelope.
 //!
 //! Authentication lives in an extractor so a handler cannot forget it: a handler that
-//! takes a `Caller` only runs for an active key.
+//! takes a `Caller` only runs for an active key within its request rate. Handlers use
+//! the [`Path`] and [`Query`] of this module, never axum's, whose rejections are plain
+//! text.
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use domain::keys::looks_like_key;
 use domain::{ApiKeyStatus, KeyDigest, ValidationErrors};
 use serde_json::Value;
 use store::ApiKeyRecord;
 
 use crate::api::error::ApiError;
+use crate::ratelimit::RateClass;
 use crate::state::AppState;
 
 /// The header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The key (and through it the account) making the request.
+///
+/// Extracting it also takes a token from the key's rate bucket: the [`RateClass`] the
+/// route was given as a request extension (see `videos::router`), or
+/// [`RateClass::Read`] when it was given none. This happens before the body is read
+/// (extractors that read it run last), so a refused request has charged nothing.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Arc<ApiKeyRecord>);
 
@@ -28,22 +39,71 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(raw) = parts.headers.get(API_KEY_HEADER) else {
-            return Err(ApiError::MissingKey);
-        };
-        if raw.is_empty() {
-            return Err(ApiError::MissingKey);
-        }
-        let presented = raw.to_str().map_err(|_| ApiError::InvalidKey)?.trim();
-        if !looks_like_key(presented) {
-            return Err(ApiError::InvalidKey);
-        }
-        let key = state.keys.lookup(&KeyDigest::of(presented)).await?;
-        match key {
-            Some(k) if k.status == ApiKeyStatus::Active => Ok(Caller(k)),
-            Some(k) if k.status == ApiKeyStatus::Disabled => Err(ApiError::InactiveKey),
-            _ => Err(ApiError::InvalidKey),
-        }
+        let key = authenticate(parts, state).await?;
+        let class = parts.extensions.get::<RateClass>().copied().unwrap_or(RateClass::Read);
+        state
+            .rate_limits
+            .check(class, key.id)
+            .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
+        Ok(Caller(key))
+    }
+}
+
+/// The active key the request presents.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Arc<ApiKeyRecord>, ApiError> {
+    let mut presented_keys = parts.headers.get_all(API_KEY_HEADER).iter();
+    let Some(raw) = presented_keys.next() else {
+        return Err(ApiError::MissingKey);
+    };
+    // Proxies and frameworks disagree on which of two headers counts; honouring
+    // either would be a guess about who is calling.
+    if presented_keys.next().is_some() {
+        return Err(ApiError::AmbiguousKey);
+    }
+    if raw.is_empty() {
+        return Err(ApiError::MissingKey);
+    }
+    let presented = raw.to_str().map_err(|_| ApiError::InvalidKey)?.trim();
+    if !looks_like_key(presented) {
+        return Err(ApiError::InvalidKey);
+    }
+    let key = state.keys.lookup(&KeyDigest::of(presented)).await?;
+    match key {
+        Some(k) if k.status == ApiKeyStatus::Active => Ok(k),
+        Some(k) if k.status == ApiKeyStatus::Disabled => Err(ApiError::InactiveKey),
+        _ => Err(ApiError::InvalidKey),
+    }
+}
+
+/// Axum's `Path`, refused in our envelope (a segment that is not UTF-8 is a 400).
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(value))
+    }
+}
+
+/// Axum's `Query`, refused in our envelope.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(value))
     }
 }
 
@@ -63,25 +123,9 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.config.limits.max_body_bytes;
-        let declared =
-            req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        // The body timeout ends a body that stops; this ends one that trickles.
+        let (parts, body) = req.into_parts();
         let deadline = std::time::Duration::from_millis(state.config.server.body_deadline_ms);
-        let read = tokio::time::timeout(deadline, axum::body::to_bytes(Body::new(req.into_body()), limit));
-        let bytes = read.await.map_err(|_| ApiError::RequestTimeout)?.map_err(|e| {
-            // to_bytes wraps http-body-util's LengthLimitError somewhere in the source chain.
-            if source_is::<http_body_util::LengthLimitError>(&e) {
-                ApiError::PayloadTooLarge(limit)
-            } else if source_is::<tower_http::timeout::TimeoutError>(&e) {
-                ApiError::RequestTimeout
-            } else {
-                ApiError::BadRequest(format!("Could not read the request body: {e}"))
-            }
-        })?;
+        let bytes = read_limited(&parts.headers, body, state.config.limits.max_body_bytes, deadline).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ValidationErrors::root("Request body is empty; expected a JSON object").into());
         }
@@ -89,6 +133,34 @@ impl FromRequest<AppState> for JsonBody {
             .map_err(|e| ApiError::from(ValidationErrors::root(format!("Invalid JSON: {e}"))))?;
         Ok(JsonBody(value))
     }
+}
+
+/// Reads a whole request body of at most `limit` bytes within `deadline`; a larger one
+/// (declared or sent) is [`ApiError::PayloadTooLarge`], so it is refused in our envelope
+/// rather than by axum's plain-text 413, and a slower one [`ApiError::RequestTimeout`].
+/// (The server's body timeout ends a body that stops; the deadline ends one that
+/// trickles.)
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit));
+    read.await.map_err(|_| ApiError::RequestTimeout)?.map_err(|e| {
+        // to_bytes wraps http-body-util's LengthLimitError somewhere in the source chain.
+        if source_is::<http_body_util::LengthLimitError>(&e) {
+            ApiError::PayloadTooLarge(limit)
+        } else if source_is::<tower_http::timeout::TimeoutError>(&e) {
+            ApiError::RequestTimeout
+        } else {
+            ApiError::BadRequest(format!("Could not read the request body: {e}"))
+        }
+    })
 }
 
 /// Whether `E` is somewhere in the error's source chain (axum wraps body errors).

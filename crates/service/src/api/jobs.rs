@@ -6,7 +6,7 @@
 //! inserted while a client pages land before its position and cannot shift or repeat
 //! the rows it has yet to see.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,7 +18,7 @@ use store::{CancelOutcome, JobCursor, JobQuery, JobRecord};
 
 use crate::api::dto::JobView;
 use crate::api::error::{ApiError, Result};
-use crate::api::extract::{query_param, Caller};
+use crate::api::extract::{query_param, Caller, Path, Query};
 use crate::state::AppState;
 
 const DEFAULT_LIMIT: u32 = 20;

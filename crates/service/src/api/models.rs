@@ -1,14 +1,14 @@
 //! `GET /v2/models`: the public catalog, with our own `reelgate` field carrying each
 //! model's full parameter schema and price table so clients can price a request first.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use domain::Catalog;
 use serde_json::{json, Value};
 
 use crate::api::error::{ApiError, Result};
-use crate::api::extract::query_param;
+use crate::api::extract::{query_param, Query};
 use crate::state::AppState;
 
 pub(crate) fn router() -> Router<AppState> {

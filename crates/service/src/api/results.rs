@@ -9,7 +9,7 @@
 //! bucket's URL instead.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,6 +18,7 @@ use domain::byte_range::{self, ByteRange};
 use domain::JobId;
 
 use crate::api::error::{ApiError, Result};
+use crate::api::extract::Path;
 use crate::signing::Purpose;
 use crate::state::AppState;
 

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::{Json, Router};
 use domain::validation::{fingerprint, parse_generate};
 use domain::JobId;
@@ -12,13 +13,15 @@ use store::{IdempotencyClaim, NewJob, SubmitOutcome};
 
 use crate::api::error::{ApiError, Result};
 use crate::api::extract::{Caller, JsonBody};
+use crate::ratelimit::RateClass;
 use crate::state::AppState;
 
 /// Longest `Idempotency-Key` accepted (the spec's maxLength).
 const IDEMPOTENCY_KEY_MAX: usize = 255;
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/v2/videos/generate", post(create_video))
+    // Generates draw from their own, smaller rate bucket (see `Caller`).
+    Router::new().route("/v2/videos/generate", post(create_video).layer(Extension(RateClass::Generate)))
 }
 
 async fn create_video(

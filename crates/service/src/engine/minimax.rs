@@ -259,9 +259,16 @@ fn base_resp_problem(b: &Option<BaseResp>) -> Option<UpstreamError> {
 }
 
 impl MiniMaxClient {
-    /// A client for one account.
-    pub fn new(base_url: &str, api_key: &str, submit_timeout: Duration, query_timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+    /// A client for one account; `proxy` is `egress.proxy_url` (result downloads from
+    /// MiniMax's links go through this client too).
+    pub fn new(
+        base_url: &str,
+        api_key: &str,
+        submit_timeout: Duration,
+        query_timeout: Duration,
+        proxy: Option<&str>,
+    ) -> Self {
+        let http = crate::egress::client_builder(proxy)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("reelgate/", env!("CARGO_PKG_VERSION")))
             .build()

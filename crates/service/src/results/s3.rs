@@ -56,8 +56,9 @@ pub struct S3Results {
 
 impl S3Results {
     /// A store for the bucket `config` describes. Makes no request: a bucket that is
-    /// missing or refuses the credentials shows up on the first result.
-    pub fn new(config: &S3Config) -> std::io::Result<Self> {
+    /// missing or refuses the credentials shows up on the first result. `proxy` is
+    /// `egress.proxy_url`.
+    pub fn new(config: &S3Config, proxy: Option<&str>) -> std::io::Result<Self> {
         let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
         check_prefix(&config.prefix).map_err(|why| invalid(format!("results.s3.prefix: {why}")))?;
         let bucket = config.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| invalid("no bucket".into()))?;
@@ -88,6 +89,14 @@ impl S3Results {
             builder = builder.with_endpoint(url.as_str().trim_end_matches('/'));
         }
         let options = ClientOptions::new().with_allow_http(allow_http).with_connect_timeout(CONNECT_TIMEOUT);
+        let options = match proxy {
+            Some(url) => options.with_proxy_url(url),
+            // object_store's client follows the proxy variables unless it is given a
+            // proxy, and has no switch for "none"; a proxy every host is excluded from
+            // makes it connect directly, like every other client of ours (see `egress`).
+            // `*` covers names only: addresses are excluded by the two whole networks.
+            None => options.with_proxy_url("http://127.0.0.1:9").with_proxy_excludes("*,0.0.0.0/0,::/0"),
+        };
         let build = |options: ClientOptions| builder.clone().with_client_options(options).build();
         let store = build(options.clone().with_timeout(REQUEST_TIMEOUT)).map_err(std::io::Error::other)?;
         let reads = build(options.with_timeout_disabled()).map_err(std::io::Error::other)?;
@@ -313,7 +322,7 @@ mod tests {
         let Some(s3) = TestS3::get("a_multipart_result_round_trips_and_ranges_read_from_anywhere").await else {
             return;
         };
-        let results = S3Results::new(&s3.config(&s3.create_bucket().await)).unwrap();
+        let results = S3Results::new(&s3.config(&s3.create_bucket().await), None).unwrap();
         let job = JobId::new();
         let bytes = data(20 << 20); // three parts: 8 + 8 + 4 MiB
         let mut writer = results.begin(job).await.unwrap();
@@ -343,7 +352,7 @@ mod tests {
     async fn a_dropped_writer_leaves_nothing() {
         let Some(s3) = TestS3::get("a_dropped_writer_leaves_nothing").await else { return };
         let bucket = s3.create_bucket().await;
-        let results = S3Results::new(&s3.config(&bucket)).unwrap();
+        let results = S3Results::new(&s3.config(&bucket), None).unwrap();
         let job = JobId::new();
         let mut writer = results.begin(job).await.unwrap();
         // More than a part, so one has been uploaded when the writer goes away.
@@ -370,7 +379,7 @@ mod tests {
     async fn delete_removes_the_object_and_tolerates_a_missing_one() {
         let Some(s3) = TestS3::get("delete_removes_the_object_and_tolerates_a_missing_one").await else { return };
         let bucket = s3.create_bucket().await;
-        let results = S3Results::new(&s3.config(&bucket)).unwrap();
+        let results = S3Results::new(&s3.config(&bucket), None).unwrap();
         let job = JobId::new();
         let mut writer = results.begin(job).await.unwrap();
         writer.write(b"video").await.unwrap();
@@ -393,10 +402,10 @@ mod tests {
         let bucket = s3.create_bucket().await;
         let mut config = s3.config(&bucket);
         config.prefix = "videos/2026/".into();
-        let proxy = S3Results::new(&config).unwrap();
+        let proxy = S3Results::new(&config, None).unwrap();
         config.video_urls = VideoUrls::Presigned;
         config.presigned_url_ttl_secs = 600;
-        let presigned = S3Results::new(&config).unwrap();
+        let presigned = S3Results::new(&config, None).unwrap();
 
         let job = JobId::new();
         let mut writer = presigned.begin(job).await.unwrap();
@@ -431,10 +440,10 @@ mod tests {
         config.access_key_id = Some("id".into());
         config.secret_access_key = Some("secret".into());
         // Building succeeds for both styles; object_store would refuse http here.
-        S3Results::new(&config).unwrap();
+        S3Results::new(&config, None).unwrap();
         config.path_style = true;
-        S3Results::new(&config).unwrap();
+        S3Results::new(&config, None).unwrap();
         config.endpoint = Some("http://s3.example.com".into());
-        assert!(S3Results::new(&config).is_err(), "plain http off loopback is refused");
+        assert!(S3Results::new(&config, None).is_err(), "plain http off loopback is refused");
     }
 }

@@ -49,7 +49,7 @@ impl TestS3 {
                 ),
             },
         };
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("HTTP client");
         Some(Self { endpoint, http })
     }
 

@@ -65,18 +65,28 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// A worker; `wake` is notified whenever an event may have been raised.
+    /// A worker; `wake` is notified whenever an event may have been raised. `proxy_url`
+    /// is `egress.proxy_url`.
+    // Each argument is a separate handle of the process; a struct to carry them would
+    // be built in exactly one place.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         config: WebhookConfig,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
         allow_private: bool,
+        proxy_url: Option<String>,
         readiness: Readiness,
         results: Option<Arc<dyn ResultStore>>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            http: crate::guard::guarded_client(Duration::from_millis(config.timeout_ms), allow_private, 0),
+            http: crate::guard::guarded_client(
+                Duration::from_millis(config.timeout_ms),
+                allow_private,
+                0,
+                proxy_url.as_deref(),
+            ),
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             store,
             config,

@@ -252,6 +252,9 @@ impl TestData {
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reelgate"));
         command.env("REELGATE_DATA_DIR", self.dir());
+        // As in-process servers (`helpers::no_rate_limits`): many tests submit as fast as
+        // they can from one key.
+        command.env("REELGATE_RATE_LIMITS__GENERATE_PER_SEC", "0").env("REELGATE_RATE_LIMITS__READ_PER_SEC", "0");
         // The harness's log switch (see `TestApp`) reaches child processes too.
         if let Ok(filter) = std::env::var("REELGATE_TEST_LOG") {
             command.env("REELGATE_LOG", filter);
