@@ -23,6 +23,7 @@
 
 mod client;
 mod database;
+mod edge;
 mod engine;
 mod webhook_receiver;
 
@@ -112,12 +113,21 @@ pub enum BenchMode {
     /// reports the dispatch rate against the create budget and each process's peak RSS
     /// and CPU time (Linux only).
     Engine(engine::EngineArgs),
+    /// Hostile and slow clients against a `reelgate serve` child process.
+    ///
+    /// Oversized generate bodies whose problems could be echoed without bound, then
+    /// thousands of slowloris, idle and slow-body connections: the server's peak RSS, its
+    /// largest answer, how many slow connections it still holds as time passes and a
+    /// normal client's latency meanwhile (Linux only).
+    Edge(edge::EdgeArgs),
 }
 
 /// Runs the benchmark and prints its report; fails if any request failed.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(BenchMode::Engine(engine_args)) = args.mode {
-        return engine::run(engine_args).await;
+    match args.mode {
+        Some(BenchMode::Engine(engine_args)) => return engine::run(engine_args).await,
+        Some(BenchMode::Edge(edge_args)) => return edge::run(edge_args).await,
+        None => {}
     }
     ensure!(args.seconds > 0, "--seconds must be at least 1");
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");

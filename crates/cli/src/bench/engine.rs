@@ -190,7 +190,7 @@ impl Paths {
 /// A loopback address with a port that was free a moment ago. The child binds it a
 /// little later; another process taking it in between makes the child fail to start,
 /// which the bench reports.
-fn free_loopback_port() -> anyhow::Result<SocketAddr> {
+pub(super) fn free_loopback_port() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(listener.local_addr()?)
 }
@@ -266,7 +266,7 @@ fn serve_args(paths: &Paths, api: SocketAddr) -> Vec<String> {
 
 /// A child process running this binary, logging to a file. Dropping it kills the
 /// process, so a failed bench leaves nothing running.
-struct ChildProcess {
+pub(super) struct ChildProcess {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -274,10 +274,21 @@ struct ChildProcess {
 
 impl ChildProcess {
     fn spawn(name: &'static str, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, args, log, &[])
+    }
+
+    /// [`ChildProcess::spawn`] with more environment variables.
+    pub(super) fn spawn_with_env(
+        name: &'static str,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this binary")?;
         let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let child = Command::new(exe)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -286,7 +297,7 @@ impl ChildProcess {
         Ok(Self { name, child, log: log.to_path_buf() })
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -299,7 +310,7 @@ impl ChildProcess {
     }
 
     /// Waits until `GET path` answers 200.
-    async fn wait_ready(&mut self, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+    pub(super) async fn wait_ready(&mut self, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
         let until = Instant::now() + READY_TIMEOUT;
         let mut http = Http::new(addr);
         loop {
@@ -320,7 +331,7 @@ impl ChildProcess {
     }
 
     /// Asks for a graceful stop (SIGTERM), then kills the process if it does not exit.
-    async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+    pub(super) async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
@@ -361,7 +372,7 @@ impl Drop for ChildProcess {
 
 /// A process's memory and CPU figures.
 #[derive(Clone, Copy, Debug, Default)]
-struct Usage {
+pub(super) struct Usage {
     /// `VmHWM`: the largest resident set so far, in KiB.
     peak_rss_kib: u64,
     /// `VmRSS`: the resident set now, in KiB.
@@ -371,7 +382,7 @@ struct Usage {
 }
 
 impl Usage {
-    fn of(pid: u32) -> anyhow::Result<Self> {
+    pub(super) fn of(pid: u32) -> anyhow::Result<Self> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("cannot read /proc/{pid}/status"))?;
         let kib = |field: &str| -> anyhow::Result<u64> {
@@ -396,7 +407,7 @@ impl Usage {
         })
     }
 
-    fn peak_mib(&self) -> f64 {
+    pub(super) fn peak_mib(&self) -> f64 {
         self.peak_rss_kib as f64 / 1024.0
     }
 
