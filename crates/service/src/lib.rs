@@ -66,6 +66,15 @@ pub enum RunError {
     /// The built-in sandbox could not start.
     #[error("cannot start the MiniMax sandbox: {0}")]
     Sandbox(String),
+    /// Another node on the same PostgreSQL database already runs the built-in sandbox.
+    #[error(
+        "another reelgate node with no MiniMax account already runs the built-in MiniMax sandbox on this \
+         database. A node's built-in sandbox knows only the tasks it created, so nodes sharing a database \
+         need one MiniMax they all reach: run `reelgate sim --listen ADDR --data-dir DIR` once and name it \
+         as the MiniMax account in every node's config ([[minimax.accounts]] name = \"sim\", \
+         api_key = \"any\", base_url = \"http://ADDR\"), or set engine.enabled = false on this node"
+    )]
+    BuiltinSandboxTaken,
 }
 
 /// Opens the configured store, applying migrations: PostgreSQL when `database_url` is
@@ -148,9 +157,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     let catalog = config.catalog()?;
-    // Even on PostgreSQL the data directory holds the sandbox's renders and, with the
-    // file system backend, the result videos.
+    // Even on PostgreSQL the data directory holds the sandbox's tasks and renders and, with
+    // the file system backend, the result videos.
     create_data_dir(&config)?;
+    // Held until the sandbox has stopped: the end of this function.
+    let _sandbox_lock = claim_builtin_sandbox(&config).await?;
     let (store, wakeups) = open_backend(&config, true).await?;
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
@@ -225,6 +236,35 @@ pub async fn run(
     store.close().await;
     tracing::info!("reelgate stopped");
     served.map_err(RunError::Serve)
+}
+
+/// The lock a node running the built-in sandbox holds on a PostgreSQL database.
+const BUILTIN_SANDBOX_LOCK: &str = "builtin-sandbox";
+
+/// On PostgreSQL, makes sure this node is the only one running the built-in sandbox (the
+/// engine on, no MiniMax account) on the database, and holds a lock that says so while it runs.
+///
+/// Why: each node's built-in sandbox lives in that node, on loopback, and knows only the tasks
+/// it created, while any node may poll any job, so two such nodes would fail each other's jobs
+/// with "task not found". One node with the built-in sandbox (and any number with the engine
+/// off) is fine; SQLite needs no check, as one server owns its data directory. The lock is a
+/// PostgreSQL session lock, which a killed node's session gives back at once; a restart waits a
+/// few seconds for that before refusing.
+async fn claim_builtin_sandbox(config: &Config) -> Result<Option<store_postgres::SessionLock>, RunError> {
+    let Some(url) = &config.database_url else { return Ok(None) };
+    if !config.engine.enabled || !config.minimax.accounts.is_empty() {
+        return Ok(None);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(lock) = store_postgres::SessionLock::try_take(url.as_str(), BUILTIN_SANDBOX_LOCK).await? {
+            return Ok(Some(lock));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RunError::BuiltinSandboxTaken);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Builds and starts the job engine, with the built-in sandbox when no MiniMax account
