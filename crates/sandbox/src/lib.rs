@@ -31,6 +31,15 @@
 //! `video_width: 0`, `video_height: 0`; then the real file id (a string) and the output size.
 //! The file is rendered on first retrieve/download, once per distinct request (cached on disk).
 //!
+//! # Restarts
+//!
+//! With [`SandboxConfig::data_dir`] set, every task is written to `<data_dir>/tasks/` and synced
+//! before the create call answers, and a sandbox started on the same directory restores them: a
+//! task stays queryable by its key and its file retrievable, and its status keeps following the
+//! time since its original creation. Records older than [`SandboxConfig::task_retention_secs`]
+//! are deleted at start. Scripted `xN` counts, rate-limit windows, stats and the download-link
+//! secret start afresh. Without a data directory tasks live in memory only.
+//!
 //! # Authentication and key suffixes
 //!
 //! `Authorization: Bearer <key>`. No or empty key: 1004 `login fail: Please carry the API secret
@@ -270,7 +279,7 @@ impl Sandbox {
         self.shared.limiter.stats()
     }
 
-    /// Number of tasks created since start.
+    /// Number of tasks known: created since start, plus those restored from the data directory.
     pub fn task_count(&self) -> usize {
         self.shared.tasks.len()
     }
@@ -316,7 +325,7 @@ fn restore(shared: &api::Shared, records: Vec<saved::TaskRecord>) -> usize {
         let has_callback = r.callback_url.is_some();
         let new = tasks::NewTask {
             owner: shared.owner_of_digest(digest),
-            created_ms: shared.clock.from_unix_ms(r.created_unix_ms),
+            created_ms: shared.clock.ms_of_unix(r.created_unix_ms),
             latency_ms: r.latency_ms,
             spec,
             fail_code: r.fail_code,

@@ -48,7 +48,7 @@ impl Clock {
     }
 
     /// The sandbox timestamp of a unix time; times before the origin become the origin.
-    pub fn from_unix_ms(&self, unix_ms: u64) -> u64 {
+    pub fn ms_of_unix(&self, unix_ms: u64) -> u64 {
         (unix_ms + self.past_ms).saturating_sub(self.start_unix_ms)
     }
 
