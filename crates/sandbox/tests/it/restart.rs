@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sandbox::SandboxConfig;
 
-use crate::helpers::{fast_config, t2v, TestSandbox};
+use crate::helpers::{fast_config, t2v, Echo, Receiver, TestSandbox};
 
 #[tokio::test]
 async fn tasks_survive_a_restart_on_their_original_time_line() {
@@ -47,4 +47,27 @@ async fn tasks_survive_a_restart_on_their_original_time_line() {
     // New tasks never reuse a kept task's id.
     let new = after.create_ok(&t2v("a lighthouse in fog")).await;
     assert!(new != mine && new != theirs);
+}
+
+#[tokio::test]
+async fn callback_pushes_still_ahead_are_sent_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SandboxConfig { latency_ms: Some(2000), data_dir: Some(dir.path().to_path_buf()), ..fast_config() };
+    let receiver = Receiver::spawn(Echo::Correct).await;
+    let before = TestSandbox::spawn(config.clone()).await;
+    let body = serde_json::json!({"model": "MiniMax-Hailuo-2.3", "prompt": "a kite", "callback_url": receiver.url});
+    let id = before.create_ok(&body).await;
+    // Stopped before its `processing` push (at 600 ms) was due.
+    before.sandbox.shutdown().await;
+
+    let _after = TestSandbox::spawn(config).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.pushes().len() < 2 {
+        assert!(Instant::now() < deadline, "pushes after the restart: {:?}", receiver.pushes());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pushes = receiver.pushes();
+    let statuses: Vec<&str> = pushes.iter().map(|p| p["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["processing", "success"]);
+    assert!(pushes.iter().all(|p| p["task_id"] == id.as_str()), "{pushes:?}");
 }
