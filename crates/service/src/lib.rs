@@ -160,8 +160,12 @@ pub async fn run(
     // Even on PostgreSQL the data directory holds the sandbox's tasks and renders and, with
     // the file system backend, the result videos.
     create_data_dir(&config)?;
-    // Held until the sandbox has stopped: the end of this function.
-    let _sandbox_lock = claim_builtin_sandbox(&config).await?;
+    // Held (and taken again after a lost database session) until the sandbox has stopped.
+    let release_sandbox_lock = tokio_util::sync::CancellationToken::new();
+    let sandbox_lock = claim_builtin_sandbox(&config).await?.map(|lock| {
+        let url = config.database_url.as_ref().map(|u| u.as_str().to_owned()).unwrap_or_default();
+        tokio::spawn(keep_builtin_sandbox_lock(url, lock, release_sandbox_lock.clone()))
+    });
     let (store, wakeups) = open_backend(&config, true).await?;
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
@@ -232,6 +236,10 @@ pub async fn run(
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
+    release_sandbox_lock.cancel();
+    if let Some(keeper) = sandbox_lock {
+        let _ = keeper.await;
+    }
     // Every acknowledged write is already committed; closing drains anything still queued.
     store.close().await;
     tracing::info!("reelgate stopped");
@@ -264,6 +272,43 @@ async fn claim_builtin_sandbox(config: &Config) -> Result<Option<store_postgres:
             return Err(RunError::BuiltinSandboxTaken);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Holds the built-in sandbox's lock until `release`, taking it again whenever its database
+/// session ends (PostgreSQL restarted, the network dropped the connection): a lost session
+/// gives the lock up, and a node starting meanwhile must still be refused. If another node took
+/// it in between, two sandboxes now run; nothing here can undo that, so it is logged loudly.
+async fn keep_builtin_sandbox_lock(
+    url: String,
+    mut lock: store_postgres::SessionLock,
+    release: tokio_util::sync::CancellationToken,
+) {
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = release.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if lock.is_held() {
+            continue;
+        }
+        match store_postgres::SessionLock::try_take(&url, BUILTIN_SANDBOX_LOCK).await {
+            Ok(Some(again)) => {
+                tracing::info!("took the built-in sandbox's lock again after its database session ended");
+                lock = again;
+                warned = false;
+            }
+            Ok(None) if !warned => {
+                tracing::error!(
+                    "another node started the built-in MiniMax sandbox on this database while this node's \
+                     lock session was down: the two will fail each other's jobs; stop one of them"
+                );
+                warned = true;
+            }
+            // The database is still unreachable, or the warning was given: try again later.
+            _ => {}
+        }
     }
 }
 

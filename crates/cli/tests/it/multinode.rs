@@ -550,3 +550,66 @@ async fn three_nodes_with_the_built_in_sandbox_start_one_and_the_others_refuse_c
     }
     db.drop_schema().await;
 }
+
+/// The built-in sandbox's lock lives in a database session; a node whose session is cut (a
+/// PostgreSQL restart, a dropped connection) loses it, takes it again once the database
+/// answers, and so a node started afterwards is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_database_takes_the_built_in_sandbox_lock_again() {
+    let test = "a_node_that_loses_its_database_takes_the_built_in_sandbox_lock_again";
+    let Some(db) = TestDb::fresh_on_postgres(test) else { return };
+    let base = postgres_base_url();
+    let host_port = base.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_string();
+    let partition = Partition::in_front_of(&host_port).await;
+    let proxied = db.url().replacen(&host_port, &partition.addr.to_string(), 1);
+    let app = crate::helpers::TestApp::spawn_engine(|c, _| {
+        c.database_url = Some(service::config::DatabaseUrl(proxied.clone()));
+    })
+    .await;
+    let ready = |app: &crate::helpers::TestApp| {
+        let request = app.http.get(app.url("/readyz"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    partition.set_cut(true);
+    crate::helpers::eventually(Duration::from_secs(15), || async { ready(&app).await == 503 }).await;
+    partition.set_cut(false);
+    crate::helpers::eventually(Duration::from_secs(15), || async { ready(&app).await == 200 }).await;
+    // The keeper looks once a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("second.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut second = Node {
+        base: format!("http://127.0.0.1:{port}"),
+        child: Some(
+            Command::new(env!("CARGO_BIN_EXE_reelgate"))
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .env("REELGATE_DATABASE_URL", db.url())
+                .env("REELGATE_DATA_DIR", dir.path())
+                .env("REELGATE_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        ),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second node with the built-in sandbox started on {}: {}",
+            second.base,
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success() && text.contains("reelgate sim --listen"), "{status:?}: {text}");
+    second.child = None;
+    app.stop().await.unwrap();
+    db.drop_schema().await;
+}
