@@ -14,9 +14,13 @@ pub struct SimArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
-    /// Directory for the render cache and input images (default: a temporary directory).
+    /// Directory for the tasks (kept across restarts), the render cache and input images
+    /// (default: a temporary directory, and tasks are forgotten when the sandbox stops).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// How long tasks kept in --data-dir are remembered, in seconds (older ones are deleted at start).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    task_retention_secs: u64,
     /// Accepted API key; repeat for several. None: any non-empty key is accepted.
     #[arg(long = "key")]
     keys: Vec<String>,
@@ -86,6 +90,7 @@ impl SimArgs {
             latency_jitter: self.latency_jitter,
             link_ttl_secs: self.link_ttl_secs,
             data_dir: self.data_dir,
+            task_retention_secs: self.task_retention_secs,
             public_base_url: self.public_base_url,
             render_concurrency: self.render_concurrency,
             faults: sandbox::FaultConfig {

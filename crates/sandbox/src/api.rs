@@ -25,6 +25,7 @@ use crate::config::SandboxConfig;
 use crate::images::ImageStore;
 use crate::limits::Limiter;
 use crate::links::Signer;
+use crate::saved::TaskFiles;
 use crate::tasks::{Clock, TaskTable};
 use crate::videos::VideoCache;
 use crate::wire::{self, BaseResp};
@@ -46,6 +47,8 @@ pub struct Shared {
     pub base_url: String,
     pub clock: Clock,
     pub tasks: TaskTable,
+    /// Where tasks are kept across restarts; None with a temporary data directory.
+    pub saved: Option<Arc<TaskFiles>>,
     pub limiter: Arc<Limiter>,
     pub images: Arc<ImageStore>,
     pub videos: Arc<VideoCache>,
@@ -54,8 +57,9 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Fault RNG (seeded from `faults.seed` when set).
     pub rng: Mutex<rand::rngs::StdRng>,
-    /// Owner ids of the keys seen so far: a task remembers a u32, not the key.
-    owners: Mutex<HashMap<String, u32>>,
+    /// Owner ids by key digest, for the keys seen so far: a task remembers a u32, not the key,
+    /// and a kept task remembers the digest (see `saved`).
+    owners: Mutex<HashMap<[u8; 32], u32>>,
     /// Create attempts per exact prompt, only for prompts that carry create markers.
     pub attempts: Mutex<HashMap<String, u64>>,
     /// Flips to true on shutdown; hung requests wait on it.
@@ -67,7 +71,10 @@ pub struct Parts {
     pub config: SandboxConfig,
     pub latency_ms: u64,
     pub base_url: String,
+    /// How far back the clock's time line reaches, for tasks kept from an earlier run.
+    pub past_ms: u64,
     pub tasks: TaskTable,
+    pub saved: Option<Arc<TaskFiles>>,
     pub limiter: Arc<Limiter>,
     pub images: Arc<ImageStore>,
     pub videos: Arc<VideoCache>,
@@ -83,8 +90,9 @@ impl Shared {
             config: p.config,
             latency_ms: p.latency_ms,
             base_url: p.base_url,
-            clock: Clock::new(),
+            clock: Clock::new(p.past_ms),
             tasks: p.tasks,
+            saved: p.saved,
             limiter: p.limiter,
             images: p.images,
             videos: p.videos,
@@ -105,13 +113,14 @@ impl Shared {
 
     /// The owner id of a key, assigned on first sight.
     pub fn owner(&self, key: &str) -> u32 {
+        self.owner_of_digest(key_digest(key))
+    }
+
+    /// The owner id of a key's SHA-256 digest, assigned on first sight.
+    pub fn owner_of_digest(&self, digest: [u8; 32]) -> u32 {
         let mut owners = self.owners.lock().expect("owner lock poisoned only by a panic inside it");
-        if let Some(&id) = owners.get(key) {
-            return id;
-        }
-        let id = owners.len() as u32;
-        owners.insert(key.to_owned(), id);
-        id
+        let next = owners.len() as u32;
+        *owners.entry(digest).or_insert(next)
     }
 
     /// Waits until the sandbox shuts down.
@@ -119,6 +128,12 @@ impl Shared {
         let mut rx = self.shutdown.clone();
         let _ = rx.wait_for(|stop| *stop).await;
     }
+}
+
+/// The SHA-256 digest of a bearer key.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key.as_bytes()).into()
 }
 
 /// The sandbox's router over its shared state.

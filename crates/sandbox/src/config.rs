@@ -29,8 +29,11 @@ pub struct SandboxConfig {
     pub latency_jitter: f64,
     /// Lifetime of the download links handed out by `files/retrieve`, in seconds.
     pub link_ttl_secs: u64,
-    /// Holds the render cache and uploaded images. None: a temporary directory removed at shutdown.
+    /// Holds every task (`tasks/`, so a restart keeps them), the render cache and uploaded images.
+    /// None: a temporary directory removed at shutdown, and tasks live in memory only.
     pub data_dir: Option<PathBuf>,
+    /// How long a task kept in `data_dir` is remembered, in seconds; older ones are deleted at start.
+    pub task_retention_secs: u64,
     /// Base of the download URLs handed out, e.g. when behind a proxy. None: `http://<bound address>`.
     pub public_base_url: Option<String>,
     /// Renders running at once (each is CPU-bound on a blocking thread). 0: the number of CPUs.
@@ -51,6 +54,7 @@ impl Default for SandboxConfig {
             latency_jitter: 0.0,
             link_ttl_secs: 3600,
             data_dir: None,
+            task_retention_secs: 7 * 24 * 3600,
             public_base_url: None,
             render_concurrency: 0,
             max_image_fetch_bytes: 20 * 1024 * 1024,

@@ -31,6 +31,15 @@
 //! `video_width: 0`, `video_height: 0`; then the real file id (a string) and the output size.
 //! The file is rendered on first retrieve/download, once per distinct request (cached on disk).
 //!
+//! # Restarts
+//!
+//! With [`SandboxConfig::data_dir`] set, every task is written to `<data_dir>/tasks/` and synced
+//! before the create call answers, and a sandbox started on the same directory restores them: a
+//! task stays queryable by its key and its file retrievable, and its status keeps following the
+//! time since its original creation. Records older than [`SandboxConfig::task_retention_secs`]
+//! are deleted at start. Scripted `xN` counts, rate-limit windows, stats and the download-link
+//! secret start afresh. Without a data directory tasks live in memory only.
+//!
 //! # Authentication and key suffixes
 //!
 //! `Authorization: Bearer <key>`. No or empty key: 1004 `login fail: Please carry the API secret
@@ -120,6 +129,7 @@ mod links;
 mod markers;
 mod renderer;
 mod rules;
+mod saved;
 mod tasks;
 mod videos;
 mod wire;
@@ -193,13 +203,35 @@ impl Sandbox {
             )
             .with_context(|| format!("creating {}", data_dir.join("videos").display()))?,
         );
+        // Tasks are kept only where they can outlive this process: a temporary directory is
+        // removed with it.
+        let (saved, records) = match &config.data_dir {
+            Some(dir) => {
+                let dir = dir.join("tasks");
+                let keep_after = tasks::unix_now_ms().saturating_sub(config.task_retention_secs.saturating_mul(1000));
+                let (files, records) = tokio::task::spawn_blocking(move || {
+                    let files = saved::TaskFiles::open(dir.clone())?;
+                    let records = files.load(keep_after)?;
+                    Ok::<_, std::io::Error>((files, records))
+                })
+                .await
+                .context("loading the sandbox's tasks")?
+                .with_context(|| format!("loading the sandbox's tasks from {}", data_dir.join("tasks").display()))?;
+                (Some(Arc::new(files)), records)
+            }
+            None => (None, Vec::new()),
+        };
+        let now_unix_ms = tasks::unix_now_ms();
+        let past_ms = records.iter().map(|r| now_unix_ms.saturating_sub(r.created_unix_ms)).max().unwrap_or(0);
         let (stop, stopped) = watch::channel(false);
         let latency_ms = config.effective_latency_ms();
         let shared = Arc::new(api::Shared::new(api::Parts {
             config,
             latency_ms,
             base_url: base_url.clone(),
+            past_ms,
             tasks: tasks::TaskTable::new(table_rng),
+            saved,
             limiter,
             images,
             videos,
@@ -208,6 +240,11 @@ impl Sandbox {
             rng,
             shutdown: stopped.clone(),
         }));
+
+        let restored = restore(&shared, records);
+        if restored > 0 {
+            tracing::info!(tasks = restored, "sandbox restored the tasks of earlier runs");
+        }
 
         let pusher = tokio::spawn(callback::run(shared.clone(), stopped.clone()));
         let app = api::router(shared.clone());
@@ -242,7 +279,7 @@ impl Sandbox {
         self.shared.limiter.stats()
     }
 
-    /// Number of tasks created since start.
+    /// Number of tasks known: created since start, plus those restored from the data directory.
     pub fn task_count(&self) -> usize {
         self.shared.tasks.len()
     }
@@ -257,6 +294,63 @@ impl Sandbox {
         }
         let _ = (&mut self.pusher).await;
     }
+}
+
+/// Puts tasks kept from earlier runs back into the table, on their original time line, and
+/// queues the callback pushes still ahead of them; returns how many were restored.
+///
+/// A push whose moment passed while the sandbox was down is not sent: pushes are never retried
+/// anyway, and a client polls.
+fn restore(shared: &api::Shared, records: Vec<saved::TaskRecord>) -> usize {
+    let now = shared.clock.now_ms();
+    let mut restored = 0;
+    for r in records {
+        let image = |i: &Option<saved::SavedImage>| i.as_ref().map(|i| i.to_ref().ok_or(())).transpose();
+        let (Some(digest), Ok(first), Ok(last)) =
+            (saved::unhex32(&r.key_sha256), image(&r.first_frame), image(&r.last_frame))
+        else {
+            tracing::warn!(task.id = r.task_id, "sandbox skipped a task record with a malformed hash");
+            continue;
+        };
+        let spec = tasks::RenderSpec {
+            width: r.width,
+            height: r.height,
+            seconds: r.seconds,
+            prompt: shared.tasks.intern_prompt(&r.prompt),
+            first_frame: first,
+            last_frame: last,
+        };
+        // Faults are the prompt's markers, parsed as at create; the drawn ones are in the record.
+        let faults = markers::parse(&r.prompt).ok().and_then(|m| m.task_faults());
+        let has_callback = r.callback_url.is_some();
+        let new = tasks::NewTask {
+            owner: shared.owner_of_digest(digest),
+            created_ms: shared.clock.ms_of_unix(r.created_unix_ms),
+            latency_ms: r.latency_ms,
+            spec,
+            fail_code: r.fail_code,
+            faults,
+            callback_url: r.callback_url,
+        };
+        if !shared.tasks.restore(r.task_id, r.file_id, new) {
+            tracing::warn!(task.id = r.task_id, "sandbox skipped a task record whose ids are taken");
+            continue;
+        }
+        restored += 1;
+        if has_callback {
+            let due = shared.tasks.with_task(r.task_id, None, |t, _| (t.processing_at(), t.done_at()));
+            match due {
+                Some((processing, _)) if processing > now => {
+                    shared.pusher.schedule(processing, r.task_id, callback::Stage::Processing)
+                }
+                Some((_, Some(done))) if done > now => {
+                    shared.pusher.schedule(done, r.task_id, callback::Stage::Terminal)
+                }
+                _ => {}
+            }
+        }
+    }
+    restored
 }
 
 impl Drop for Sandbox {

@@ -19,33 +19,53 @@ use crate::markers::TaskFaults;
 const PREPARING_TENTHS: u64 = 1;
 const QUEUEING_TENTHS: u64 = 2;
 
-/// Milliseconds since the sandbox started, plus the wall clock at that start for `created_at`.
+/// The sandbox's time line: milliseconds since an origin a little before the sandbox started,
+/// plus the wall clock at that start, for `created_at` and for tasks kept from an earlier run.
+///
+/// The origin lies `past_ms` before the start so that every task restored from disk (see
+/// `saved`) keeps its true creation time as an unsigned timestamp: a task created 4 s before a
+/// restart is 4 s old after it, and its status moves on from there.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     start: Instant,
     start_unix_ms: u64,
+    past_ms: u64,
 }
 
 impl Clock {
-    pub fn new() -> Self {
-        let unix =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Clock { start: Instant::now(), start_unix_ms: unix }
+    /// A clock whose time line reaches `past_ms` back before now.
+    pub fn new(past_ms: u64) -> Self {
+        Clock { start: Instant::now(), start_unix_ms: unix_now_ms(), past_ms }
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.past_ms + self.start.elapsed().as_millis() as u64
+    }
+
+    /// Unix milliseconds for a sandbox timestamp.
+    pub fn unix_ms(&self, ms: u64) -> u64 {
+        (self.start_unix_ms + ms).saturating_sub(self.past_ms)
+    }
+
+    /// The sandbox timestamp of a unix time; times before the origin become the origin.
+    pub fn ms_of_unix(&self, unix_ms: u64) -> u64 {
+        (unix_ms + self.past_ms).saturating_sub(self.start_unix_ms)
     }
 
     /// Unix seconds for a sandbox timestamp.
     pub fn unix_secs(&self, ms: u64) -> u64 {
-        (self.start_unix_ms + ms) / 1000
+        self.unix_ms(ms) / 1000
     }
 
-    /// The instant of a sandbox timestamp, for timers.
+    /// The instant of a sandbox timestamp, for timers (the start for anything earlier).
     pub fn instant(&self, ms: u64) -> Instant {
-        self.start + std::time::Duration::from_millis(ms)
+        self.start + std::time::Duration::from_millis(ms.saturating_sub(self.past_ms))
     }
+}
+
+/// The wall clock in unix milliseconds (0 if it is set before 1970).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a finished task renders; interned, so identical jobs share one.
@@ -178,6 +198,34 @@ struct Inner {
     rng: rand::rngs::StdRng,
 }
 
+impl Inner {
+    fn put(&mut self, task_id: u64, file_id: u64, new: NewTask) {
+        let spec = match self.specs.get(&new.spec) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(new.spec);
+                self.specs.insert(s.clone());
+                s
+            }
+        };
+        let task = Task {
+            file_id,
+            created_ms: new.created_ms,
+            spec,
+            faults: new.faults,
+            callback_url: new.callback_url.map(Arc::from),
+            owner: new.owner,
+            latency_ms: new.latency_ms,
+            fail_code: new.fail_code,
+            queries: 0,
+            retrieves: 0,
+            downloads: 0,
+        };
+        self.tasks.insert(task_id, task);
+        self.files.insert(file_id, task_id);
+    }
+}
+
 /// All tasks, behind one lock: every operation on it is a few hash lookups.
 pub struct TaskTable {
     inner: Mutex<Inner>,
@@ -219,36 +267,27 @@ impl TaskTable {
     /// Stores a task and returns its (task_id, file_id).
     pub fn insert(&self, new: NewTask) -> (u64, u64) {
         let mut inner = self.lock();
-        let spec = match inner.specs.get(&new.spec) {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(new.spec);
-                inner.specs.insert(s.clone());
-                s
-            }
-        };
         // Ids grow by a small random step: unique without a set, yet not trivially sequential.
         let task_id = inner.next_task_id;
         let file_id = inner.next_file_id;
         let step = 1 + inner.rng.next_u64() % 4096;
         inner.next_task_id += step;
         inner.next_file_id += 1 + inner.rng.next_u64() % 4096;
-        let task = Task {
-            file_id,
-            created_ms: new.created_ms,
-            spec,
-            faults: new.faults,
-            callback_url: new.callback_url.map(Arc::from),
-            owner: new.owner,
-            latency_ms: new.latency_ms,
-            fail_code: new.fail_code,
-            queries: 0,
-            retrieves: 0,
-            downloads: 0,
-        };
-        inner.tasks.insert(task_id, task);
-        inner.files.insert(file_id, task_id);
+        inner.put(task_id, file_id, new);
         (task_id, file_id)
+    }
+
+    /// Puts back a task kept from an earlier run under its own ids; false if either id is taken.
+    /// New ids continue above the restored ones, so they never collide.
+    pub fn restore(&self, task_id: u64, file_id: u64, new: NewTask) -> bool {
+        let mut inner = self.lock();
+        if inner.tasks.contains_key(&task_id) || inner.files.contains_key(&file_id) {
+            return false;
+        }
+        inner.next_task_id = inner.next_task_id.max(task_id + 1);
+        inner.next_file_id = inner.next_file_id.max(file_id + 1);
+        inner.put(task_id, file_id, new);
+        true
     }
 
     /// Reads a task, optionally bumping one of its counters first; `f` sees the count *before* the bump.

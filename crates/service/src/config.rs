@@ -233,7 +233,8 @@ pub struct EngineConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MiniMaxConfig {
-    /// The accounts jobs are spread over. Empty: run the built-in sandbox in-process.
+    /// The accounts jobs are spread over. Empty: run the built-in sandbox in-process (on
+    /// PostgreSQL, on one node at a time; see `claim_builtin_sandbox`).
     #[serde(default)]
     pub accounts: Vec<MiniMaxAccount>,
     /// Total generation time of a sandbox task (built-in sandbox only).

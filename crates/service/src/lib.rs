@@ -69,6 +69,15 @@ pub enum RunError {
     /// The built-in sandbox could not start.
     #[error("cannot start the MiniMax sandbox: {0}")]
     Sandbox(String),
+    /// Another node on the same PostgreSQL database already runs the built-in sandbox.
+    #[error(
+        "another reelgate node with no MiniMax account already runs the built-in MiniMax sandbox on this \
+         database. A node's built-in sandbox knows only the tasks it created, so nodes sharing a database \
+         need one MiniMax they all reach: run `reelgate sim --listen ADDR --data-dir DIR` once and name it \
+         as the MiniMax account in every node's config ([[minimax.accounts]] name = \"sim\", \
+         api_key = \"any\", base_url = \"http://ADDR\"), or set engine.enabled = false on this node"
+    )]
+    BuiltinSandboxTaken,
 }
 
 /// Opens the configured store, applying migrations: PostgreSQL when `database_url` is
@@ -152,9 +161,15 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     let catalog = config.catalog()?;
-    // Even on PostgreSQL the data directory holds the sandbox's renders and, with the
-    // file system backend, the result videos.
+    // Even on PostgreSQL the data directory holds the sandbox's tasks and renders and, with
+    // the file system backend, the result videos.
     create_data_dir(&config)?;
+    // Held (and taken again after a lost database session) until the sandbox has stopped.
+    let release_sandbox_lock = tokio_util::sync::CancellationToken::new();
+    let sandbox_lock = claim_builtin_sandbox(&config).await?.map(|lock| {
+        let url = config.database_url.as_ref().map(|u| u.as_str().to_owned()).unwrap_or_default();
+        tokio::spawn(keep_builtin_sandbox_lock(url, lock, release_sandbox_lock.clone()))
+    });
     let (store, wakeups) = open_backend(&config, true).await?;
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
@@ -228,10 +243,80 @@ pub async fn run(
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
+    release_sandbox_lock.cancel();
+    if let Some(keeper) = sandbox_lock {
+        let _ = keeper.await;
+    }
     // Every acknowledged write is already committed; closing drains anything still queued.
     store.close().await;
     tracing::info!("reelgate stopped");
     served.map_err(RunError::Serve)
+}
+
+/// The lock a node running the built-in sandbox holds on a PostgreSQL database.
+const BUILTIN_SANDBOX_LOCK: &str = "builtin-sandbox";
+
+/// On PostgreSQL, makes sure this node is the only one running the built-in sandbox (the
+/// engine on, no MiniMax account) on the database, and holds a lock that says so while it runs.
+///
+/// Why: each node's built-in sandbox lives in that node, on loopback, and knows only the tasks
+/// it created, while any node may poll any job, so two such nodes would fail each other's jobs
+/// with "task not found". One node with the built-in sandbox (and any number with the engine
+/// off) is fine; SQLite needs no check, as one server owns its data directory. The lock is a
+/// PostgreSQL session lock, which a killed node's session gives back at once; a restart waits a
+/// few seconds for that before refusing.
+async fn claim_builtin_sandbox(config: &Config) -> Result<Option<store_postgres::SessionLock>, RunError> {
+    let Some(url) = &config.database_url else { return Ok(None) };
+    if !config.engine.enabled || !config.minimax.accounts.is_empty() {
+        return Ok(None);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(lock) = store_postgres::SessionLock::try_take(url.as_str(), BUILTIN_SANDBOX_LOCK).await? {
+            return Ok(Some(lock));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RunError::BuiltinSandboxTaken);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Holds the built-in sandbox's lock until `release`, taking it again whenever its database
+/// session ends (PostgreSQL restarted, the network dropped the connection): a lost session
+/// gives the lock up, and a node starting meanwhile must still be refused. If another node took
+/// it in between, two sandboxes now run; nothing here can undo that, so it is logged loudly.
+async fn keep_builtin_sandbox_lock(
+    url: String,
+    mut lock: store_postgres::SessionLock,
+    release: tokio_util::sync::CancellationToken,
+) {
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = release.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if lock.is_held() {
+            continue;
+        }
+        match store_postgres::SessionLock::try_take(&url, BUILTIN_SANDBOX_LOCK).await {
+            Ok(Some(again)) => {
+                tracing::info!("took the built-in sandbox's lock again after its database session ended");
+                lock = again;
+                warned = false;
+            }
+            Ok(None) if !warned => {
+                tracing::error!(
+                    "another node started the built-in MiniMax sandbox on this database while this node's \
+                     lock session was down: the two will fail each other's jobs; stop one of them"
+                );
+                warned = true;
+            }
+            // The database is still unreachable, or the warning was given: try again later.
+            _ => {}
+        }
+    }
 }
 
 /// Builds and starts the job engine, with the built-in sandbox when no MiniMax account

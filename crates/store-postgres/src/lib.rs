@@ -17,7 +17,8 @@
 //!
 //! Modules: [`accounts`] (keys, accounts, ledger), [`submit`] (submissions, written in
 //! batches by one collector task), [`jobs`] (cancellation and the job reads), [`engine`] (claims, budgets, transitions, schedule), [`webhooks`]
-//! (the outbox), [`wakeups`] (LISTEN/NOTIFY), [`migrate`] and [`rows`] (decoding).
+//! (the outbox), [`wakeups`] (LISTEN/NOTIFY), [`session_lock`] (locks a process holds while it
+//! runs), [`migrate`] and [`rows`] (decoding).
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ mod engine;
 mod jobs;
 mod migrate;
 mod rows;
+mod session_lock;
 mod submit;
 mod wakeups;
 mod webhooks;
@@ -46,6 +48,7 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+pub use session_lock::SessionLock;
 use submit::Submitter;
 use wakeups::{Announcer, Work};
 pub use wakeups::{Wakeups, WAKEUP_CHANNEL};
@@ -432,6 +435,8 @@ mod locks {
     pub(crate) const CLAIMS: i32 = 0x7267_0002;
     /// Reserving create calls on one upstream account; the name is the upstream's.
     pub(crate) const UPSTREAM_CALLS: i32 = 0x7267_0003;
+    /// Held by a process for its lifetime (see `session_lock`); the name says what for.
+    pub(crate) const SESSION: i32 = 0x7267_0004;
 
     /// Waits for the lock `$1` (namespace), `$2` (name).
     pub(crate) const TAKE_SQL: &str =

@@ -591,3 +591,81 @@ async fn webhooks_raised_before_a_kill_9_are_delivered_after_the_restart() {
         assert!(delivered.contains(id), "the completed event of {id} arrived");
     }
 }
+
+/// With no MiniMax account the engine runs on the built-in sandbox, inside the server: a
+/// `kill -9` takes MiniMax's side down with it. The sandbox keeps its tasks in the data
+/// directory, so after the restart the tasks in flight at the kill are still there, on their
+/// original time line, and every job completes instead of failing with "task not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_built_in_sandbox_still_knows_its_tasks_and_every_job_completes() {
+    const JOBS: usize = 8;
+    let data = TestData::new();
+    let d = data.dir().to_str().unwrap().to_string();
+    let config = data.dir().join("reelgate.toml");
+    // 6 s tasks: every job is created upstream well before the first finishes, so the kill
+    // catches them all in flight and none mid-create (whose lease would outlast the test).
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {d:?}\n\
+             [engine]\nfirst_poll_delay_ms = 200\npoll_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 500\n\
+             submit_timeout_ms = 3000\nquery_timeout_ms = 3000\ndownload_timeout_ms = 10000\n\
+             [minimax]\nsandbox_latency_ms = 6000\nsandbox_create_rpm = 1000\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) =
+        data.reelgate(&["keys", "create", "--name", "crash", "--credits", "100", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let key = out.lines().last().unwrap().to_string();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve(&data, &config, port).await;
+    let http = reqwest::Client::new();
+    let store = service::open_store(&data.config()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        let body = json!({"model": "hailuo-2.3", "prompt": format!("sandbox crash {i}")});
+        let r =
+            http.post(format!("{base}/v2/videos/generate")).header("X-API-Key", &key).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string());
+    }
+    // Every job PROCESSING upstream (a sandbox task id recorded), then the kill.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut running = 0;
+        for id in &ids {
+            let job = store.engine_job(id.parse().unwrap()).await.unwrap().unwrap();
+            running += usize::from(job.stage == domain::Stage::Running && job.upstream_task_id.is_some());
+        }
+        if running == JOBS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {running} of {JOBS} jobs reached the sandbox in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    store.close().await;
+
+    let mut server = serve(&data, &config, port).await;
+    // A job caught mid-poll waits for its poll lease (query timeout + 10 s) to run out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        let job = wait_for_job(&http, &base, &key, id, deadline, "a terminal status after the restart", |job| {
+            matches!(job["status"].as_str(), Some("COMPLETED" | "FAILED"))
+        })
+        .await;
+        assert_eq!(job["status"], "COMPLETED", "a task in flight at the kill is not lost: {job}");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let store = service::open_store(&data.config()).await.unwrap();
+    let account = store.list_api_keys().await.unwrap()[0].account_id;
+    assert_every_job_charged_once(&*store, account, JOBS, 100, 5).await;
+    let refunds = store.ledger(account).await.unwrap().iter().filter(|e| e.kind == store::LedgerKind::Refund).count();
+    assert_eq!(refunds, 0, "no job failed, so none was refunded");
+    store.close().await;
+}

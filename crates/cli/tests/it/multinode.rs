@@ -419,3 +419,198 @@ async fn revoking_a_key_on_one_node_reaches_every_node_within_two_seconds() {
     }
     db.drop_schema().await;
 }
+
+/// Three nodes on one database, none with a MiniMax account: each would start a built-in
+/// sandbox that knows only its own tasks, and nodes poll each other's jobs. Exactly one node
+/// starts with the built-in sandbox; the other two refuse, saying to run `reelgate sim` and
+/// name it as the account, and exit non-zero. A node with the engine off may join it, and
+/// every job, whichever node took it in, completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_the_built_in_sandbox_start_one_and_the_others_refuse_clearly() {
+    let test = "three_nodes_with_the_built_in_sandbox_start_one_and_the_others_refuse_clearly";
+    let Some(db) = TestDb::fresh_on_postgres(test) else { return };
+    let database_url = db.url().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("reelgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = {database_url:?}\n\
+             [engine]\nfirst_poll_delay_ms = 200\npoll_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 1000\n\
+             [minimax]\nsandbox_latency_ms = 1000\nsandbox_create_rpm = 1000\n"
+        ),
+    )
+    .unwrap();
+    let key = reelgate(&config, &["keys", "create", "--name", "tenant", "--credits", "1000"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+
+    // All three at once: whichever way the race goes, one wins.
+    let ports: Vec<u16> =
+        (0..NODES).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let mut children: Vec<Option<Child>> = (0..NODES)
+        .map(|n| {
+            let child = Command::new(env!("CARGO_BIN_EXE_reelgate"))
+                .args(["serve", "--listen", &format!("127.0.0.1:{}", ports[n]), "--config", config.to_str().unwrap()])
+                .args(["--data-dir", dir.path().join(format!("node{n}")).to_str().unwrap()])
+                .env("REELGATE_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("node{n}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            Some(child)
+        })
+        .collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // The two that lose wait 5 s (a killed holder's session may take a moment to end), then exit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = Vec::new();
+    while refused.len() < NODES - 1 {
+        let alive: Vec<usize> = (0..NODES).filter(|n| !refused.contains(n)).collect();
+        assert!(Instant::now() < deadline, "nodes {alive:?} are all still up: more than one runs a built-in sandbox");
+        for n in alive {
+            if let Some(status) = children[n].as_mut().unwrap().try_wait().unwrap() {
+                let log = std::fs::read_to_string(dir.path().join(format!("node{n}.log"))).unwrap();
+                assert!(!status.success(), "node {n} exited successfully: {log}");
+                assert!(
+                    log.contains("reelgate sim --listen") && log.contains("[[minimax.accounts]]"),
+                    "node {n} says how to run several nodes: {log}"
+                );
+                refused.push(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let winner = (0..NODES).find(|n| !refused.contains(n)).unwrap();
+    let engine_base = format!("http://127.0.0.1:{}", ports[winner]);
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{engine_base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        let log = std::fs::read_to_string(dir.path().join(format!("node{winner}.log"))).unwrap();
+        assert!(Instant::now() < ready_by, "the node with the built-in sandbox did not start: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A node with the engine off shares the database with it: it takes jobs in, the engine
+    // node runs them.
+    let api_dir = dir.path().join("api-node");
+    let api_log = dir.path().join("api-node.log");
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut api_node = Node {
+        base: format!("http://127.0.0.1:{api_port}"),
+        child: Some(
+            Command::new(env!("CARGO_BIN_EXE_reelgate"))
+                .args(["serve", "--listen", &format!("127.0.0.1:{api_port}"), "--config", config.to_str().unwrap()])
+                .args(["--data-dir", api_dir.to_str().unwrap()])
+                .env("REELGATE_ENGINE__ENABLED", "false")
+                .env("REELGATE_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&api_log).unwrap())
+                .spawn()
+                .unwrap(),
+        ),
+    };
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{}/readyz", api_node.base)).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(
+            Instant::now() < ready_by,
+            "the API node did not start: {}",
+            std::fs::read_to_string(&api_log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let base = if i % 2 == 0 { &engine_base } else { &api_node.base };
+        let r = http
+            .post(format!("{base}/v2/videos/generate"))
+            .header("X-API-Key", &key)
+            .json(&json!({"model": "hailuo-2.3", "prompt": format!("one sandbox, clip {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (i, id) in ids.iter().enumerate() {
+        let base = if i % 2 == 0 { &api_node.base } else { &engine_base };
+        let job = wait_for_job(&http, base, &key, id, deadline, "a terminal status", |job| {
+            matches!(job["status"].as_str(), Some("COMPLETED" | "FAILED"))
+        })
+        .await;
+        assert_eq!(job["status"], "COMPLETED", "{job}");
+    }
+    api_node.kill();
+    for child in children.iter_mut().filter_map(Option::take) {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    db.drop_schema().await;
+}
+
+/// The built-in sandbox's lock lives in a database session; a node whose session is cut (a
+/// PostgreSQL restart, a dropped connection) loses it, takes it again once the database
+/// answers, and so a node started afterwards is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_database_takes_the_built_in_sandbox_lock_again() {
+    let test = "a_node_that_loses_its_database_takes_the_built_in_sandbox_lock_again";
+    let Some(db) = TestDb::fresh_on_postgres(test) else { return };
+    let base = postgres_base_url();
+    let host_port = base.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_string();
+    let partition = Partition::in_front_of(&host_port).await;
+    let proxied = db.url().replacen(&host_port, &partition.addr.to_string(), 1);
+    let app = crate::helpers::TestApp::spawn_engine(|c, _| {
+        c.database_url = Some(service::config::DatabaseUrl(proxied.clone()));
+    })
+    .await;
+    let ready = |app: &crate::helpers::TestApp| {
+        let request = app.http.get(app.url("/readyz"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    partition.set_cut(true);
+    crate::helpers::eventually(Duration::from_secs(15), || async { ready(&app).await == 503 }).await;
+    partition.set_cut(false);
+    crate::helpers::eventually(Duration::from_secs(15), || async { ready(&app).await == 200 }).await;
+    // The keeper looks once a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("second.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut second = Node {
+        base: format!("http://127.0.0.1:{port}"),
+        child: Some(
+            Command::new(env!("CARGO_BIN_EXE_reelgate"))
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .env("REELGATE_DATABASE_URL", db.url())
+                .env("REELGATE_DATA_DIR", dir.path())
+                .env("REELGATE_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        ),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second node with the built-in sandbox started on {}: {}",
+            second.base,
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success() && text.contains("reelgate sim --listen"), "{status:?}: {text}");
+    second.child = None;
+    app.stop().await.unwrap();
+    db.drop_schema().await;
+}

@@ -19,6 +19,7 @@ use crate::callback::Stage;
 use crate::images::ImageRef;
 use crate::markers::{self, CreateFault, Markers};
 use crate::rules::{self, Mode};
+use crate::saved::{SavedImage, TaskRecord};
 use crate::tasks::{NewTask, RenderSpec};
 use crate::wire::{self, BaseResp, CreateResponse};
 
@@ -102,6 +103,12 @@ pub async fn create_video(State(shared): State<Arc<Shared>>, headers: HeaderMap,
     }
 
     let task_id = insert_task(&shared, &key, prompt, request, &markers);
+    if let Err(e) = save_task(&shared, task_id, &key).await {
+        // Answering with a task id that a restart could lose would break MiniMax's promise;
+        // an error the client retries does not.
+        tracing::error!(error = %e, "sandbox could not keep a new task on disk");
+        return refuse(BaseResp::code(wire::UNKNOWN_ERROR));
+    }
     shared.limiter.task_created(&key);
     ok_json(&CreateResponse { task_id: task_id.to_string(), base_resp: BaseResp::ok() })
 }
@@ -247,6 +254,32 @@ fn insert_task(shared: &Shared, key: &str, prompt: &str, request: Validated, mar
         shared.pusher.schedule(processing_at, task_id, Stage::Processing);
     }
     task_id
+}
+
+/// Writes the new task to the data directory, when the sandbox keeps its tasks, before the
+/// create answers (see `saved`).
+async fn save_task(shared: &Shared, task_id: u64, key: &str) -> std::io::Result<()> {
+    let Some(files) = shared.saved.clone() else { return Ok(()) };
+    let key_sha256 = crate::images::hex(&crate::api::key_digest(key));
+    let record = shared
+        .tasks
+        .with_task(task_id, None, |task, _| TaskRecord {
+            task_id,
+            file_id: task.file_id,
+            key_sha256,
+            created_unix_ms: shared.clock.unix_ms(task.created_ms),
+            latency_ms: task.latency_ms,
+            fail_code: task.fail_code,
+            prompt: task.spec.prompt.to_string(),
+            width: task.spec.width,
+            height: task.spec.height,
+            seconds: task.spec.seconds,
+            first_frame: task.spec.first_frame.as_ref().map(SavedImage::of),
+            last_frame: task.spec.last_frame.as_ref().map(SavedImage::of),
+            callback_url: task.callback_url.as_deref().map(str::to_owned),
+        })
+        .ok_or_else(|| std::io::Error::other("the task vanished before it was saved"))?;
+    tokio::task::spawn_blocking(move || files.save(&record)).await.map_err(std::io::Error::other)?
 }
 
 /// The HTML error page a reverse proxy in front of the API would answer with.

@@ -55,7 +55,12 @@ impl TestSandbox {
 
     /// Creates a task and returns its id, asserting success.
     pub async fn create_ok(&self, body: &Value) -> String {
-        let v = self.create(body).await;
+        self.create_ok_as(&self.key, body).await
+    }
+
+    /// Creates a task with `key` and returns its id, asserting success.
+    pub async fn create_ok_as(&self, key: &str, body: &Value) -> String {
+        let v = self.create_as(key, body).await;
         assert_eq!(v["base_resp"]["status_code"], 0, "create refused: {v}");
         let id = v["task_id"].as_str().expect("task_id is a string").to_owned();
         assert!((15..=18).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()), "task_id {id}");

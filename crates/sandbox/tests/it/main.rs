@@ -7,4 +7,5 @@ mod helpers;
 mod limits;
 mod markers;
 mod memory;
+mod restart;
 mod rules;
