@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod byte_range;
 pub mod catalog;
 pub mod job;
