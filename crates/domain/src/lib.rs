@@ -10,6 +10,7 @@ pub mod address;
 pub mod byte_range;
 pub mod catalog;
 pub mod job;
+pub mod json;
 pub mod keys;
 pub mod model;
 pub mod validation;

@@ -9,13 +9,18 @@ use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
+use domain::json::ValueCounter;
 use domain::keys::looks_like_key;
 use domain::{ApiKeyStatus, KeyDigest, ValidationErrors};
+use http_body_util::BodyExt;
 use serde_json::Value;
 use store::ApiKeyRecord;
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
+
+/// Largest buffer reserved from a declared Content-Length before the bytes arrive.
+const PRESIZE_MAX: usize = 64 * 1024;
 
 /// The header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -57,6 +62,11 @@ pub fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a
 /// Axum's `Json` answers 415/422 in its own format; Apiframe clients expect 400 with
 /// `details` (or 413), so the body is read and parsed here. The content type is not
 /// required to be JSON: what matters is whether the bytes are.
+///
+/// The body is copied into one buffer as it arrives. When it
+/// surely holds more JSON values than `domain::json` allows, the rest is still read, to
+/// keep the connection usable, but no longer kept: a hostile megabyte costs a few
+/// kilobytes of memory, not a megabyte per concurrent request.
 pub struct JsonBody(pub Value);
 
 impl FromRequest<AppState> for JsonBody {
@@ -69,30 +79,37 @@ impl FromRequest<AppState> for JsonBody {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::PayloadTooLarge(limit));
         }
-        let bytes = axum::body::to_bytes(Body::new(req.into_body()), limit).await.map_err(|e| {
-            // to_bytes wraps http-body-util's LengthLimitError somewhere in the source chain.
-            if is_length_limit(&e) {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::BadRequest(format!("Could not read the request body: {e}"))
+        let mut body = Body::new(req.into_body());
+        // Sized up front for ordinary bodies only: a declared megabyte is reserved as it
+        // arrives, so a body refused early never costs its declared size.
+        let mut bytes: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(PRESIZE_MAX));
+        let mut read = 0usize;
+        let mut counter = ValueCounter::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::BadRequest(format!("Could not read the request body: {e}")))?;
+            let Ok(chunk) = frame.into_data() else { continue };
+            read += chunk.len();
+            if read > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
             }
-        })?;
+            if counter.over_budget() {
+                continue;
+            }
+            counter.feed(&chunk);
+            if counter.over_budget() {
+                bytes = Vec::new();
+            } else {
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+        if counter.over_budget() {
+            return Err(domain::json::too_many_values().into());
+        }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ValidationErrors::root("Request body is empty; expected a JSON object").into());
         }
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::from(ValidationErrors::root(format!("Invalid JSON: {e}"))))?;
+        // Within a budget of values: a parsed body must not dwarf the bytes it came from.
+        let value: Value = domain::json::parse_bounded(&bytes)?;
         Ok(JsonBody(value))
     }
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
