@@ -63,10 +63,10 @@ pub fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a
 /// `details` (or 413), so the body is read and parsed here. The content type is not
 /// required to be JSON: what matters is whether the bytes are.
 ///
-/// The body is copied into one buffer as it arrives. When it
-/// surely holds more JSON values than `domain::json` allows, the rest is still read, to
-/// keep the connection usable, but no longer kept: a hostile megabyte costs a few
-/// kilobytes of memory, not a megabyte per concurrent request.
+/// The body is copied into one buffer as it arrives. When it surely holds more JSON
+/// values than `domain::json` allows, the rest is still read, to keep the connection
+/// usable, but no longer kept: a hostile megabyte costs a few kilobytes of memory, not
+/// a megabyte per concurrent request.
 pub struct JsonBody(pub Value);
 
 impl FromRequest<AppState> for JsonBody {
@@ -80,8 +80,8 @@ impl FromRequest<AppState> for JsonBody {
             return Err(ApiError::PayloadTooLarge(limit));
         }
         let mut body = Body::new(req.into_body());
-        // Sized up front for ordinary bodies only: a declared megabyte is reserved as it
-        // arrives, so a body refused early never costs its declared size.
+        // Reserved up front only up to an ordinary body's size: larger ones grow as they
+        // arrive, so a body refused early never costs the size it declared.
         let mut bytes: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(PRESIZE_MAX));
         let mut read = 0usize;
         let mut counter = ValueCounter::default();
