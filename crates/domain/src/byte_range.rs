@@ -72,4 +72,31 @@ mod tests {
         assert_eq!(parse("bytes=-200", 100), Part(0, 99));
         assert_eq!(parse("bytes=100-", 100), Unsatisfiable);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Headers near the grammar: `bytes=`, digits, dashes, commas, spaces, noise.
+        fn range_header() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\\PC{0,24}",
+                "(bytes|BYTES|items)?=?[ 0-9+,-]{0,24}",
+                (any::<u64>(), any::<u64>()).prop_map(|(a, b)| format!("bytes={a}-{b}")),
+                any::<u64>().prop_map(|n| format!("bytes=-{n}")),
+                any::<u64>().prop_map(|n| format!("bytes={n}-")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn a_part_is_always_inside_the_file(header in range_header(), len in prop_oneof![0..3u64, any::<u64>()]) {
+                if let ByteRange::Part(first, last) = parse(&header, len) {
+                    prop_assert!(first <= last && last < len, "{header} on {len}: {first}-{last}");
+                }
+            }
+        }
+    }
 }

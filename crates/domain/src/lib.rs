@@ -6,9 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod byte_range;
 pub mod catalog;
 pub mod job;
+pub mod json;
 pub mod keys;
 pub mod model;
 pub mod validation;

@@ -12,6 +12,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::address::{self, UrlRefusal};
 use crate::job::WebhookEvent;
 use crate::model::{Duration, ModelId, Resolution};
 
@@ -26,14 +27,54 @@ const TOP_LEVEL_KEYS: [&str; 5] = ["model", "prompt", "hailuoParams", "webhookUr
 const PARAM_KEYS: [&str; 5] = ["duration", "resolution", "image", "end_image", "prompt_optimizer"];
 const DATA_URL_IMAGE_TYPES: [&str; 4] = ["png", "jpeg", "jpg", "webp"];
 
+/// Most problems listed in one answer; the rest are only counted (see [`ValidationErrors`]).
+pub const MAX_LISTED_PROBLEMS: usize = 50;
+/// Budget for the listed paths and messages, in bytes as written in JSON.
+pub const MAX_LISTED_BYTES: usize = 8 * 1024;
+/// Most characters of client input quoted back in a path or message.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
 /// Problems found in a request, by JSON path, each with one or more messages.
+///
+/// A refusal must cost less than the request that caused it. A 1 MB body can hold
+/// half a million wrong items or a key a megabyte long, so only the first
+/// [`MAX_LISTED_PROBLEMS`] problems (within [`MAX_LISTED_BYTES`]) are kept; the others
+/// are counted, and [`ValidationErrors::details`] adds one entry saying how many. Client
+/// text inside a path or message goes through [`quote`] first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ValidationErrors(pub BTreeMap<String, Vec<String>>);
+pub struct ValidationErrors {
+    listed: BTreeMap<String, Vec<String>>,
+    listed_count: usize,
+    listed_bytes: usize,
+    omitted: usize,
+}
 
 impl ValidationErrors {
-    /// Records a problem at `path`.
+    /// Records a problem at `path`, or only counts it once the list is full.
     pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.entry(path.into()).or_default().push(message.into());
+        if self.is_full() {
+            self.omitted += 1;
+            return;
+        }
+        let (path, message) = (path.into(), message.into());
+        let cost = json_len(&path) + json_len(&message);
+        if self.listed_bytes + cost > MAX_LISTED_BYTES {
+            self.omitted += 1;
+            return;
+        }
+        self.listed_count += 1;
+        self.listed_bytes += cost;
+        self.listed.entry(path).or_default().push(message);
+    }
+
+    /// Counts `n` problems without listing them (for callers that know the list is full).
+    pub fn omit(&mut self, n: usize) {
+        self.omitted = self.omitted.saturating_add(n);
+    }
+
+    /// Whether no further problem would be listed, so callers can skip building messages.
+    pub fn is_full(&self) -> bool {
+        self.listed_count >= MAX_LISTED_PROBLEMS
     }
 
     /// A single problem with the body as a whole.
@@ -45,7 +86,81 @@ impl ValidationErrors {
 
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.listed_count == 0 && self.omitted == 0
+    }
+
+    /// The listed problems by path.
+    pub fn listed(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.listed
+    }
+
+    /// How many problems were found but not listed.
+    pub fn omitted(&self) -> usize {
+        self.omitted
+    }
+
+    /// The `details` object of a 400 answer: the listed problems and, when some were
+    /// left out, one more message under [`ROOT_PATH`] saying how many.
+    pub fn details(&self) -> BTreeMap<String, Vec<String>> {
+        let mut details = self.listed.clone();
+        if self.omitted > 0 {
+            let n = self.omitted;
+            let message = if n == 1 {
+                "1 more problem was found and not listed".to_string()
+            } else {
+                format!("{n} more problems were found and not listed")
+            };
+            details.entry(ROOT_PATH.to_string()).or_default().push(message);
+        }
+        details
+    }
+}
+
+/// Bytes `s` takes as a JSON string with its quotes and a separator, counting each
+/// control character at its longest escape (`\u00XX`).
+fn json_len(s: &str) -> usize {
+    3 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
+/// Client text as it may appear in a path or message: at most [`MAX_QUOTED_CHARS`]
+/// characters (then `…`), control characters shown as `?`.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_QUOTED_CHARS * 4 + 3));
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_QUOTED_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { '?' } else { c });
+    }
+    out
+}
+
+/// Which destinations client URLs may name at submission (the operator's
+/// `engine.allow_private_urls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UrlPolicy {
+    /// IP-literal URLs must be public addresses (the default).
+    PublicOnly,
+    /// Loopback and private addresses are allowed too.
+    AllowPrivate,
+}
+
+impl UrlPolicy {
+    /// The policy for the operator's setting.
+    pub fn allowing_private(allow: bool) -> Self {
+        if allow {
+            Self::AllowPrivate
+        } else {
+            Self::PublicOnly
+        }
     }
 }
 
@@ -90,17 +205,14 @@ pub struct GenerateRequest {
     pub webhook_events: Option<Vec<WebhookEvent>>,
 }
 
-/// Parses and checks a generate body, reporting every problem found.
-pub fn parse_generate(body: &Value) -> Result<GenerateRequest, ValidationErrors> {
+/// Parses and checks a generate body, reporting every problem found (up to the
+/// bounds of [`ValidationErrors`]). `urls` says whether IP-literal URLs may name
+/// private addresses.
+pub fn parse_generate(body: &Value, urls: UrlPolicy) -> Result<GenerateRequest, ValidationErrors> {
     let mut errors = ValidationErrors::default();
     let Some(obj) = body.as_object() else {
         return Err(ValidationErrors::root("Expected a JSON object"));
     };
-    for key in obj.keys() {
-        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
-            errors.add(key.clone(), format!("Unrecognized key '{key}'"));
-        }
-    }
 
     let model = match obj.get("model") {
         None => {
@@ -111,7 +223,7 @@ pub fn parse_generate(body: &Value) -> Result<GenerateRequest, ValidationErrors>
             Some(m) => Some(m),
             None => {
                 let known: Vec<_> = ModelId::ALL.iter().map(|m| m.as_str()).collect();
-                errors.add("model", format!("Unknown model '{s}'; expected one of {}", known.join(", ")));
+                errors.add("model", format!("Unknown model '{}'; expected one of {}", quote(s), known.join(", ")));
                 None
             }
         },
@@ -144,12 +256,15 @@ pub fn parse_generate(body: &Value) -> Result<GenerateRequest, ValidationErrors>
         }
     };
 
-    let params = parse_params(obj.get("hailuoParams"), model, &mut errors);
+    let params = parse_params(obj.get("hailuoParams"), model, urls, &mut errors);
     let webhook_url = match obj.get("webhookUrl") {
         None => None,
-        Some(v) => check_http_url(v, "webhookUrl", &mut errors),
+        Some(v) => check_http_url(v, "webhookUrl", urls, &mut errors),
     };
     let webhook_events = obj.get("webhookEvents").and_then(|v| parse_events(v, &mut errors));
+    // Unknown keys last: when a body has thousands, the problems with the known
+    // fields are the ones worth a place in the bounded list.
+    report_unknown_keys(obj, &TOP_LEVEL_KEYS, "", &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -176,7 +291,12 @@ struct Params {
     prompt_optimizer: Option<bool>,
 }
 
-fn parse_params(value: Option<&Value>, model: Option<ModelId>, errors: &mut ValidationErrors) -> Params {
+fn parse_params(
+    value: Option<&Value>,
+    model: Option<ModelId>,
+    urls: UrlPolicy,
+    errors: &mut ValidationErrors,
+) -> Params {
     let mut p = Params {
         duration: Duration::Six,
         resolution: Resolution::P768,
@@ -193,11 +313,6 @@ fn parse_params(value: Option<&Value>, model: Option<ModelId>, errors: &mut Vali
             return p;
         }
     };
-    for key in obj.keys() {
-        if !PARAM_KEYS.contains(&key.as_str()) {
-            errors.add(format!("hailuoParams.{key}"), format!("Unrecognized key '{key}'"));
-        }
-    }
     let duration_given = obj.contains_key("duration");
     if let Some(v) = obj.get("duration") {
         match v.as_f64().and_then(Duration::from_seconds) {
@@ -218,7 +333,7 @@ fn parse_params(value: Option<&Value>, model: Option<ModelId>, errors: &mut Vali
         );
     }
     if let Some(v) = obj.get("image") {
-        p.image = check_image(v, "hailuoParams.image", errors);
+        p.image = check_image(v, "hailuoParams.image", urls, errors);
     }
     if let Some(v) = obj.get("end_image") {
         let accepted = model.is_none_or(ModelId::accepts_end_image);
@@ -227,7 +342,7 @@ fn parse_params(value: Option<&Value>, model: Option<ModelId>, errors: &mut Vali
         } else if !obj.contains_key("image") {
             errors.add("hailuoParams.end_image", "end_image requires image (the first frame)");
         } else {
-            p.end_image = check_image(v, "hailuoParams.end_image", errors);
+            p.end_image = check_image(v, "hailuoParams.end_image", urls, errors);
         }
     }
     if let Some(v) = obj.get("prompt_optimizer") {
@@ -239,7 +354,24 @@ fn parse_params(value: Option<&Value>, model: Option<ModelId>, errors: &mut Vali
     if model.is_some_and(ModelId::requires_image) && !obj.contains_key("image") {
         errors.add("hailuoParams.image", "hailuo-2.3-fast is image-to-video only: image is required");
     }
+    report_unknown_keys(obj, &PARAM_KEYS, "hailuoParams.", errors);
     p
+}
+
+/// Reports each key of `obj` not in `known`, under `prefix` + the key (quoted).
+fn report_unknown_keys(obj: &Map<String, Value>, known: &[&str], prefix: &str, errors: &mut ValidationErrors) {
+    for key in obj.keys() {
+        if known.contains(&key.as_str()) {
+            continue;
+        }
+        if errors.is_full() {
+            // Counting only: no strings built for problems nobody will see.
+            errors.omit(1);
+            continue;
+        }
+        let key = quote(key);
+        errors.add(format!("{prefix}{key}"), format!("Unrecognized key '{key}'"));
+    }
 }
 
 fn parse_events(value: &Value, errors: &mut ValidationErrors) -> Option<Vec<WebhookEvent>> {
@@ -256,6 +388,7 @@ fn parse_events(value: &Value, errors: &mut ValidationErrors) -> Option<Vec<Webh
         match item.as_str().and_then(WebhookEvent::parse) {
             Some(e) if !events.contains(&e) => events.push(e),
             Some(_) => {}
+            None if errors.is_full() => errors.omit(1),
             None => errors.add(format!("webhookEvents.{i}"), "Expected 'progress', 'completed' or 'failed'"),
         }
     }
@@ -263,12 +396,13 @@ fn parse_events(value: &Value, errors: &mut ValidationErrors) -> Option<Vec<Webh
     Some(events)
 }
 
-fn check_image(value: &Value, path: &str, errors: &mut ValidationErrors) -> Option<ImageRef> {
+fn check_image(value: &Value, path: &str, urls: UrlPolicy, errors: &mut ValidationErrors) -> Option<ImageRef> {
     let Some(s) = value.as_str() else {
         errors.add(path, "Expected string");
         return None;
     };
-    if s.len() >= 5 && s[..5].eq_ignore_ascii_case("data:") {
+    // `get`, not indexing: byte 5 may fall inside a multi-byte character.
+    if s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:")) {
         return match check_data_url(s) {
             Ok(()) => Some(ImageRef::Data(s.to_string())),
             Err(msg) => {
@@ -277,7 +411,7 @@ fn check_image(value: &Value, path: &str, errors: &mut ValidationErrors) -> Opti
             }
         };
     }
-    check_http_url(value, path, errors).map(ImageRef::Url)
+    check_http_url(value, path, urls, errors).map(ImageRef::Url)
 }
 
 fn check_data_url(s: &str) -> Result<(), String> {
@@ -293,7 +427,7 @@ fn check_data_url(s: &str) -> Result<(), String> {
         return Err("Data URL must carry an image (data:image/...)".into());
     };
     if !DATA_URL_IMAGE_TYPES.contains(&subtype) {
-        return Err(format!("Unsupported image type 'image/{subtype}'; expected JPEG, PNG or WebP"));
+        return Err(format!("Unsupported image type 'image/{}'; expected JPEG, PNG or WebP", quote(subtype)));
     }
     if payload.is_empty() {
         return Err("Data URL carries no image data".into());
@@ -304,13 +438,13 @@ fn check_data_url(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that `value` is an absolute http(s) URL with a host.
-fn check_http_url(value: &Value, path: &str, errors: &mut ValidationErrors) -> Option<String> {
+/// Checks that `value` is an http(s) URL reelgate could later fetch or deliver to.
+fn check_http_url(value: &Value, path: &str, urls: UrlPolicy, errors: &mut ValidationErrors) -> Option<String> {
     let Some(s) = value.as_str() else {
         errors.add(path, "Expected string");
         return None;
     };
-    match http_url_problem(s) {
+    match http_url_problem(s, urls) {
         None => Some(s.to_string()),
         Some(msg) => {
             errors.add(path, msg);
@@ -319,32 +453,42 @@ fn check_http_url(value: &Value, path: &str, errors: &mut ValidationErrors) -> O
     }
 }
 
-fn http_url_problem(s: &str) -> Option<String> {
+/// What is wrong with `s` as a client URL, if anything.
+///
+/// It is parsed with the WHATWG parser the HTTP client uses later, so a URL accepted
+/// here is one the fetch or the delivery reads the same way (`http://[::1` or a zone
+/// id such as `[fe80::1%25lo]` do not parse, and `http://0x7f.1/` is 127.0.0.1 for
+/// both). IP-literal hosts are judged here by `address`'s rule; host names are
+/// resolved, and their addresses checked, only when the URL is used.
+fn http_url_problem(s: &str, urls: UrlPolicy) -> Option<String> {
     if s.len() > URL_MAX_LEN {
         return Some(format!("URL must be at most {URL_MAX_LEN} characters"));
     }
+    // The parser would silently strip these; a URL that needs that is not what the client meant.
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("Invalid URL: contains whitespace or control characters".into());
     }
-    let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
-    let rest = if lower.starts_with("https://") {
-        &s[8..]
-    } else if lower.starts_with("http://") {
-        &s[7..]
-    } else {
+    let url = match url::Url::parse(s) {
+        Ok(url) => url,
+        // The parser's messages are fixed phrases ("invalid IPv6 address"), never the input.
+        Err(e) => return Some(format!("Invalid URL: {e}")),
+    };
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Some("Invalid URL: expected an http:// or https:// URL".into());
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host_only = if host.starts_with('[') {
-        host.split(']').next().map(|h| h.trim_start_matches('[')).unwrap_or("")
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    if host_only.is_empty() {
+    }
+    if url.host_str().is_none_or(str::is_empty) {
         return Some("Invalid URL: missing host".into());
     }
-    None
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("URL must not contain user info (user:password@)".into());
+    }
+    match address::check_destination(&url, urls == UrlPolicy::AllowPrivate) {
+        Ok(()) => None,
+        Err(UrlRefusal::Forbidden { addr, reason }) => {
+            Some(format!("URL must not point at a {reason} address ({addr}); use a public host"))
+        }
+        Err(e) => Some(format!("Invalid URL: {e}")),
+    }
 }
 
 /// SHA-256 of the body in a canonical form (object keys sorted, no whitespace), so
@@ -393,12 +537,12 @@ mod tests {
     use serde_json::json;
 
     fn errors_of(body: Value) -> BTreeMap<String, Vec<String>> {
-        parse_generate(&body).expect_err("should be refused").0
+        parse_generate(&body, UrlPolicy::PublicOnly).expect_err("should be refused").details()
     }
 
     #[test]
     fn minimal_request_gets_defaults() {
-        let r = parse_generate(&json!({"model": "hailuo-2.3", "prompt": "a cat"})).unwrap();
+        let r = parse_generate(&json!({"model": "hailuo-2.3", "prompt": "a cat"}), UrlPolicy::PublicOnly).unwrap();
         assert_eq!(r.model, ModelId::Hailuo23);
         assert_eq!(r.duration, Duration::Six);
         assert_eq!(r.resolution, Resolution::P768);
@@ -407,12 +551,15 @@ mod tests {
 
     #[test]
     fn full_hailuo_02_request_parses() {
-        let r = parse_generate(&json!({
-            "model": "hailuo-02", "prompt": "x",
-            "hailuoParams": {"duration": 10, "resolution": "768p", "image": "https://e.com/a.png",
-                             "end_image": "data:image/png;base64,iVBORw0KGgo=", "prompt_optimizer": false},
-            "webhookUrl": "https://hooks.example.com/x", "webhookEvents": ["failed", "completed", "failed"]
-        }))
+        let r = parse_generate(
+            &json!({
+                "model": "hailuo-02", "prompt": "x",
+                "hailuoParams": {"duration": 10, "resolution": "768p", "image": "https://e.com/a.png",
+                                 "end_image": "data:image/png;base64,iVBORw0KGgo=", "prompt_optimizer": false},
+                "webhookUrl": "https://hooks.example.com/x", "webhookEvents": ["failed", "completed", "failed"]
+            }),
+            UrlPolicy::PublicOnly,
+        )
         .unwrap();
         assert_eq!(r.duration, Duration::Ten);
         assert_eq!(r.image, Some(ImageRef::Url("https://e.com/a.png".into())));
@@ -508,5 +655,240 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"model":"hailuo-2.3","prompt":"y"}"#).unwrap();
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    fn body_with(extra: (&str, Value)) -> Value {
+        let mut body = json!({"model": "hailuo-2.3", "prompt": "x"});
+        body[extra.0] = extra.1;
+        body
+    }
+
+    /// Bytes of the `details` object as the API writes it.
+    fn details_size(errors: &ValidationErrors) -> usize {
+        serde_json::to_string(&errors.details()).unwrap().len()
+    }
+
+    #[test]
+    fn half_a_million_wrong_events_list_fifty_and_count_the_rest() {
+        let body = body_with(("webhookEvents", Value::Array(vec![json!(0); 500_000])));
+        let errors = parse_generate(&body, UrlPolicy::PublicOnly).unwrap_err();
+        assert_eq!(errors.listed().values().map(Vec::len).sum::<usize>(), MAX_LISTED_PROBLEMS);
+        assert_eq!(errors.omitted(), 500_000 - MAX_LISTED_PROBLEMS);
+        let details = errors.details();
+        assert_eq!(details[ROOT_PATH], ["499950 more problems were found and not listed"]);
+        assert!(details_size(&errors) < 8 * 1024, "{}", details_size(&errors));
+    }
+
+    #[test]
+    fn thousands_of_unknown_keys_come_after_the_real_problems() {
+        let mut body = json!({"prompt": ""});
+        for i in 0..5000 {
+            body[format!("k{i}")] = json!(1);
+        }
+        let details = errors_of(body);
+        // The known fields' problems are listed although 5,000 unknown keys came first.
+        assert!(details.contains_key("model") && details.contains_key("prompt"), "{details:?}");
+        assert_eq!(details.len(), MAX_LISTED_PROBLEMS + 1, "50 paths and the count");
+        assert_eq!(details[ROOT_PATH], ["4952 more problems were found and not listed"]);
+    }
+
+    #[test]
+    fn client_text_is_quoted_short_and_without_control_characters() {
+        let long_key = format!("{}\u{0}tail", "k".repeat(100_000));
+        let details = errors_of(body_with((&long_key, json!(1))));
+        let (path, messages) = details.iter().next().unwrap();
+        assert_eq!(path.chars().count(), MAX_QUOTED_CHARS + 1, "the key is cut and marked with …");
+        assert!(path.ends_with('…'));
+        assert!(messages[0].len() < 300, "{}", messages[0].len());
+
+        let details = errors_of(json!({"model": format!("m\n{}", "x".repeat(1_000_000)), "prompt": "x"}));
+        assert!(details["model"][0].len() < 300);
+        assert!(details["model"][0].starts_with("Unknown model 'm?xxx"));
+        assert_eq!(quote("short"), "short");
+    }
+
+    #[test]
+    fn the_byte_budget_holds_whatever_the_messages() {
+        let mut errors = ValidationErrors::default();
+        for i in 0..10_000 {
+            // Control characters cost six bytes each once escaped in JSON.
+            errors.add(format!("p{i}"), "\u{1}".repeat(MAX_QUOTED_CHARS));
+        }
+        assert!(details_size(&errors) <= MAX_LISTED_BYTES + 100, "{}", details_size(&errors));
+        assert_eq!(errors.listed().len() + errors.omitted(), 10_000);
+        assert!(!errors.is_empty());
+    }
+
+    #[test]
+    fn urls_are_parsed_as_the_http_client_will_read_them() {
+        let refused = [
+            "http://[::1",
+            "http://[fe80::1%25lo]/x",
+            "https://user:pw@example.com/hook",
+            "https://user@example.com/hook",
+            "ftp://example.com/x",
+            "javascript:alert(1)",
+            "http://",
+            "http://127.0.0.1:8080/hook",
+            "http://[::1]/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.7/hook",
+            "http://0x7f.1/hook",
+            "http://[fe80::1]/x",
+            "http://[::ffff:192.168.0.1]/x",
+        ];
+        for url in refused {
+            for field in ["webhookUrl", "image"] {
+                let body = if field == "image" {
+                    json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": url}})
+                } else {
+                    body_with(("webhookUrl", json!(url)))
+                };
+                let path = if field == "image" { "hailuoParams.image" } else { "webhookUrl" };
+                let details = errors_of(body);
+                assert!(details.contains_key(path), "{url} must be refused at {path}: {details:?}");
+            }
+        }
+        for url in
+            ["https://hooks.example.com/x?a=1", "http://8.8.8.8/x", "http://[2606:4700::1111]/x", "http://localhost/x"]
+        {
+            assert!(parse_generate(&body_with(("webhookUrl", json!(url))), UrlPolicy::PublicOnly).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn private_addresses_pass_when_the_operator_allows_them() {
+        for url in ["http://127.0.0.1:8080/hook", "http://[::1]/hook", "http://10.0.0.7/hook"] {
+            let body = body_with(("webhookUrl", json!(url)));
+            assert!(parse_generate(&body, UrlPolicy::AllowPrivate).is_ok(), "{url}");
+            assert!(parse_generate(&body, UrlPolicy::PublicOnly).is_err(), "{url}");
+        }
+        // Unparseable URLs and user info are refused whatever the setting.
+        for url in ["http://[::1", "http://u:p@127.0.0.1/"] {
+            assert!(parse_generate(&body_with(("webhookUrl", json!(url))), UrlPolicy::AllowPrivate).is_err());
+        }
+    }
+
+    /// Found by the property tests below: the `data:` prefix check sliced the string at
+    /// byte 5, inside a multi-byte character, and the handler panicked (a 500).
+    #[test]
+    fn an_image_with_a_multibyte_character_across_byte_five_is_a_400_not_a_panic() {
+        for image in ["ଅ𐇐", "abcdé", "data\u{e9}image"] {
+            let details = errors_of(json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": image}}));
+            assert!(details.contains_key("hailuoParams.image"), "{image}: {details:?}");
+        }
+    }
+
+    /// Property tests: whatever the body, validation answers without panicking and its
+    /// answer stays within the bounds. Case counts are bounded so this runs in the
+    /// normal suite in a few seconds.
+    mod properties {
+        use super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+
+        /// Any JSON value, a few levels deep.
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                "\\PC{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                prop_oneof![
+                    vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    btree_map("\\PC{0,8}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Strings near what the validator looks for: URLs, data URLs, odd Unicode.
+        fn tricky_string() -> impl Strategy<Value = String> {
+            let prefixes = prop_oneof![
+                Just(""),
+                Just("http://"),
+                Just("https://"),
+                Just("HTTP://"),
+                Just("data:"),
+                Just("DATA:image/png;base64,"),
+                Just("data:image/"),
+                Just("http://["),
+                Just("https://user@"),
+                Just("http://127.0.0.1"),
+            ];
+            (prefixes, "\\PC{0,24}", "[a-z0-9:/\\[\\]%@.;,=+]{0,24}").prop_map(|(p, a, b)| format!("{p}{a}{b}"))
+        }
+
+        fn field_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                4 => tricky_string().prop_map(Value::String),
+                1 => prop_oneof![Just("hailuo-2.3"), Just("hailuo-02"), Just("hailuo-2.3-fast")].prop_map(|s| json!(s)),
+                1 => prop_oneof![Just(6), Just(10), Just(7)].prop_map(|n| json!(n)),
+                1 => prop_oneof![Just("768p"), Just("1080p")].prop_map(|s| json!(s)),
+                1 => vec(prop_oneof![Just("progress"), Just("completed"), Just("failed"), Just("x")], 0..5)
+                    .prop_map(|v| json!(v)),
+                2 => any_json(),
+            ]
+        }
+
+        /// Objects whose keys are mostly the ones the validator knows.
+        fn near_valid_body() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                4 => proptest::sample::select(TOP_LEVEL_KEYS.to_vec()).prop_map(str::to_string),
+                1 => "\\PC{0,6}",
+            ];
+            let param_key = prop_oneof![
+                4 => proptest::sample::select(PARAM_KEYS.to_vec()).prop_map(str::to_string),
+                1 => "\\PC{0,6}",
+            ];
+            let params = btree_map(param_key, field_value(), 0..6).prop_map(|m| Value::Object(m.into_iter().collect()));
+            (btree_map(key, field_value(), 0..6), proptest::option::of(params)).prop_map(|(m, params)| {
+                let mut obj: Map<String, Value> = m.into_iter().collect();
+                if let Some(p) = params {
+                    obj.insert("hailuoParams".into(), p);
+                }
+                Value::Object(obj)
+            })
+        }
+
+        fn check_bounded(body: &Value) {
+            for urls in [UrlPolicy::PublicOnly, UrlPolicy::AllowPrivate] {
+                match parse_generate(body, urls) {
+                    Ok(r) => assert!(r.prompt.chars().count() <= PROMPT_MAX_CHARS),
+                    Err(e) => {
+                        assert!(!e.is_empty());
+                        assert!(e.listed().values().map(Vec::len).sum::<usize>() <= MAX_LISTED_PROBLEMS);
+                        assert!(serde_json::to_string(&e.details()).unwrap().len() <= MAX_LISTED_BYTES + 100);
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_json_body_is_answered_within_bounds(body in any_json()) {
+                check_bounded(&body);
+            }
+
+            #[test]
+            fn near_valid_bodies_are_answered_within_bounds(body in near_valid_body()) {
+                check_bounded(&body);
+            }
+
+            #[test]
+            fn accepted_urls_parse_and_name_no_private_literal(url in tricky_string()) {
+                let body = json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": url,
+                                  "hailuoParams": {"image": url}});
+                if let Ok(r) = parse_generate(&body, UrlPolicy::PublicOnly) {
+                    let parsed = url::Url::parse(r.webhook_url.as_deref().unwrap()).expect("accepted URLs parse");
+                    prop_assert!(address::check_destination(&parsed, false).is_ok());
+                    prop_assert!(parsed.username().is_empty() && parsed.password().is_none());
+                }
+            }
+        }
     }
 }

@@ -584,8 +584,10 @@ impl Engine {
     async fn create_task(&self, job: &EngineJob) -> Result<CreateTask, String> {
         let input: serde_json::Value =
             serde_json::from_str(job.record.input.get()).map_err(|_| "the stored request is unreadable".to_string())?;
-        let req =
-            domain::validation::parse_generate(&input).map_err(|_| "the stored request is invalid".to_string())?;
+        // Private addresses pass this re-read: the fetch below applies the current
+        // setting through the guard and says precisely why it refuses.
+        let req = domain::validation::parse_generate(&input, domain::validation::UrlPolicy::AllowPrivate)
+            .map_err(|_| "the stored request is invalid".to_string())?;
         let max = self.config.max_input_image_bytes;
         let first_frame_image = match &req.image {
             Some(image) => Some(inputs::prepare(&self.images, image, "image", max, self.allow_private_urls).await?),

@@ -6,7 +6,9 @@
 //! second lookup a hostile DNS server could answer differently. IP-literal URLs never
 //! reach a resolver, so they are checked up front, and so is every redirect target.
 //! Operators (and the tests) can allow private destinations with
-//! `REELGATE_ALLOW_PRIVATE_URLS=1`.
+//! `REELGATE_ALLOW_PRIVATE_URLS=1`. Which addresses are refused is decided in
+//! `domain::address`, the same rule request validation applies to IP-literal URLs at
+//! submission.
 //!
 //! Proxy variables in the environment are ignored (see `egress`): through a proxy, names
 //! would never reach this resolver. With `egress.proxy_url` set, only IP-literal URLs
@@ -15,7 +17,7 @@
 //! URLs the operator configures (MiniMax base URLs) and the download links MiniMax
 //! returns are not client input and do not pass through this guard.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,96 +28,13 @@ pub fn private_urls_allowed() -> bool {
     std::env::var("REELGATE_ALLOW_PRIVATE_URLS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
-/// Why an address may not be contacted, or `None` if it may.
-pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            // An IPv4 address dressed as IPv6 is judged as the IPv4 address it carries.
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4);
-            }
-            let s = v6.segments();
-            if v6.is_loopback() {
-                Some("loopback")
-            } else if v6.is_unspecified() {
-                Some("unspecified")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if s[0] & 0xfe00 == 0xfc00 {
-                Some("private (unique local)")
-            } else if s[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                // NAT64 reaches the IPv4 address in the low 32 bits.
-                forbidden_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32))
-            } else if s[..6] == [0, 0, 0, 0, 0, 0] {
-                // Deprecated IPv4-compatible form.
-                forbidden_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32))
-            } else {
-                None
-            }
-        }
-    }
-}
-
-fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    if ip == Ipv4Addr::new(169, 254, 169, 254) {
-        Some("cloud metadata")
-    } else if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_private() {
-        Some("private")
-    } else if ip.is_link_local() {
-        Some("link-local")
-    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
-        Some("shared address space (CGNAT)")
-    } else if ip.is_multicast() {
-        Some("multicast")
-    } else if ip.is_unspecified() || o[0] == 0 {
-        Some("unspecified")
-    } else if ip.is_broadcast() || o[0] >= 240 {
-        Some("reserved")
-    } else {
-        None
-    }
-}
-
-/// A client-supplied URL that may not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    /// Not http or https.
-    #[error("only http and https URLs can be fetched")]
-    Scheme,
-    /// Not a URL.
-    #[error("not a valid URL")]
-    Invalid,
-    /// Resolves to (or is) an address of a refused class.
-    #[error("destination {addr} is not allowed ({reason} address)")]
-    Forbidden {
-        /// The refused address.
-        addr: IpAddr,
-        /// Its class.
-        reason: &'static str,
-    },
-}
+use domain::address::forbidden_reason;
+/// A client-supplied URL that may not be fetched (the domain's one classification).
+pub use domain::address::UrlRefusal as GuardError;
 
 /// Checks scheme and, for IP-literal hosts, the address.
 pub fn check_url(url: &reqwest::Url, allow_private: bool) -> Result<(), GuardError> {
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(GuardError::Scheme);
-    }
-    let ip = match url.host() {
-        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
-        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
-        Some(url::Host::Domain(_)) => return Ok(()),
-        None => return Err(GuardError::Invalid),
-    };
-    match forbidden_reason(ip) {
-        Some(reason) if !allow_private => Err(GuardError::Forbidden { addr: ip, reason }),
-        _ => Ok(()),
-    }
+    domain::address::check_destination(url, allow_private)
 }
 
 /// Resolves names and drops refused addresses; fails when none is left.
@@ -207,37 +126,6 @@ pub fn refusal_in(err: &reqwest::Error) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_refused_class_is_refused_and_public_addresses_pass() {
-        let refused = [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "169.254.1.1",
-            "100.64.0.1",
-            "224.0.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fc00::1",
-            "fd12::1",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a00:1",
-        ];
-        for ip in refused {
-            assert!(forbidden_reason(ip.parse().unwrap()).is_some(), "{ip} must be refused");
-        }
-        for ip in ["8.8.8.8", "1.1.1.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
-            assert_eq!(forbidden_reason(ip.parse().unwrap()), None, "{ip} is public");
-        }
-    }
 
     #[test]
     fn ip_literal_urls_are_checked_before_any_connection() {

@@ -155,11 +155,14 @@ fn forward_wakeups(
 /// in-flight requests finish (for at most `server.shutdown_grace_ms`), flushes the store
 /// and returns.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
+    // Settled once, here: the front door consults it on every submission and should not
+    // read the environment each time.
+    config.engine.allow_private_urls = Some(config.engine.allow_private_urls());
     let catalog = config.catalog()?;
     // Even on PostgreSQL the data directory holds the sandbox's tasks and renders and, with
     // the file system backend, the result videos.

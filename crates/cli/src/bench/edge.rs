@@ -55,13 +55,15 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let log = dir.path().join("serve.log");
     let serve_args: Vec<String> =
         ["serve", "--listen", &addr.to_string(), "--data-dir", &data_dir].iter().map(|s| s.to_string()).collect();
-    let mut server = ChildProcess::spawn_with_env("serve", &serve_args, &log, &[("REELGATE_ENGINE__ENABLED", "false")])?;
+    let mut server =
+        ChildProcess::spawn_with_env("serve", &serve_args, &log, &[("REELGATE_ENGINE__ENABLED", "false")])?;
     server.wait_ready(addr, "/healthz").await?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("bench edge: reelgate serve (engine off, default [server] settings) on {addr}, {cpus} CPUs");
 
     let mut report = serde_json::Map::new();
-    for (kind, body) in [("webhookEvents x500000", many_webhook_events()), ("unknown keys x80000", many_unknown_keys())] {
+    for (kind, body) in [("webhookEvents x500000", many_webhook_events()), ("unknown keys x80000", many_unknown_keys())]
+    {
         let refusals = measure_refusals(addr, &key, &body, args.hostile, &server).await?;
         println!(
             "refusals, {} x {kind} ({} KiB each): status {:?}, largest answer {} B, server peak RSS {:.1} -> {:.1} MiB (+{:.1}), wall {:.2} s, /healthz worst {:.0} ms",

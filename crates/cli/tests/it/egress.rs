@@ -184,13 +184,16 @@ async fn a_configured_proxy_carries_outbound_requests_and_literal_private_addres
     assert!(job["error"].to_string().contains("502"), "the proxy's answer: {job}");
     assert_eq!(proxy.seen(), vec![format!("GET {image} HTTP/1.1")]);
 
-    // An IP-literal private address is still checked here, and never sent to the proxy.
+    // An IP-literal private address is still refused (at submission, before any charge),
+    // and never sent to the proxy.
     let body =
         json!({"model": "hailuo-2.3-fast", "prompt": "x", "hailuoParams": {"image": "http://127.0.0.1:9/cat.png"}});
-    let id = app.submit(&key, &body).await;
-    let job = app.wait_terminal(&key, &id, Duration::from_secs(30)).await;
-    assert_eq!(job["status"], "FAILED", "{job}");
-    assert!(job["error"].to_string().contains("loopback"), "{job}");
+    let refused = app.generate(&key, &body).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert!(refused.body["details"]["hailuoParams.image"].to_string().contains("loopback"), "{:?}", refused.body);
+    // The first job was charged and refunded when it failed; the refused one moved nothing.
+    assert_eq!(app.balance_and_ledger(key.account_id).await, (100, 100));
+    assert_eq!(app.all_job_ids(&key).await.len(), 1);
     assert_eq!(proxy.seen().len(), 1, "{:?}", proxy.seen());
     app.stop().await.unwrap();
 }

@@ -371,3 +371,50 @@ async fn twenty_racing_identical_requests_make_one_job_and_one_charge() {
     assert_eq!(app.balance_and_ledger(key.account_id).await, (95, 95));
     app.stop().await.unwrap();
 }
+
+/// Client URLs are parsed at submission the way the image fetch and the webhook
+/// delivery will read them: what could never be used, or names a private address
+/// literally, is a 400 naming the field, before any charge.
+#[tokio::test]
+async fn unusable_or_private_urls_are_refused_before_any_charge() {
+    let app = TestApp::spawn_with(|c| c.engine.allow_private_urls = Some(false)).await;
+    let key = app.create_key(1000).await;
+    let refused = [
+        "http://[::1",
+        "http://[fe80::1%25lo]/x.png",
+        "https://user:secret@images.example.com/x.png",
+        "http://127.0.0.1:9/x.png",
+        "http://[::1]/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.7/x.png",
+        "http://[fe80::1]/x.png",
+        "http://0x7f.1/x.png",
+    ];
+    for url in refused {
+        let cases = [
+            ("webhookUrl", json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": url})),
+            ("hailuoParams.image", json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": url}})),
+            (
+                "hailuoParams.end_image",
+                json!({"model": "hailuo-02", "prompt": "x", "hailuoParams": {"image": IMG, "end_image": url}}),
+            ),
+        ];
+        for (path, body) in cases {
+            let r = app.generate(&key, &body).await;
+            assert_eq!(r.status, 400, "{url} at {path}: {:?}", r.body);
+            let messages = r.body["details"][path].as_array();
+            assert!(messages.is_some_and(|m| !m.is_empty()), "{url} should be refused at {path}: {:?}", r.body);
+        }
+    }
+    assert_eq!(app.balance_and_ledger(key.account_id).await, (1000, 1000));
+    assert!(app.all_job_ids(&key).await.is_empty());
+    app.stop().await.unwrap();
+
+    // An operator who allows private URLs gets them accepted; broken URLs stay refused.
+    let app = TestApp::spawn_with(|c| c.engine.allow_private_urls = Some(true)).await;
+    let key = app.create_key(1000).await;
+    app.submit(&key, &json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": "http://127.0.0.1:9/hook"})).await;
+    let r = app.generate(&key, &json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": "http://[::1"})).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    app.stop().await.unwrap();
+}

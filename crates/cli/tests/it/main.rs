@@ -3,6 +3,11 @@
 
 mod helpers;
 
+// The allocator of the `reelgate` binary (src/main.rs), so memory figures measured here
+// (hostile.rs) are the ones a real server would show.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod account;
 mod auth;
 mod cancel;
@@ -11,6 +16,7 @@ mod egress;
 mod engine;
 mod envelope;
 mod generate;
+mod hostile;
 mod jobs;
 mod lifecycle;
 mod multinode;

@@ -252,7 +252,10 @@ async fn private_destinations_are_refused_unless_allowed() {
     })
     .await;
     let key = app.create_key(100).await;
-    let id = submit(&app, &key, "inside", &hook.url, None).await;
+    // By name: an IP literal would be refused at submission already (see below); a
+    // name is only resolved, and its address refused, at delivery.
+    let by_name = hook.url.replace("127.0.0.1", "localhost");
+    let id = submit(&app, &key, "inside", &by_name, None).await;
     app.wait_terminal(&key, &id, WITHIN).await;
     crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "failed" }).await;
     assert!(hook.received().is_empty(), "nothing reached the loopback receiver");
@@ -415,8 +418,9 @@ async fn a_backlog_for_a_dead_receiver_does_not_delay_a_healthy_one() {
     app.stop().await.unwrap();
 }
 
+/// IP literals are refused at submission, before any charge; names only at delivery.
 #[tokio::test]
-async fn every_private_address_class_is_refused_at_delivery() {
+async fn every_private_address_class_is_refused_at_submission_or_delivery() {
     let destinations = [
         ("private 10/8", "http://10.0.0.1/hook"),
         ("private 172.16/12", "http://172.16.0.1/hook"),
@@ -440,8 +444,18 @@ async fn every_private_address_class_is_refused_at_delivery() {
     let key = app.create_key(1000).await;
     let mut jobs = Vec::new();
     for (class, url) in destinations {
-        jobs.push((class, submit(&app, &key, &format!("[sandbox:fail-1026] {class}"), url, None).await));
+        let body = json!({"model": "hailuo-2.3", "prompt": format!("[sandbox:fail-1026] {class}"), "webhookUrl": url});
+        if url.contains("localhost") {
+            jobs.push((class, app.submit(&key, &body).await));
+            continue;
+        }
+        let r = app.generate(&key, &body).await;
+        assert_eq!(r.status, 400, "{class}: {:?}", r.body);
+        let message = r.body["details"]["webhookUrl"][0].as_str().unwrap_or_default();
+        assert!(message.contains("address"), "{class}: {message}");
     }
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(app.all_job_ids(&key).await.len(), 1, "the refused submissions made no job");
     for (class, id) in &jobs {
         crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, id).await == "failed" }).await;
         let h = history(&app, &key, id).await;

@@ -9,6 +9,11 @@
 //! logs it once together with the request id. Axum's extractor rejections are converted
 //! here too (through the [`Path`](crate::api::extract::Path) and
 //! [`Query`](crate::api::extract::Query) wrappers), so no answer is ever plain text.
+//!
+//! A refusal costs little whatever the request: validation details are bounded where
+//! they are collected (`ValidationErrors` lists at most 50 problems, about 8 KiB, and
+//! quotes client text shortened), and the message is cut at [`MAX_MESSAGE_CHARS`], so
+//! an error body stays well under 16 KiB.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,6 +22,9 @@ use axum::Json;
 use domain::ValidationErrors;
 use serde_json::json;
 use store::StoreError;
+
+/// Longest `error` message written, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
 
 /// The hidden cause of a 5xx, handed to the logging middleware.
 #[derive(Clone, Debug)]
@@ -143,10 +151,14 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
+        let mut message = self.to_string();
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push('…');
+        }
         let (status, body) = match &self {
             Self::Validation { details, .. } => {
-                (StatusCode::BAD_REQUEST, json!({"error": message, "details": details.0}))
+                (StatusCode::BAD_REQUEST, json!({"error": message, "details": details.details()}))
             }
             Self::BadRequest(_) | Self::AmbiguousKey => (StatusCode::BAD_REQUEST, json!({"error": message})),
             Self::MissingKey | Self::InvalidKey => (StatusCode::UNAUTHORIZED, json!({"error": message})),

@@ -14,14 +14,19 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use domain::json::ValueCounter;
 use domain::keys::looks_like_key;
 use domain::{ApiKeyStatus, KeyDigest, ValidationErrors};
+use http_body_util::BodyExt;
 use serde_json::Value;
 use store::ApiKeyRecord;
 
 use crate::api::error::ApiError;
 use crate::ratelimit::RateClass;
 use crate::state::AppState;
+
+/// Largest buffer reserved from a declared Content-Length before the bytes arrive.
+const PRESIZE_MAX: usize = 64 * 1024;
 
 /// The header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -117,37 +122,83 @@ pub fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a
 /// Axum's `Json` answers 415/422 in its own format; Apiframe clients expect 400 with
 /// `details` (or 413), so the body is read and parsed here. The content type is not
 /// required to be JSON: what matters is whether the bytes are.
+///
+/// The body is copied into one buffer as it arrives. When it surely holds more JSON
+/// values than `domain::json` allows, the rest is still read, to keep the connection
+/// usable, but no longer kept: a hostile megabyte costs a few kilobytes of memory, not
+/// a megabyte per concurrent request.
 pub struct JsonBody(pub Value);
 
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
+        let limit = state.config.limits.max_body_bytes;
+        let declared = declared_length(req.headers());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        // The server's body timeout ends a body that stops; the deadline ends one that
+        // trickles.
         let deadline = std::time::Duration::from_millis(state.config.server.body_deadline_ms);
-        let bytes = read_limited(&parts.headers, body, state.config.limits.max_body_bytes, deadline).await?;
+        let read = read_within_budget(Body::new(req.into_body()), declared, limit);
+        let bytes = tokio::time::timeout(deadline, read).await.map_err(|_| ApiError::RequestTimeout)??;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ValidationErrors::root("Request body is empty; expected a JSON object").into());
         }
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::from(ValidationErrors::root(format!("Invalid JSON: {e}"))))?;
+        // Within a budget of values: a parsed body must not dwarf the bytes it came from.
+        let value: Value = domain::json::parse_bounded(&bytes)?;
         Ok(JsonBody(value))
     }
+}
+
+/// Reads a JSON body of at most `limit` bytes, keeping it only while it stays within the
+/// JSON value budget: past it the rest is read through and dropped, and the answer is
+/// the budget's 400.
+async fn read_within_budget(mut body: Body, declared: Option<u64>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    // Reserved up front only up to an ordinary body's size: larger ones grow as they
+    // arrive, so a body refused early never costs the size it declared.
+    let mut bytes: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(PRESIZE_MAX));
+    let mut read = 0usize;
+    let mut counter = ValueCounter::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(body_error)?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        read += chunk.len();
+        if read > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        if counter.over_budget() {
+            continue;
+        }
+        counter.feed(&chunk);
+        if counter.over_budget() {
+            bytes = Vec::new();
+        } else {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if counter.over_budget() {
+        return Err(domain::json::too_many_values().into());
+    }
+    Ok(bytes)
+}
+
+/// The `Content-Length` a request declares, if it is a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Reads a whole request body of at most `limit` bytes within `deadline`; a larger one
 /// (declared or sent) is [`ApiError::PayloadTooLarge`], so it is refused in our envelope
 /// rather than by axum's plain-text 413, and a slower one [`ApiError::RequestTimeout`].
-/// (The server's body timeout ends a body that stops; the deadline ends one that
-/// trickles.)
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     deadline: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit));
@@ -155,12 +206,20 @@ pub async fn read_limited(
         // to_bytes wraps http-body-util's LengthLimitError somewhere in the source chain.
         if source_is::<http_body_util::LengthLimitError>(&e) {
             ApiError::PayloadTooLarge(limit)
-        } else if source_is::<tower_http::timeout::TimeoutError>(&e) {
-            ApiError::RequestTimeout
         } else {
-            ApiError::BadRequest(format!("Could not read the request body: {e}"))
+            body_error(e)
         }
     })
+}
+
+/// A body that could not be read: the server's body timeout (408), or a client gone or
+/// misbehaving (400).
+fn body_error(e: axum::Error) -> ApiError {
+    if source_is::<tower_http::timeout::TimeoutError>(&e) {
+        ApiError::RequestTimeout
+    } else {
+        ApiError::BadRequest(format!("Could not read the request body: {e}"))
+    }
 }
 
 /// Whether `E` is somewhere in the error's source chain (axum wraps body errors).

@@ -118,8 +118,53 @@ async fn list_jobs(
     Caller(key): Caller,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response> {
+    let list = parse_list_query(&params)
+        .map_err(|details| ApiError::Validation { message: "Invalid query parameters".into(), details })?;
+    // Every key is its account's admin here, so `scope=team` is allowed; the default
+    // `user` scope lists the jobs submitted with the calling key, as Apiframe does.
+    let api_key_id = if list.team { None } else { Some(key.id) };
+    let limit = list.limit;
+    let query = JobQuery {
+        account_id: key.account_id,
+        api_key_id,
+        status: list.status,
+        model: list.model,
+        job_id: list.job_id,
+        after: list.after,
+        limit,
+    };
+    let mut rows = state.store.list_jobs(&query).await?;
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if has_more { rows.last().map(|j| encode_cursor(j.created_at_ms, j.id)) } else { None };
+    let models = match list.include_models {
+        true => Some(state.store.job_models(key.account_id, api_key_id).await?),
+        false => None,
+    };
+    let mut jobs: Vec<JobView<'_>> = Vec::with_capacity(rows.len());
+    for job in &rows {
+        jobs.push(view(&state, job, false).await);
+    }
+    Ok(Json(JobListView { jobs, next_cursor, has_more, models }).into_response())
+}
+
+/// The query of `GET /v2/jobs`, checked.
+#[derive(Debug, PartialEq)]
+struct ListQuery {
+    status: Option<JobStatus>,
+    model: Option<String>,
+    limit: u32,
+    after: Option<JobCursor>,
+    /// `scope=team`: every key's jobs, not only the caller's.
+    team: bool,
+    job_id: Option<JobId>,
+    include_models: bool,
+}
+
+/// Parses the query parameters of `GET /v2/jobs`, reporting every bad one.
+fn parse_list_query(params: &[(String, String)]) -> std::result::Result<ListQuery, ValidationErrors> {
     let mut errors = ValidationErrors::default();
-    let param = |name: &str| query_param(&params, name);
+    let param = |name: &str| query_param(params, name);
 
     let status = param("status").and_then(|s| {
         JobStatus::parse(s).or_else(|| {
@@ -151,14 +196,12 @@ async fn list_jobs(
             None
         })
     });
-    // Every key is its account's admin here, so `scope=team` is allowed; the default
-    // `user` scope lists the jobs submitted with the calling key, as Apiframe does.
-    let api_key_id = match param("scope").unwrap_or("user") {
-        "user" => Some(key.id),
-        "team" => None,
+    let team = match param("scope").unwrap_or("user") {
+        "user" => false,
+        "team" => true,
         _ => {
             errors.add("scope", "Expected 'user' or 'team'");
-            None
+            false
         }
     };
     let job_id = param("search").and_then(|s| {
@@ -176,23 +219,9 @@ async fn list_jobs(
         }
     };
     if !errors.is_empty() {
-        return Err(ApiError::Validation { message: "Invalid query parameters".into(), details: errors });
+        return Err(errors);
     }
-
-    let query = JobQuery { account_id: key.account_id, api_key_id, status, model, job_id, after, limit };
-    let mut rows = state.store.list_jobs(&query).await?;
-    let has_more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = if has_more { rows.last().map(|j| encode_cursor(j.created_at_ms, j.id)) } else { None };
-    let models = match include_models {
-        true => Some(state.store.job_models(key.account_id, api_key_id).await?),
-        false => None,
-    };
-    let mut jobs: Vec<JobView<'_>> = Vec::with_capacity(rows.len());
-    for job in &rows {
-        jobs.push(view(&state, job, false).await);
-    }
-    Ok(Json(JobListView { jobs, next_cursor, has_more, models }).into_response())
+    Ok(ListQuery { status, model, limit, after, team, job_id, include_models })
 }
 
 #[derive(Serialize)]
@@ -232,6 +261,40 @@ mod tests {
         assert_eq!((c.created_at_ms, c.id), (1234, id));
         for bad in ["", "!!!", "djE6eA", &URL_SAFE_NO_PAD.encode(format!("v2:1:{id}"))] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
+
+    /// Property test: any query string is answered, never a panic, and what is
+    /// accepted is within the documented bounds.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 8] = ["status", "model", "limit", "cursor", "scope", "search", "include_models", "x"];
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\\PC{0,16}",
+                "[0-9-]{0,12}",
+                prop_oneof![Just("QUEUED"), Just("team"), Just("user"), Just("true"), Just("100"), Just("0")]
+                    .prop_map(str::to_string),
+                (any::<i64>(), "\\PC{0,40}").prop_map(|(t, id)| URL_SAFE_NO_PAD.encode(format!("v1:{t}:{id}"))),
+                Just(encode_cursor(7, JobId::new())),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_query_is_parsed_or_refused(params in vec((proptest::sample::select(NAMES.to_vec()), value()), 0..8)) {
+                let params: Vec<(String, String)> = params.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                match parse_list_query(&params) {
+                    Ok(q) => prop_assert!((1..=MAX_LIMIT).contains(&q.limit)),
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
-use domain::validation::{fingerprint, parse_generate};
+use domain::validation::{fingerprint, parse_generate, UrlPolicy};
 use domain::JobId;
 use serde_json::json;
 use store::{IdempotencyClaim, NewJob, SubmitOutcome};
@@ -35,7 +35,8 @@ async fn create_video(
         return Err(ApiError::Unavailable("the database is unreachable".into()));
     }
     let idempotency_key = idempotency_key(&headers)?;
-    let request = parse_generate(&body)?;
+    let urls = UrlPolicy::allowing_private(state.config.engine.allow_private_urls());
+    let request = parse_generate(&body, urls)?;
     let cost = state
         .catalog
         .price(request.model, request.resolution, request.duration)

@@ -39,21 +39,37 @@ impl CallbackReply {
     }
 }
 
+/// What a callback body says.
+enum CallbackBody {
+    /// The handshake: echo the challenge back.
+    Challenge(Value),
+    /// A status push.
+    Report(TaskReport),
+}
+
+/// Reads a callback body; the error is the message for a 400. Kept apart from the
+/// handler so the property tests can feed it anything.
+fn parse_callback(body: &[u8]) -> Result<CallbackBody, &'static str> {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Err("Body is not JSON");
+    };
+    if let Some(challenge) = value.get("challenge") {
+        return Ok(CallbackBody::Challenge(challenge.clone()));
+    }
+    serde_json::from_value::<TaskReport>(value).map(CallbackBody::Report).map_err(|_| "Not a task report")
+}
+
 /// Handles one callback request for `job_id` carrying `token`.
 pub async fn handle(engine: &Arc<Engine>, job_id: &str, token: &str, body: &[u8]) -> CallbackReply {
     if !engine.signer().verify(Purpose::Callback, job_id, token) {
         return CallbackReply::Forbidden;
     }
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return CallbackReply::BadRequest("Body is not JSON".into());
-    };
-    // The handshake arrives while the create call is still in flight: answer at once,
-    // whatever the job's state (MiniMax gives us 3 seconds).
-    if let Some(challenge) = value.get("challenge") {
-        return CallbackReply::Challenge(challenge.clone());
-    }
-    let Ok(report) = serde_json::from_value::<TaskReport>(value) else {
-        return CallbackReply::BadRequest("Not a task report".into());
+    let report = match parse_callback(body) {
+        // The handshake arrives while the create call is still in flight: answer at once,
+        // whatever the job's state (MiniMax gives us 3 seconds).
+        Ok(CallbackBody::Challenge(challenge)) => return CallbackReply::Challenge(challenge),
+        Ok(CallbackBody::Report(report)) => report,
+        Err(message) => return CallbackReply::BadRequest(message.into()),
     };
     let Ok(id) = job_id.parse::<JobId>() else { return CallbackReply::Forbidden };
     let job = match engine.store.engine_job(id).await {
@@ -81,4 +97,58 @@ pub async fn handle(engine: &Arc<Engine>, job_id: &str, token: &str, body: &[u8]
         None => tracing::debug!(job.id = %id, "MiniMax callback with an unknown status ignored"),
     }
     CallbackReply::Accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn handshakes_and_reports_are_told_apart() {
+        assert!(matches!(parse_callback(br#"{"challenge":"abc"}"#), Ok(CallbackBody::Challenge(c)) if c == "abc"));
+        assert!(matches!(
+            parse_callback(br#"{"task_id":"1","status":"success","file_id":2}"#),
+            Ok(CallbackBody::Report(_))
+        ));
+        assert_eq!(parse_callback(b"nope").err(), Some("Body is not JSON"));
+        assert_eq!(parse_callback(br#"{"status":3}"#).err(), Some("Not a task report"));
+    }
+
+    /// Property test: any body gets an answer (challenge, report or a 400), never a panic.
+    fn callback_body() -> impl Strategy<Value = Vec<u8>> {
+        let scalar = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            "\\PC{0,12}".prop_map(serde_json::Value::String),
+            prop_oneof![Just("success"), Just("failed"), Just("processing")].prop_map(|s| json!(s)),
+        ];
+        prop_oneof![
+            (proptest::option::of(scalar.clone()), scalar.clone(), scalar.clone(), scalar.clone(), scalar).prop_map(
+                |(challenge, task_id, status, file_id, code)| {
+                    let mut body = json!({"task_id": task_id, "status": status, "file_id": file_id,
+                                          "base_resp": {"status_code": code, "status_msg": "m"}});
+                    if let Some(c) = challenge {
+                        body["challenge"] = c;
+                    }
+                    body.to_string().into_bytes()
+                }
+            ),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            "\\PC{0,64}".prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_callback_body_is_answered(body in callback_body()) {
+            if let Ok(CallbackBody::Report(report)) = parse_callback(&body) {
+                // Reading the state is what the handler does next.
+                let _ = report.state();
+            }
+        }
+    }
 }

@@ -258,6 +258,60 @@ fn base_resp_problem(b: &Option<BaseResp>) -> Option<UpstreamError> {
     }
 }
 
+/// Reads the body of a successful create call: the task id, or what went wrong.
+/// Kept apart from the HTTP call so the property tests can feed it anything.
+fn parse_create(body: &[u8]) -> Result<String, UpstreamError> {
+    let body: CreateResponse = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::Ambiguous { message: format!("unreadable create response: {e}") })?;
+    if let Some(problem) = base_resp_problem(&body.base_resp) {
+        return Err(problem);
+    }
+    match body.task_id.filter(|t| !t.is_empty()) {
+        Some(id) => Ok(id),
+        None => Err(UpstreamError::Ambiguous { message: "create response without a task_id".into() }),
+    }
+}
+
+/// Reads the body of a successful query call.
+fn parse_query(body: &[u8]) -> Result<TaskState, UpstreamError> {
+    let report: TaskReport = unreadable_is_transient(body, QUERY_PATH)?;
+    if let Some(state) = report.state() {
+        return Ok(state);
+    }
+    if let Some(problem) = base_resp_problem(&report.base_resp) {
+        return Err(problem);
+    }
+    Err(UpstreamError::Transient { code: None, message: format!("unknown task status {:?}", report.status) })
+}
+
+/// Reads the body of a successful retrieve call.
+fn parse_retrieve(body: &[u8]) -> Result<FileLinks, UpstreamError> {
+    let body: RetrieveResponse = unreadable_is_transient(body, RETRIEVE_PATH)?;
+    if let Some(problem) = base_resp_problem(&body.base_resp) {
+        return Err(problem);
+    }
+    let file = body
+        .file
+        .ok_or_else(|| UpstreamError::Transient { code: None, message: "retrieve response without a file".into() })?;
+    match file.download_url.filter(|u| !u.is_empty()) {
+        Some(download_url) => {
+            Ok(FileLinks { download_url, backup_download_url: file.backup_download_url.filter(|u| !u.is_empty()) })
+        }
+        None => {
+            Err(UpstreamError::Transient { code: None, message: "retrieve response without a download_url".into() })
+        }
+    }
+}
+
+/// Queries change nothing upstream, so an answer we cannot read is simply asked again.
+fn unreadable_is_transient<T: serde::de::DeserializeOwned>(body: &[u8], path: &str) -> Result<T, UpstreamError> {
+    serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::Transient { code: None, message: format!("unreadable {path} response: {e}") })
+}
+
+const QUERY_PATH: &str = "/v1/query/video_generation";
+const RETRIEVE_PATH: &str = "/v1/files/retrieve";
+
 impl MiniMaxClient {
     /// A client for one account; `proxy` is `egress.proxy_url` (result downloads from
     /// MiniMax's links go through this client too).
@@ -307,56 +361,24 @@ impl MiniMaxClient {
             }
             return Err(problem);
         }
-        let body: CreateResponse = response
-            .json()
+        let body = response
+            .bytes()
             .await
             .map_err(|e| UpstreamError::Ambiguous { message: format!("unreadable create response: {e}") })?;
-        if let Some(problem) = base_resp_problem(&body.base_resp) {
-            return Err(problem);
-        }
-        match body.task_id.filter(|t| !t.is_empty()) {
-            Some(id) => Ok(id),
-            None => Err(UpstreamError::Ambiguous { message: "create response without a task_id".into() }),
-        }
+        parse_create(&body)
     }
 
     /// `GET /v1/query/video_generation`.
     pub async fn query(&self, task_id: &str) -> Result<TaskState, UpstreamError> {
-        let report: TaskReport = self.get_json("/v1/query/video_generation", &[("task_id", task_id)]).await?;
-        if let Some(state) = report.state() {
-            return Ok(state);
-        }
-        if let Some(problem) = base_resp_problem(&report.base_resp) {
-            return Err(problem);
-        }
-        Err(UpstreamError::Transient { code: None, message: format!("unknown task status {:?}", report.status) })
+        parse_query(&self.get_body(QUERY_PATH, &[("task_id", task_id)]).await?)
     }
 
     /// `GET /v1/files/retrieve`: fresh download links for a file.
     pub async fn retrieve(&self, file_id: &str) -> Result<FileLinks, UpstreamError> {
-        let body: RetrieveResponse = self.get_json("/v1/files/retrieve", &[("file_id", file_id)]).await?;
-        if let Some(problem) = base_resp_problem(&body.base_resp) {
-            return Err(problem);
-        }
-        let file = body.file.ok_or_else(|| UpstreamError::Transient {
-            code: None,
-            message: "retrieve response without a file".into(),
-        })?;
-        match file.download_url.filter(|u| !u.is_empty()) {
-            Some(download_url) => {
-                Ok(FileLinks { download_url, backup_download_url: file.backup_download_url.filter(|u| !u.is_empty()) })
-            }
-            None => {
-                Err(UpstreamError::Transient { code: None, message: "retrieve response without a download_url".into() })
-            }
-        }
+        parse_retrieve(&self.get_body(RETRIEVE_PATH, &[("file_id", file_id)]).await?)
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Result<T, UpstreamError> {
+    async fn get_body(&self, path: &str, query: &[(&str, &str)]) -> Result<bytes::Bytes, UpstreamError> {
         let response = self
             .http
             .get(format!("{}{path}", self.base_url))
@@ -370,7 +392,7 @@ impl MiniMaxClient {
             return Err(problem);
         }
         response
-            .json()
+            .bytes()
             .await
             .map_err(|e| UpstreamError::Transient { code: None, message: format!("unreadable {path} response: {e}") })
     }
@@ -421,5 +443,68 @@ mod tests {
         assert!(matches!(failed, Some(TaskState::Fail(UpstreamError::Rejected { code: 1027, .. }))));
         // Success without a file id is not something to act on.
         assert_eq!(parse(r#"{"status":"Success","file_id":""}"#), None);
+    }
+
+    /// Property tests: whatever MiniMax (or a proxy in front of it) answers, the parsers
+    /// classify it without panicking.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        /// Bodies shaped like MiniMax's, with every field's type and value varied.
+        fn minimax_like() -> impl Strategy<Value = Vec<u8>> {
+            let scalar = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<u64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                "\\PC{0,12}".prop_map(Value::String),
+                prop_oneof![Just("Success"), Just("success"), Just("Fail"), Just("failed"), Just("Processing")]
+                    .prop_map(|s| json!(s)),
+            ];
+            let base_resp = proptest::option::of((scalar.clone(), scalar.clone()))
+                .prop_map(|b| b.map(|(code, msg)| json!({"status_code": code, "status_msg": msg})));
+            let file = proptest::option::of((scalar.clone(), scalar.clone()))
+                .prop_map(|f| f.map(|(u, b)| json!({"download_url": u, "backup_download_url": b})));
+            (scalar.clone(), scalar.clone(), scalar, base_resp, file).prop_map(
+                |(task_id, status, file_id, base, file)| {
+                    let mut body = json!({"task_id": task_id, "status": status, "file_id": file_id});
+                    if let Some(b) = base {
+                        body["base_resp"] = b;
+                    }
+                    if let Some(f) = file {
+                        body["file"] = f;
+                    }
+                    body.to_string().into_bytes()
+                },
+            )
+        }
+
+        fn any_body() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                minimax_like(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "\\PC{0,64}".prop_map(String::into_bytes)
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn every_answer_is_classified(body in any_body()) {
+                if let Ok(id) = parse_create(&body) {
+                    prop_assert!(!id.is_empty());
+                }
+                if let Ok(TaskState::Success { file_id }) = parse_query(&body) {
+                    prop_assert!(!file_id.is_empty());
+                }
+                if let Ok(links) = parse_retrieve(&body) {
+                    prop_assert!(!links.download_url.is_empty());
+                }
+            }
+        }
     }
 }
