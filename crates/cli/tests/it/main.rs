@@ -18,4 +18,5 @@ mod playback;
 mod ratelimit;
 mod results_s3;
 mod spec;
+mod uploads;
 mod webhooks;
