@@ -328,7 +328,11 @@ impl Engine {
             "image/webp" => "webp",
             _ => "bin",
         };
-        format!("{}/v2/uploads/{id}/{}.{ext}", self.public_base_url, self.signer.token(Purpose::Upload, &id.to_string()))
+        format!(
+            "{}/v2/uploads/{id}/{}.{ext}",
+            self.public_base_url,
+            self.signer.token(Purpose::Upload, &id.to_string())
+        )
     }
 
     /// The upload `url` names, when it is one of this server's upload URLs with a valid

@@ -8,8 +8,7 @@ use tokio_postgres::Row;
 
 use crate::db_err;
 
-const COLUMNS: &str =
-    "upload_id, account_id, content_type, byte_size, sha256, idempotency_key, created_at, expires_at";
+const COLUMNS: &str = "upload_id, account_id, content_type, byte_size, sha256, idempotency_key, created_at, expires_at";
 
 fn from_row(row: &Row) -> UploadRecord {
     UploadRecord {

@@ -9,13 +9,11 @@ use store::{Result, UploadOutcome, UploadRecord};
 use crate::map_err;
 use crate::writer::WriteCtx;
 
-const COLUMNS: &str =
-    "upload_id, account_id, content_type, byte_size, sha256, idempotency_key, created_at, expires_at";
+const COLUMNS: &str = "upload_id, account_id, content_type, byte_size, sha256, idempotency_key, created_at, expires_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<UploadRecord> {
-    let bad = |col: usize| {
-        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, "invalid id".into())
-    };
+    let bad =
+        |col: usize| rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, "invalid id".into());
     let id: String = row.get(0)?;
     let account: String = row.get(1)?;
     Ok(UploadRecord {
@@ -80,9 +78,8 @@ pub(crate) fn to_reap(conn: &Connection, before_ms: i64, limit: usize) -> rusqli
         conn.prepare_cached("select upload_id from upload where expires_at < ?1 order by expires_at limit ?2")?;
     let rows = s.query_map(params![before_ms, limit as i64], |r| {
         let id: String = r.get(0)?;
-        id.parse().map_err(|_| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "invalid id".into())
-        })
+        id.parse()
+            .map_err(|_| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "invalid id".into()))
     })?;
     rows.collect()
 }

@@ -288,8 +288,7 @@ async fn uploads_in_s3_accept_hailuo_images_and_refuse_the_rest() {
 
 #[tokio::test]
 async fn an_upload_over_the_limit_gets_a_json_413_while_the_client_is_still_sending() {
-    let Some(setup) = Setup::start(Storage::Fs, "upload_413", |c| c.limits.max_upload_bytes = 64 * 1024).await
-    else {
+    let Some(setup) = Setup::start(Storage::Fs, "upload_413", |c| c.limits.max_upload_bytes = 64 * 1024).await else {
         return;
     };
     let app = &setup.app;
@@ -446,10 +445,18 @@ async fn start_and_end_images(storage: Storage) {
     match (frame_rgb(&video, 0, w, h), frame_rgb(&video, 143, w, h)) {
         (Some(start), Some(end)) => {
             let (start, end) = (mean_abs_diff(&start, &expected(0)), mean_abs_diff(&end, &expected(1)));
+            eprintln!("{test}: mean abs diff {start:.3} at the start, {end:.3} at the end");
+            assert!(mean_abs_diff(&expected(0), &expected(1)) > 40.0, "the two test images differ");
             assert!(start < 4.0, "starts on the uploaded image (mean abs diff {start:.2})");
             assert!(end < 6.0, "ends on the uploaded end image (mean abs diff {end:.2})");
         }
-        _ => eprintln!("{test}: ffmpeg not installed; checked the video's size only"),
+        _ => {
+            assert!(
+                std::env::var("REELGATE_REQUIRE_FFMPEG").as_deref() != Ok("1"),
+                "ffmpeg not installed, and REELGATE_REQUIRE_FFMPEG=1"
+            );
+            eprintln!("{test}: ffmpeg not installed; checked the video's size only");
+        }
     }
     // The job's copies of the uploads are gone once MiniMax has the images; the uploads stay.
     eventually(WITHIN, || async { setup.stored_uploads().await == 2 }).await;
@@ -502,7 +509,8 @@ async fn unknown_foreign_or_expired_upload_urls_are_refused_before_any_charge() 
     }
     // Once expired (not yet reaped), the same URL is refused too.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = app.generate(&key, &json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": mine_url}})).await;
+    let r =
+        app.generate(&key, &json!({"model": "hailuo-2.3", "prompt": "x", "hailuoParams": {"image": mine_url}})).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body["details"]["hailuoParams.image"][0].as_str().unwrap().contains("expired"), "{}", r.body);
 
