@@ -250,7 +250,12 @@ async fn accepts_hailuo_images_and_refuses_the_rest(storage: Storage, test: &str
     assert_eq!(setup.stored_uploads().await, 3);
 
     let images_only = "Hailuo takes JPEG, PNG or WebP images";
-    let refused: [(&str, Vec<u8>, &str); 6] = [
+    // A good image whose file goes on past MiniMax's 20 MB (a decoder ignores what
+    // follows the end of a PNG): the head passes, the size does not.
+    let mut huge = png(640, 360, 0);
+    huge.resize(20 * 1024 * 1024 + 1, 0);
+    let refused: [(&str, Vec<u8>, &str); 7] = [
+        ("over 20 MB", huge, "must be smaller than 20971520 bytes"),
         ("GIF", gif(), images_only),
         ("MP4", mp4(), images_only),
         ("WAV", wav(), images_only),
@@ -269,6 +274,9 @@ async fn accepts_hailuo_images_and_refuses_the_rest(storage: Storage, test: &str
     let two = post_upload(app, &key, two.into(), None).await;
     assert!(refusal(&two).contains("exactly one file"), "{}", two.body);
     assert_eq!(setup.stored_uploads().await, 3, "nothing refused was kept");
+    if let Some((s3, bucket)) = &setup.s3 {
+        eventually(WITHIN, || async { s3.multipart_uploads(bucket).await == 0 }).await;
+    }
 
     // No key, no upload.
     let anonymous = app.http.post(app.url("/v2/uploads")).body(multipart(&[])).send().await.unwrap();

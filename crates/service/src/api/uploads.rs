@@ -374,3 +374,41 @@ pub(crate) async fn discard_job_inputs(state: &AppState, copies: &[Object]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn details(e: ApiError) -> String {
+        match e {
+            ApiError::Validation { details, .. } => format!("{details:?}"),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(w, h).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn the_head_decides_the_type_and_minimaxs_rules_apply() {
+        assert_eq!(check_head(&png(640, 360)).unwrap(), "image/png");
+        // Only the head is looked at: a file cut after its headers still probes.
+        let big = png(2000, 1500);
+        assert_eq!(check_head(&big[..big.len().min(HEAD_BYTES)]).unwrap(), "image/png");
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "empty"),
+            (b"GIF89a\x01\x00\x01\x00\x80\x00\x00", "a GIF (image/gif)"),
+            (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom", "a video"),
+            (b"RIFF\x24\x00\x00\x00WAVEfmt ", "audio"),
+            (b"plain text, not an image", "not a usable image"),
+            (&png(200, 400), "short side"),
+        ];
+        for (bytes, expected) in cases {
+            let problem = details(check_head(bytes).unwrap_err());
+            assert!(problem.contains(expected), "{expected}: {problem}");
+        }
+    }
+}
