@@ -207,20 +207,12 @@ async fn store_file(engine: &Engine, id: UploadId, field: &mut multer::Field<'_>
         .begin_object(Object::Upload(id))
         .await
         .map_err(|e| ApiError::Internal(format!("storing upload {id}: {e}")))?;
-    let mut pending = Some(bytes::Bytes::from(head));
-    if let Some(rest) = rest {
-        // Kept apart from the head only to avoid copying it.
-        write(&mut *writer, &mut hasher, &mut len, pending.take().unwrap_or_default(), id).await?;
-        pending = Some(rest);
+    // The head, then what was read past it, then the rest as it arrives.
+    for chunk in std::iter::once(bytes::Bytes::from(head)).chain(rest) {
+        write(&mut *writer, &mut hasher, &mut len, chunk, id).await?;
     }
-    loop {
-        if let Some(chunk) = pending.take() {
-            write(&mut *writer, &mut hasher, &mut len, chunk, id).await?;
-        }
-        match field.chunk().await.map_err(|e| multipart_error(e, limit))? {
-            Some(chunk) => pending = Some(chunk),
-            None => break,
-        }
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        write(&mut *writer, &mut hasher, &mut len, chunk, id).await?;
     }
     writer.finish().await.map_err(|e| ApiError::Internal(format!("storing upload {id}: {e}")))?;
     Ok(Received { mime, len, sha256: hasher.finalize().to_vec() })
