@@ -574,3 +574,62 @@ async fn a_job_whose_upload_expires_after_acceptance_still_completes() {
     eventually(WITHIN, || async { setup.stored_uploads().await == 0 }).await;
     setup.app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_upload_that_trickles_in_gets_a_408_at_its_deadline_and_leaves_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(setup) = Setup::start(Storage::Fs, "upload_deadline", |c| {
+        c.server.body_read_timeout_ms = 5_000;
+        c.uploads.body_deadline_ms = 1_500;
+    })
+    .await
+    else {
+        return;
+    };
+    let app = &setup.app;
+    let key = app.create_key(0).await;
+    // A good image's start, so the file is being stored when the deadline comes.
+    let body = multipart(&[("file", "slow.png", "image/png", &noisy_png(600, 600))]);
+    assert!(body.len() / 2 > 256 * 1024, "more than the head the server probes arrives");
+    let first = &body[..body.len() / 2];
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v2/uploads HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+        key.key,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    // Then one byte every 200 ms: never a gap as long as the body timeout.
+    let trickle = async {
+        for _ in 0..100 {
+            if writer.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let answer = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = reader.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let answer = tokio::select! {
+        answer = answer => answer,
+        () = trickle => panic!("no answer while the upload trickled for 20 s"),
+    };
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(setup.stored_uploads().await, 0, "the half-stored file was dropped");
+    assert_eq!(
+        std::fs::read_dir(app.config.results_dir()).map(|d| d.count()).unwrap_or(0),
+        0,
+        "no temporary file either"
+    );
+    setup.app.stop().await.unwrap();
+}
