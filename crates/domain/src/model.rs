@@ -55,6 +55,10 @@ uuid_id!(
     /// A generation job; a UUID on the wire, as the Apiframe spec requires.
     JobId
 );
+uuid_id!(
+    /// A file uploaded with `POST /v2/uploads`; a UUID on the wire, as the spec requires.
+    UploadId
+);
 
 /// Lifecycle of an API key as seen by authentication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

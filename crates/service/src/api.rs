@@ -11,6 +11,7 @@ mod jobs;
 mod models;
 mod results;
 mod unread_body;
+mod uploads;
 mod videos;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(account::router())
         .merge(models::router())
         .merge(results::router())
+        .merge(uploads::router())
         .merge(engine_routes::router())
         .route("/v2/openapi.json", get(get_openapi))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))

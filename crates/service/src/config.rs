@@ -47,6 +47,20 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Where result videos are stored.
     pub results: ResultsConfig,
+    /// Files clients upload (`POST /v2/uploads`).
+    pub uploads: UploadsConfig,
+}
+
+/// Files clients upload (`POST /v2/uploads`), kept in the result store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Seconds an uploaded file stays fetchable and usable in jobs; then it is deleted.
+    pub ttl_secs: u64,
+    /// How often expired uploads are deleted, in milliseconds.
+    pub reap_interval_ms: u64,
+    /// How long an upload body may take to arrive in full, however steadily it trickles.
+    pub body_deadline_ms: u64,
 }
 
 /// Where result videos are stored.
@@ -348,6 +362,8 @@ pub struct ServerConfig {
 pub struct Limits {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Largest `POST /v2/uploads` body (the whole multipart body), in bytes.
+    pub max_upload_bytes: u64,
     /// How long an Idempotency-Key is remembered, in hours.
     pub idempotency_ttl_hours: u32,
 }
@@ -469,6 +485,14 @@ impl Config {
         }
         if self.limits.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid("limits.max_body_bytes must be at least 1024".into()));
+        }
+        if self.limits.max_upload_bytes < 1024 {
+            return Err(ConfigError::Invalid("limits.max_upload_bytes must be at least 1024".into()));
+        }
+        if self.uploads.ttl_secs == 0 || self.uploads.reap_interval_ms == 0 || self.uploads.body_deadline_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "uploads.ttl_secs, uploads.reap_interval_ms and uploads.body_deadline_ms must be positive".into(),
+            ));
         }
         if self.limits.idempotency_ttl_hours == 0 {
             return Err(ConfigError::Invalid("limits.idempotency_ttl_hours must be at least 1".into()));

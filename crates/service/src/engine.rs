@@ -8,7 +8,8 @@
 //!   next poll, an expired lease) and runs the step for its stage. The schedule lives in
 //!   an index, not in a timer per job, so 100,000 jobs in flight cost only the polls
 //!   actually due;
-//! - the **reaper** deletes result videos past their retention.
+//! - the **reaper** deletes result videos past their retention; a second one deletes
+//!   expired uploads, more often, since they live for hours rather than days.
 //!
 //! Every change of a job is a compare-and-set transition in the store. A step claims
 //! its job by moving the due time forward (a lease): if this process dies, the job
@@ -31,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::{AccountId, JobId, ModelId, Resolution, Stage};
+use domain::{AccountId, JobId, ModelId, Resolution, Stage, UploadId};
 use futures_util::StreamExt;
 use serde_json::json;
 use store::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, Store, Transition, UpstreamBudget};
@@ -42,7 +43,7 @@ use tokio_util::task::TaskTracker;
 use crate::background::Background;
 use crate::config::EngineConfig;
 use crate::readiness::Readiness;
-use crate::results::ResultStore;
+use crate::results::{Object, ResultStore};
 use crate::signing::{Purpose, Signer};
 use minimax::{CreateTask, MiniMaxClient, TaskState, UpstreamError};
 
@@ -197,6 +198,8 @@ pub struct Engine {
     allow_private_urls: bool,
     /// Whether the store answers; no work is claimed while it does not.
     readiness: Readiness,
+    /// How often expired uploads are deleted.
+    upload_reap_interval: Duration,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Wakes the dispatcher (a new job, a freed slot).
@@ -257,6 +260,8 @@ pub struct EngineParts {
     pub proxy_url: Option<String>,
     /// Whether the store answers.
     pub readiness: Readiness,
+    /// How often expired uploads are deleted (`uploads.reap_interval_ms`).
+    pub upload_reap_interval: Duration,
 }
 
 impl Engine {
@@ -282,6 +287,7 @@ impl Engine {
             poll_wake: Notify::new(),
             webhook_wake: parts.webhook_wake,
             readiness: parts.readiness,
+            upload_reap_interval: parts.upload_reap_interval,
             last_served: Mutex::new(None),
             busy: Mutex::new(HashSet::new()),
             download_failures: Mutex::new(HashMap::new()),
@@ -295,6 +301,7 @@ impl Engine {
         tasks.spawn(self.clone().dispatch_loop(stop.clone(), tasks.clone()));
         tasks.spawn(self.clone().poll_loop(stop.clone(), tasks.clone()));
         tasks.spawn(self.clone().reap_loop(stop.clone()));
+        tasks.spawn(self.clone().reap_uploads_loop(stop.clone()));
         EngineHandle { engine: self.clone(), background }
     }
 
@@ -310,6 +317,36 @@ impl Engine {
             self.public_base_url,
             self.signer.token(Purpose::Result, &job.to_string())
         )
+    }
+
+    /// The URL an upload is served at; also what a job names to use it (see
+    /// [`Engine::upload_in`]). The extension only helps clients that guess by name.
+    pub fn upload_url(&self, id: UploadId, content_type: &str) -> String {
+        let ext = match content_type {
+            "image/jpeg" => "jpg",
+            "image/png" => "png",
+            "image/webp" => "webp",
+            _ => "bin",
+        };
+        format!(
+            "{}/v2/uploads/{id}/{}.{ext}",
+            self.public_base_url,
+            self.signer.token(Purpose::Upload, &id.to_string())
+        )
+    }
+
+    /// The upload `url` names, when it is one of this server's upload URLs with a valid
+    /// token: `Some(None)` for one of ours whose id or token is wrong, `None` for any
+    /// other URL.
+    pub fn upload_in(&self, url: &str) -> Option<Option<UploadId>> {
+        let rest = url.strip_prefix(&self.public_base_url)?.strip_prefix("/v2/uploads/")?;
+        let parsed = (|| {
+            let (id, file) = rest.split_once('/')?;
+            let token = file.split_once('.').map_or(file, |(token, _)| token);
+            let upload: UploadId = id.parse().ok()?;
+            self.signer.verify(Purpose::Upload, id, token).then_some(upload)
+        })();
+        Some(parsed)
     }
 
     /// The result store.
@@ -472,7 +509,11 @@ impl Engine {
                     .progress(progress::SUBMITTED);
                 t.upstream_task_id = Some(task_id.clone());
                 match self.apply(t).await {
-                    Ok(Some(_)) => tracing::info!(job.id = %id, upstream.task_id = %task_id, "MiniMax task created"),
+                    Ok(Some(_)) => {
+                        tracing::info!(job.id = %id, upstream.task_id = %task_id, "MiniMax task created");
+                        // MiniMax has the images now (sent inline): the copies are done.
+                        self.drop_job_inputs(&job.record).await;
+                    }
                     Ok(None) => tracing::warn!(
                         job.id = %id, upstream.task_id = %task_id,
                         "the job moved on while its create call was in flight; MiniMax's task is orphaned"
@@ -563,6 +604,9 @@ impl Engine {
         match self.apply(t).await {
             Ok(Some(done)) => {
                 self.metrics.inc("jobs_failed_total", &[("reason", reason)]);
+                if matches!(from, Stage::Queued | Stage::Submitting) {
+                    self.drop_job_inputs(&job.record).await;
+                }
                 if job.record.credit_cost > 0 {
                     self.metrics.inc("refunds_total", &[]);
                 }
@@ -579,6 +623,49 @@ impl Engine {
         }
     }
 
+    /// The data URL of input `field` of job `id`. One of this server's upload URLs is
+    /// read from the job's copy in the result store, never over HTTP, so the SSRF guard
+    /// stays closed to loopback; any other URL is fetched through the guard.
+    async fn input_image(&self, id: JobId, image: &domain::ImageRef, field: &'static str) -> Result<String, String> {
+        let max = self.config.max_input_image_bytes;
+        let is_upload = matches!(image, domain::ImageRef::Url(url) if self.upload_in(url).is_some());
+        if !is_upload {
+            return inputs::prepare(&self.images, image, field, max, self.allow_private_urls).await;
+        }
+        let gone = || format!("{field}: the uploaded file is no longer available");
+        let stored = self
+            .results
+            .open_object(Object::JobInput(id, field))
+            .await
+            .map_err(|e| format!("{field}: could not read the uploaded file ({e})"))?
+            .ok_or_else(gone)?;
+        let len = stored.len;
+        let mut chunks = stored.read(0..len).await.map_err(|_| gone())?;
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        while let Some(chunk) = chunks.next().await {
+            bytes.extend_from_slice(&chunk.map_err(|e| format!("{field}: could not read the uploaded file ({e})"))?);
+        }
+        inputs::data_url(&bytes, field, max)
+    }
+
+    /// Deletes job `job`'s copies of the uploads it names, once it no longer needs them
+    /// (its task was created upstream, or it failed or was cancelled before).
+    pub async fn drop_job_inputs(&self, job: &store::JobRecord) {
+        let Ok(input) = serde_json::from_str::<serde_json::Value>(job.input.get()) else { return };
+        let Ok(req) = domain::validation::parse_generate(&input, domain::validation::UrlPolicy::AllowPrivate) else {
+            return;
+        };
+        for (field, image) in [("image", &req.image), ("end_image", &req.end_image)] {
+            let Some(domain::ImageRef::Url(url)) = image else { continue };
+            if self.upload_in(url).is_none() {
+                continue;
+            }
+            if let Err(e) = self.results.delete_object(Object::JobInput(job.id, field)).await {
+                tracing::warn!(job.id = %job.id, error = %e, "could not delete the job's copy of an upload");
+            }
+        }
+    }
+
     /// MiniMax's request for a job: our stored input in MiniMax's vocabulary, images
     /// fetched and checked.
     async fn create_task(&self, job: &EngineJob) -> Result<CreateTask, String> {
@@ -588,13 +675,12 @@ impl Engine {
         // setting through the guard and says precisely why it refuses.
         let req = domain::validation::parse_generate(&input, domain::validation::UrlPolicy::AllowPrivate)
             .map_err(|_| "the stored request is invalid".to_string())?;
-        let max = self.config.max_input_image_bytes;
         let first_frame_image = match &req.image {
-            Some(image) => Some(inputs::prepare(&self.images, image, "image", max, self.allow_private_urls).await?),
+            Some(image) => Some(self.input_image(job.record.id, image, "image").await?),
             None => None,
         };
         let last_frame_image = match &req.end_image {
-            Some(image) => Some(inputs::prepare(&self.images, image, "end_image", max, self.allow_private_urls).await?),
+            Some(image) => Some(self.input_image(job.record.id, image, "end_image").await?),
             None => None,
         };
         let callback_url = self.callbacks.then(|| {
@@ -1017,6 +1103,39 @@ impl Engine {
                 self.results.delete(id).await.map_err(|e| e.to_string())?;
                 self.store.mark_expired(id).await.map_err(|e| e.to_string())?;
                 tracing::info!(job.id = %id, "result expired and deleted");
+                reaped += 1;
+            }
+        }
+    }
+}
+
+impl Engine {
+    async fn reap_uploads_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.reap_uploads_once().await {
+                tracing::warn!(error = %e, "upload reaper failed; trying again later");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.upload_reap_interval) => {}
+            }
+        }
+    }
+
+    /// Deletes expired uploads: their bytes, then their record.
+    pub async fn reap_uploads_once(&self) -> Result<usize, String> {
+        let mut reaped = 0;
+        loop {
+            let ids = self.store.uploads_to_reap(Self::now_ms(), 500).await.map_err(|e| e.to_string())?;
+            if ids.is_empty() {
+                return Ok(reaped);
+            }
+            for id in ids {
+                // Bytes first: a crash in between leaves a record that is reaped again,
+                // never bytes that nothing points at.
+                self.results.delete_object(Object::Upload(id)).await.map_err(|e| e.to_string())?;
+                self.store.delete_upload(id).await.map_err(|e| e.to_string())?;
+                tracing::info!(upload.id = %id, "upload expired and deleted");
                 reaped += 1;
             }
         }

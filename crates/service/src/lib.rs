@@ -418,6 +418,7 @@ async fn start_engine(
         allow_private_urls: e.allow_private_urls(),
         proxy_url: config.egress.proxy_url.clone(),
         readiness,
+        upload_reap_interval: Duration::from_millis(config.uploads.reap_interval_ms),
     });
     Ok((engine.start(), sandbox))
 }

@@ -143,6 +143,18 @@ fn schemas(catalog: &Catalog) -> Value {
                 "reelgate": {"type": "object", "description": "reelgate's addition: the request schema and the price of every variant."}
             }
         },
+        "Upload": {
+            "description": "A short-lived upload. Its URL drops into `hailuoParams.image` / `end_image`.",
+            "type": "object", "required": ["id", "url", "kind", "contentType", "byteSize", "expiresAt"],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "url": {"type": "string", "format": "uri"},
+                "kind": {"type": "string", "enum": ["image", "video", "audio"]},
+                "contentType": {"type": "string"},
+                "byteSize": {"type": "integer", "minimum": 0},
+                "expiresAt": {"type": "string", "format": "date-time"}
+            }
+        },
         "GenerateVideoRequest": {
             "description": "Discriminated by `model`: one variant per Hailuo model reelgate serves.",
             "oneOf": catalog.models().iter().map(|m| m.request_schema()).collect::<Vec<_>>()
@@ -263,6 +275,43 @@ pub fn document(catalog: &Catalog) -> Value {
                     "206": {"description": "The requested byte range.", "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
                     "404": error_response("No such result, a wrong token, or the video expired (see the job's `expired`)."),
                     "416": error_response("The range lies outside the video.")
+                }
+            }},
+            "/v2/uploads": {"post": {
+                "summary": "Upload an image for a job's `image` or `end_image`",
+                "description": "Single-file multipart upload (`file`). The type is sniffed from the bytes; the declared content type is ignored. Only images Hailuo takes are accepted (JPEG, PNG, WebP), checked against MiniMax's rules (under 20 MB, short side over 300 px, aspect ratio between 2:5 and 5:2). The whole body may be at most `limits.max_upload_bytes` (25 MiB by default). The file lives `uploads.ttl_secs` (2 h by default), then is deleted. An `Idempotency-Key` retry with the same file returns the same upload; with another file, 409.",
+                "tags": ["Uploads"],
+                "security": secured(),
+                "parameters": [{"$ref": "#/components/parameters/IdempotencyKey"}],
+                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP."}}}}}},
+                "responses": {
+                    "201": json_response("Uploaded file metadata and its URL.", "Upload"),
+                    "400": json_response("No file, several files, an empty file, or a file that is not an image Hailuo takes (`details.file`).", "ValidationError"),
+                    "401": unauthorized(),
+                    "403": forbidden(),
+                    "408": error_response("The body took longer than `uploads.body_deadline_ms` to arrive."),
+                    "409": error_response("Idempotency-Key reused with a different file."),
+                    "413": error_response("Request body larger than `limits.max_upload_bytes`."),
+                    "429": rate_limited(),
+                    "503": error_response("Service temporarily unavailable. Retry with backoff.")
+                }
+            }},
+            "/v2/uploads/{id}/{file}": {"get": {
+                "summary": "Download an upload (reelgate's addition)",
+                "description": "The `url` of an upload. It carries a token and needs no API key. Supports HTTP Range requests (206, 416). 404 once the upload has expired.",
+                "tags": ["Uploads"],
+                "parameters": [
+                    {"in": "path", "name": "id", "required": true, "schema": {"type": "string", "format": "uuid"}},
+                    {"in": "path", "name": "file", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}\\.(jpg|png|webp)$"}},
+                    {"in": "header", "name": "Range", "required": false, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The whole file.", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "The requested byte range.", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
+                    "404": error_response("No such upload, a wrong token, or the upload expired."),
+                    "416": error_response("The range lies outside the file.")
                 }
             }},
             "/v2/me": {"get": {

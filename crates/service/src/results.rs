@@ -1,6 +1,8 @@
-//! Where finished videos live once reelgate has copied them from MiniMax, behind the
-//! [`ResultStore`] trait: on the local file system ([`fs::FsResults`]) or in an
-//! S3-compatible bucket ([`s3::S3Results`]). Which one runs is `results.backend`.
+//! Where finished videos live once reelgate has copied them from MiniMax, and the
+//! files clients upload with `POST /v2/uploads`, behind the [`ResultStore`] trait: on
+//! the local file system ([`fs::FsResults`]) or in an S3-compatible bucket
+//! ([`s3::S3Results`]). Which one runs is `results.backend`. Each stored thing is an
+//! [`Object`]: a job's result or an upload, named apart so neither can shadow the other.
 //!
 //! Videos stream in and out in chunks: a result is never held in memory whole. Reading
 //! is "open, then read one byte range": an object store cannot seek inside a response
@@ -19,7 +21,7 @@ use std::ops::Range;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use domain::JobId;
+use domain::{JobId, UploadId};
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 
@@ -79,15 +81,42 @@ impl StoredResult {
     }
 }
 
-/// Storage for result videos.
+/// Something kept in the result store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// A job's result video.
+    Result(JobId),
+    /// A file a client uploaded.
+    Upload(UploadId),
+    /// A job's own copy of an upload it names as input `field` (`image`, `end_image`),
+    /// made when the job is accepted, so the job does not depend on the upload's life.
+    JobInput(JobId, &'static str),
+}
+
+/// Storage for result videos and uploads.
 #[async_trait]
 pub trait ResultStore: Send + Sync + 'static {
+    /// Starts writing `object`, replacing any earlier one once finished.
+    async fn begin_object(&self, object: Object) -> std::io::Result<Box<dyn ResultWriter>>;
+    /// Opens `object`, if it exists.
+    async fn open_object(&self, object: Object) -> std::io::Result<Option<StoredResult>>;
+    /// Deletes `object`; deleting a missing one is not an error.
+    async fn delete_object(&self, object: Object) -> std::io::Result<()>;
+    /// Copies `from` to `to` inside the store (no bytes pass through reelgate on S3);
+    /// false when `from` does not exist.
+    async fn copy_object(&self, from: Object, to: Object) -> std::io::Result<bool>;
     /// Starts writing the result of `job`, replacing any earlier one once finished.
-    async fn begin(&self, job: JobId) -> std::io::Result<Box<dyn ResultWriter>>;
+    async fn begin(&self, job: JobId) -> std::io::Result<Box<dyn ResultWriter>> {
+        self.begin_object(Object::Result(job)).await
+    }
     /// Opens the result of `job`, if there is one.
-    async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>>;
+    async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>> {
+        self.open_object(Object::Result(job)).await
+    }
     /// Deletes the result of `job`; deleting a missing result is not an error.
-    async fn delete(&self, job: JobId) -> std::io::Result<()>;
+    async fn delete(&self, job: JobId) -> std::io::Result<()> {
+        self.delete_object(Object::Result(job)).await
+    }
     /// A URL that fetches the result of `job` straight from storage, made now, when
     /// this store is configured to hand such URLs out; `None` means clients get
     /// reelgate's own result URL.

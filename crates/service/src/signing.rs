@@ -1,8 +1,9 @@
 //! The server's secret and the capability tokens made with it.
 //!
 //! Result URLs must open in a browser or video player, which cannot send an API key,
-//! and MiniMax's callbacks carry no signature. Both therefore carry a token: an HMAC of
-//! the job id under a secret kept in the database, so only URLs reelgate made are
+//! and MiniMax's callbacks carry no signature; nor can uploads' URLs, handed to any
+//! client. All therefore carry a token: an HMAC of the job or upload id under a secret
+//! kept in the database, so only URLs reelgate made are
 //! accepted, one job's token opens nothing else, and a URL made by one node is accepted
 //! by every node sharing the database.
 
@@ -32,6 +33,8 @@ pub enum Purpose {
     Result,
     /// MiniMax reporting on a job's task.
     Callback,
+    /// Reading an uploaded file.
+    Upload,
 }
 
 impl Purpose {
@@ -39,6 +42,7 @@ impl Purpose {
         match self {
             Self::Result => b"result",
             Self::Callback => b"minimax-callback",
+            Self::Upload => b"upload",
         }
     }
 }

@@ -8,6 +8,7 @@ mod lifecycle;
 mod reads;
 mod submit;
 mod transitions;
+mod uploads;
 mod webhooks;
 
 pub use accounts::*;
@@ -17,4 +18,5 @@ pub use lifecycle::*;
 pub use reads::*;
 pub use submit::*;
 pub use transitions::*;
+pub use uploads::*;
 pub use webhooks::*;

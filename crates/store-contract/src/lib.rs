@@ -96,6 +96,9 @@ macro_rules! contract_tests {
             concurrent_webhook_claims_never_share_an_event,
             a_closed_store_is_unavailable,
             a_shared_secret_is_stored_once_and_agreed_on,
+            uploads_read_back_and_keys_replay_per_account,
+            racing_uploads_with_one_key_record_one,
+            expired_uploads_are_listed_and_deleted,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {

@@ -29,6 +29,7 @@ mod migrate;
 mod rows;
 mod session_lock;
 mod submit;
+mod uploads;
 mod wakeups;
 mod webhooks;
 
@@ -345,6 +346,22 @@ impl store::Store for PgStore {
 
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64> {
         jobs::purge_idempotency_keys(&self.client().await?, before_ms).await
+    }
+
+    async fn create_upload(&self, upload: store::UploadRecord) -> Result<store::UploadOutcome> {
+        uploads::create(&self.client().await?, &upload).await
+    }
+
+    async fn get_upload(&self, id: domain::UploadId) -> Result<Option<store::UploadRecord>> {
+        uploads::get(&self.client().await?, id).await
+    }
+
+    async fn uploads_to_reap(&self, before_ms: i64, limit: usize) -> Result<Vec<domain::UploadId>> {
+        uploads::to_reap(&self.client().await?, before_ms, limit).await
+    }
+
+    async fn delete_upload(&self, id: domain::UploadId) -> Result<()> {
+        uploads::delete(&self.client().await?, id).await
     }
 
     async fn shared_secret(&self, name: &str, candidate: Vec<u8>) -> Result<Vec<u8>> {

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_job_engine", include_str!("../../../migrations/postgres/0002_job_engine.sql")),
     ("0003_webhooks", include_str!("../../../migrations/postgres/0003_webhooks.sql")),
     ("0004_server_secret", include_str!("../../../migrations/postgres/0004_server_secret.sql")),
+    ("0006_uploads", include_str!("../../../migrations/postgres/0006_uploads.sql")),
 ];
 
 /// Applies pending migrations; returns the names applied now.

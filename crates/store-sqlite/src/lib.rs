@@ -20,6 +20,7 @@ mod engine;
 mod journal;
 mod migrate;
 mod rows;
+mod uploads;
 mod webhooks;
 mod writer;
 
@@ -634,6 +635,22 @@ impl store::Store for SqliteStore {
                     .map_err(map_err)
             })
             .await
+    }
+
+    async fn create_upload(&self, upload: store::UploadRecord) -> Result<store::UploadOutcome> {
+        self.writer.write(move |ctx| uploads::create_in_tx(ctx, &upload)).await
+    }
+
+    async fn get_upload(&self, id: domain::UploadId) -> Result<Option<store::UploadRecord>> {
+        self.read(|c| uploads::get(c, id)).await
+    }
+
+    async fn uploads_to_reap(&self, before_ms: i64, limit: usize) -> Result<Vec<domain::UploadId>> {
+        self.read(|c| uploads::to_reap(c, before_ms, limit)).await
+    }
+
+    async fn delete_upload(&self, id: domain::UploadId) -> Result<()> {
+        self.writer.write(move |ctx| uploads::delete_in_tx(ctx, id)).await
     }
 
     async fn shared_secret(&self, name: &str, candidate: Vec<u8>) -> Result<Vec<u8>> {

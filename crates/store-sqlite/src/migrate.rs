@@ -16,6 +16,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_webhooks", include_str!("../../../migrations/sqlite/0003_webhooks.sql")),
     ("0004_server_secret", include_str!("../../../migrations/sqlite/0004_server_secret.sql")),
     ("0005_accepted_write", include_str!("../../../migrations/sqlite/0005_accepted_write.sql")),
+    ("0006_uploads", include_str!("../../../migrations/sqlite/0006_uploads.sql")),
 ];
 
 /// Applies pending migrations; returns the names applied now.

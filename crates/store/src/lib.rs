@@ -14,7 +14,7 @@ mod webhooks;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, ModelId, WebhookStatus};
+use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, ModelId, UploadId, WebhookStatus};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -291,6 +291,40 @@ pub struct JobQuery {
     pub limit: u32,
 }
 
+/// A file uploaded with `POST /v2/uploads`: what is needed to serve it, to use it as a
+/// job input, to answer a retry with the same `Idempotency-Key`, and to reap it. The
+/// bytes live in the result store under the upload's id; the URL token is derived from
+/// the id with the server's secret, so nothing secret is stored here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// Id.
+    pub id: UploadId,
+    /// The account that uploaded it; no other account sees it.
+    pub account_id: AccountId,
+    /// MIME type decided from the bytes (`image/png`, `image/jpeg`, `image/webp`).
+    pub content_type: String,
+    /// Size in bytes.
+    pub byte_size: i64,
+    /// SHA-256 of the bytes: a retry with the same key must send the same bytes.
+    pub sha256: Vec<u8>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: i64,
+    /// From this time on the upload is gone for clients and due for reaping.
+    pub expires_at_ms: i64,
+}
+
+/// What [`Store::create_upload`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The upload was recorded.
+    Created(UploadRecord),
+    /// An unexpired upload of the same account already carries this idempotency key;
+    /// nothing was written. The caller decides whether it is the same file.
+    Existing(UploadRecord),
+}
+
 /// The storage backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -383,6 +417,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets idempotency keys created before `before_ms`; returns how many.
     async fn purge_idempotency_keys(&self, before_ms: i64) -> Result<u64>;
+
+    /// Records an upload whose bytes are stored. With an idempotency key held by an
+    /// unexpired upload of the same account (at `upload.created_at_ms`), writes nothing
+    /// and returns that one; a key held only by expired uploads is taken over.
+    async fn create_upload(&self, upload: UploadRecord) -> Result<UploadOutcome>;
+    /// The upload `id`, expired or not (callers compare `expires_at_ms` with their clock).
+    async fn get_upload(&self, id: UploadId) -> Result<Option<UploadRecord>>;
+    /// Uploads that expired before `before_ms`, soonest first, at most `limit`.
+    async fn uploads_to_reap(&self, before_ms: i64, limit: usize) -> Result<Vec<UploadId>>;
+    /// Forgets upload `id` (once its bytes are deleted); a missing one is not an error.
+    async fn delete_upload(&self, id: UploadId) -> Result<()>;
 
     /// Finishes queued writes and releases the database; later calls fail with `Unavailable`.
     async fn close(&self);

@@ -24,4 +24,5 @@ mod playback;
 mod ratelimit;
 mod results_s3;
 mod spec;
+mod uploads;
 mod webhooks;

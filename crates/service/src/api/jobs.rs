@@ -85,7 +85,13 @@ async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): P
 async fn cancel_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Response> {
     let id = parse_job_id(&id)?;
     match state.store.cancel_job(key.account_id, id).await? {
-        CancelOutcome::Cancelled(job) => Ok(Json(JobView::new(&job, true)).into_response()),
+        CancelOutcome::Cancelled(job) => {
+            // A cancelled job never reaches MiniMax: its copies of uploads go now.
+            if let Some(engine) = &state.engine {
+                engine.drop_job_inputs(&job).await;
+            }
+            Ok(Json(JobView::new(&job, true)).into_response())
+        }
         CancelOutcome::NotFound => Err(job_not_found()),
         CancelOutcome::NotCancellable(status) => Err(ApiError::Conflict(match status {
             JobStatus::Cancelled => "Job is already CANCELLED".to_string(),

@@ -19,6 +19,7 @@ use domain::JobId;
 
 use crate::api::error::{ApiError, Result};
 use crate::api::extract::Path;
+use crate::results::StoredResult;
 use crate::signing::Purpose;
 use crate::state::AppState;
 
@@ -44,6 +45,19 @@ async fn get_result(
         .await
         .map_err(|e| ApiError::Internal(format!("opening result {id}: {e}")))?
         .ok_or_else(|| ApiError::NotFound("This result has expired or does not exist".into()))?;
+    serve_stored(stored, &headers, "video/mp4", "private, max-age=86400", "result").await
+}
+
+/// Answers a GET of `stored` (a result or an upload), honouring one byte range: the
+/// same status, `Content-Length` and `Content-Range` for every backend. `what` names it
+/// in messages.
+pub(crate) async fn serve_stored(
+    stored: StoredResult,
+    headers: &HeaderMap,
+    content_type: &str,
+    cache_control: &'static str,
+    what: &str,
+) -> Result<Response> {
     let len = stored.len;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| byte_range::parse(v, len));
     let (status, start, count) = match range {
@@ -63,18 +77,21 @@ async fn get_result(
         Ok(stream) => stream,
         // Deleted (by the reaper) between opening and reading.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound("This result has expired or does not exist".into()))
+            return Err(ApiError::NotFound(format!("This {what} has expired or does not exist")))
         }
-        Err(e) => return Err(ApiError::Internal(format!("reading result {id}: {e}"))),
+        Err(e) => return Err(ApiError::Internal(format!("reading a {what}: {e}"))),
     };
     let body = Body::from_stream(stream);
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).map_err(|_| ApiError::Internal(format!("bad type {content_type}")))?,
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
     if status == StatusCode::PARTIAL_CONTENT {
         let value = format!("bytes {start}-{}/{len}", start + count - 1);
         h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).expect("ASCII"));

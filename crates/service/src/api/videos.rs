@@ -47,8 +47,11 @@ async fn create_video(
         fingerprint: fingerprint(&body),
         not_before_ms: state.config.limits.idempotency_window_start_ms(crate::now_ms()),
     });
+    let job_id = JobId::new();
+    // Uploads named as images are checked and copied for the job now, before the charge.
+    let copies = crate::api::uploads::take_job_inputs(&state, key.account_id, &request, job_id).await?;
     let job = NewJob {
-        id: JobId::new(),
+        id: job_id,
         account_id: key.account_id,
         api_key_id: key.id,
         model: request.model,
@@ -58,7 +61,12 @@ async fn create_video(
         webhook_events: request.webhook_events.map(|events| events.iter().map(|e| e.as_str().to_string()).collect()),
         idempotency,
     };
-    match state.store.submit_job(job).await? {
+    let outcome = state.store.submit_job(job).await;
+    if !matches!(outcome, Ok(SubmitOutcome::Created { .. })) {
+        // Not accepted (or a replay of a job that has its own copies).
+        crate::api::uploads::discard_job_inputs(&state, &copies).await;
+    }
+    match outcome? {
         SubmitOutcome::Created { job_id, status } => {
             if let Some(engine) = &state.engine {
                 engine.notify();
@@ -85,7 +93,8 @@ fn accepted(job_id: JobId, status: &str, replayed: bool) -> Response {
     response
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+/// The request's `Idempotency-Key`, checked against the spec's limits.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };

@@ -1,5 +1,6 @@
 //! Input images: fetched by reelgate (so images MiniMax cannot reach, such as private
-//! hosts and inline uploads, still work), checked against MiniMax's rules, and handed
+//! hosts and inline uploads, still work; this server's own uploads are read from
+//! storage by the engine instead), checked against MiniMax's rules, and handed
 //! upstream as data URLs. A problem here fails the job with a clear reason and a
 //! refund, before any create call is spent on it.
 
@@ -32,11 +33,18 @@ pub async fn prepare(
         }
         ImageRef::Url(url) => fetch(http, url, field, limit, allow_private).await?,
     };
+    data_url(&bytes, field, limit)
+}
+
+/// Checks `bytes` (size under `max_bytes` and MiniMax's limit, then [`check`]) and
+/// makes the data URL handed to MiniMax.
+pub fn data_url(bytes: &[u8], field: &str, max_bytes: u64) -> Result<String, String> {
+    let limit = max_bytes.min(MINIMAX_MAX_IMAGE_BYTES);
     if bytes.len() as u64 >= limit {
         return Err(format!("{field}: the image is {} bytes; it must be under {limit} bytes", bytes.len()));
     }
-    let mime = check(&bytes).map_err(|problem| format!("{field}: {problem}"))?;
-    Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes)))
+    let mime = check(bytes).map_err(|problem| format!("{field}: {problem}"))?;
+    Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
 }
 
 /// MiniMax's image rules: JPEG, PNG or WebP by content, short side over 300 px, aspect

@@ -1,17 +1,19 @@
 //! Result videos as files under `<data_dir>/results/`, written to a temporary file in
 //! the same directory and renamed into place only once complete and synced, so a
-//! reader or a crash never sees half a video under the final name.
+//! reader or a crash never sees half a video under the final name. Uploads sit beside
+//! the videos as `upload-<id>`, and jobs' copies of them as `input-<job id>-<field>`.
 
 use std::io::{SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+#[cfg(test)]
 use domain::JobId;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{ResultBody, ResultStore, ResultStream, ResultWriter, StoredResult};
+use super::{Object, ResultBody, ResultStore, ResultStream, ResultWriter, StoredResult};
 
 /// The file system result store.
 pub struct FsResults {
@@ -31,8 +33,12 @@ impl FsResults {
         Ok(Self { dir: dir.to_path_buf() })
     }
 
-    fn path(&self, job: JobId) -> PathBuf {
-        self.dir.join(format!("{job}.mp4"))
+    fn path(&self, object: Object) -> PathBuf {
+        match object {
+            Object::Result(job) => self.dir.join(format!("{job}.mp4")),
+            Object::Upload(id) => self.dir.join(format!("upload-{id}")),
+            Object::JobInput(job, field) => self.dir.join(format!("input-{job}-{field}")),
+        }
     }
 }
 
@@ -81,16 +87,16 @@ impl ResultWriter for FsWriter {
 
 #[async_trait]
 impl ResultStore for FsResults {
-    async fn begin(&self, job: JobId) -> std::io::Result<Box<dyn ResultWriter>> {
+    async fn begin_object(&self, object: Object) -> std::io::Result<Box<dyn ResultWriter>> {
         let dir = self.dir.clone();
         let file = tokio::task::spawn_blocking(move || tempfile::Builder::new().prefix(".partial").tempfile_in(dir))
             .await
             .map_err(std::io::Error::other)??;
-        Ok(Box::new(FsWriter { file: Some(file), target: self.path(job), written: 0 }))
+        Ok(Box::new(FsWriter { file: Some(file), target: self.path(object), written: 0 }))
     }
 
-    async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>> {
-        match tokio::fs::File::open(self.path(job)).await {
+    async fn open_object(&self, object: Object) -> std::io::Result<Option<StoredResult>> {
+        match tokio::fs::File::open(self.path(object)).await {
             Ok(file) => {
                 // The open handle keeps reading the file it measured even if the reaper
                 // unlinks it or a new copy is renamed over it meanwhile.
@@ -102,8 +108,28 @@ impl ResultStore for FsResults {
         }
     }
 
-    async fn delete(&self, job: JobId) -> std::io::Result<()> {
-        match tokio::fs::remove_file(self.path(job)).await {
+    async fn copy_object(&self, from: Object, to: Object) -> std::io::Result<bool> {
+        let (from, to, dir) = (self.path(from), self.path(to), self.dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut source = match std::fs::File::open(&from) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            // The same temporary-file-then-rename as a write, so a half copy is never seen.
+            let mut copy = tempfile::Builder::new().prefix(".partial").tempfile_in(&dir)?;
+            std::io::copy(&mut source, copy.as_file_mut())?;
+            copy.as_file().sync_all()?;
+            copy.persist(&to).map_err(|e| e.error)?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok(true)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    async fn delete_object(&self, object: Object) -> std::io::Result<()> {
+        match tokio::fs::remove_file(self.path(object)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }

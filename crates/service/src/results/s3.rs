@@ -1,5 +1,6 @@
 //! Result videos as objects in an S3-compatible bucket (`results.backend = "s3"`), under
-//! `<prefix><job id>.mp4`, through the `object_store` crate.
+//! `<prefix><job id>.mp4`, uploads under `<prefix>uploads/<upload id>` and jobs' copies
+//! of them under `<prefix>inputs/<job id>/<field>`, through the `object_store` crate.
 //!
 //! Writes are multipart uploads in [`PART_SIZE`] parts, at most [`PARTS_IN_FLIGHT`] of
 //! them uploading at once, so a download holds a few parts in memory, never the whole
@@ -25,7 +26,7 @@ use object_store::{
 };
 use tokio::task::JoinSet;
 
-use super::{ResultBody, ResultStore, ResultStream, ResultWriter, StoredResult};
+use super::{Object, ResultBody, ResultStore, ResultStream, ResultWriter, StoredResult};
 use crate::config::{S3Config, VideoUrls};
 
 /// Size of each uploaded part but the last. S3 needs at least 5 MiB (except for the
@@ -107,8 +108,17 @@ impl S3Results {
 
     /// The object key of `job`'s result.
     pub fn key(&self, job: JobId) -> Path {
-        Path::parse(format!("{}{job}.mp4", self.prefix))
-            .expect("the prefix was checked in new() and a job id is hex digits and dashes")
+        self.object_key(Object::Result(job))
+    }
+
+    /// The object key of `object`.
+    pub fn object_key(&self, object: Object) -> Path {
+        let name = match object {
+            Object::Result(job) => format!("{}{job}.mp4", self.prefix),
+            Object::Upload(id) => format!("{}uploads/{id}", self.prefix),
+            Object::JobInput(job, field) => format!("{}inputs/{job}/{field}", self.prefix),
+        };
+        Path::parse(name).expect("the prefix was checked in new() and an id is hex digits and dashes")
     }
 }
 
@@ -140,14 +150,14 @@ fn io_error(e: object_store::Error) -> std::io::Error {
 
 #[async_trait]
 impl ResultStore for S3Results {
-    async fn begin(&self, job: JobId) -> std::io::Result<Box<dyn ResultWriter>> {
-        let key = self.key(job);
+    async fn begin_object(&self, object: Object) -> std::io::Result<Box<dyn ResultWriter>> {
+        let key = self.object_key(object);
         let upload = self.store.put_multipart(&key).await.map_err(io_error)?;
         Ok(Box::new(S3Writer { upload: Some(upload), part: Vec::new(), uploading: JoinSet::new(), written: 0, key }))
     }
 
-    async fn open(&self, job: JobId) -> std::io::Result<Option<StoredResult>> {
-        let key = self.key(job);
+    async fn open_object(&self, object: Object) -> std::io::Result<Option<StoredResult>> {
+        let key = self.object_key(object);
         match self.store.head(&key).await {
             Ok(meta) => {
                 let body = S3Body { store: self.reads.clone(), key, e_tag: meta.e_tag };
@@ -158,9 +168,17 @@ impl ResultStore for S3Results {
         }
     }
 
-    async fn delete(&self, job: JobId) -> std::io::Result<()> {
+    async fn copy_object(&self, from: Object, to: Object) -> std::io::Result<bool> {
+        match self.store.copy(&self.object_key(from), &self.object_key(to)).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn delete_object(&self, object: Object) -> std::io::Result<()> {
         // S3 answers a delete of a missing key with success; other servers may say 404.
-        match self.store.delete(&self.key(job)).await {
+        match self.store.delete(&self.object_key(object)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io_error(e)),
         }

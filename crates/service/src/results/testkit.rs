@@ -91,6 +91,11 @@ impl TestS3 {
         self.count(bucket, "list-type=2", "<Key>").await
     }
 
+    /// How many objects of `bucket` have keys starting with `prefix` (plain characters only).
+    pub async fn object_count_under(&self, bucket: &str, prefix: &str) -> usize {
+        self.count(bucket, &format!("list-type=2&prefix={prefix}"), "<Key>").await
+    }
+
     /// How many multipart uploads of `bucket` are neither completed nor aborted.
     pub async fn multipart_uploads(&self, bucket: &str) -> usize {
         self.count(bucket, "uploads", "<Upload>").await
