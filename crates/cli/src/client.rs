@@ -143,7 +143,15 @@ impl ApiClient {
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let part = reqwest::multipart::Part::stream_with_length(body, len).file_name(name);
         let form = reqwest::multipart::Form::new().part("file", part);
-        let upload = self.send(self.request(Method::POST, "/v2/uploads").multipart(form)).await?;
+        let upload = match self.send(self.request(Method::POST, "/v2/uploads").multipart(form)).await {
+            Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => {
+                return Err(ClientError::Usage(format!(
+                    "{} accepts no uploads (POST /v2/uploads: 404); pass the image as an http(s) or data: URL",
+                    self.base
+                )))
+            }
+            other => other?,
+        };
         upload["url"]
             .as_str()
             .map(str::to_string)

@@ -6,6 +6,7 @@ mod helpers;
 mod account;
 mod auth;
 mod cancel;
+mod client;
 mod edge;
 mod egress;
 mod engine;
