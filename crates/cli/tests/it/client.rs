@@ -152,15 +152,20 @@ async fn generate_uploads_a_local_image_first() {
     // The upload route arrives with issue 14 items 1-3; until then there is nothing to
     // upload to. Any other answer (even a refusal) means it exists, and the test runs.
     let probe = app.http.post(app.url("/v2/uploads")).header("X-API-Key", &key.key).send().await.unwrap();
-    if probe.status() == 404 {
-        eprintln!("SKIP generate_uploads_a_local_image_first: the server has no POST /v2/uploads (404)");
-        app.stop().await.unwrap();
-        return;
-    }
     let cwd = TempDir::new().unwrap();
     std::fs::write(cwd.path().join("photo.png"), png(640, 360)).unwrap();
     let args =
         ["generate", "--model", "hailuo-2.3-fast", "--prompt", "pan", "--image", "./photo.png", "--out", "v.mp4"];
+    if probe.status() == 404 {
+        eprintln!("SKIP generate_uploads_a_local_image_first: the server has no POST /v2/uploads (404)");
+        // What a user of such a server sees: a usage error that says what to do instead.
+        let run = reelgate(&app, key_arg(&key), cwd.path(), &args).await;
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("accepts no uploads (POST /v2/uploads: 404)"), "{run:?}");
+        assert!(app.all_job_ids(&key).await.is_empty(), "nothing submitted");
+        app.stop().await.unwrap();
+        return;
+    }
     let run = reelgate(&app, key_arg(&key), cwd.path(), &args).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, "v.mp4\n");
