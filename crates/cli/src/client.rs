@@ -247,7 +247,13 @@ impl ApiClient {
             _ => PathBuf::from("."),
         };
         let io = |e: std::io::Error| ClientError::Usage(format!("cannot write {}: {e}", out.display()));
-        let temp = tempfile::Builder::new().prefix(".reelgate-").suffix(".part").tempfile_in(&dir).map_err(io)?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".reelgate-").suffix(".part");
+        // A temporary file is private (0600) by default; the video is an ordinary file,
+        // readable as the user's umask allows, like any other download.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let temp = builder.tempfile_in(&dir).map_err(io)?;
         let mut file = tokio::fs::File::from_std(temp.as_file().try_clone().map_err(io)?);
         while let Some(chunk) = resp.chunk().await? {
             file.write_all(&chunk).await.map_err(io)?;

@@ -1,7 +1,7 @@
 //! `reelgate generate` and `reelgate jobs`: the real binary as a child process, a client
 //! of the real server on an ephemeral port (the sandbox behind it renders real MP4s).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use reqwest::Method;
@@ -88,6 +88,16 @@ async fn generate_waits_with_progress_lines_and_writes_the_video() {
     let id = printed.strip_suffix(".mp4").expect("<jobId>.mp4");
     let job = assert_is_the_video(&app, &key, id, &cwd.path().join(printed)).await;
     assert_eq!(files(cwd.path()), [printed], "no temporary file left behind");
+    // An ordinary file, as the umask makes them, not a private temporary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let ordinary = cwd.path().join("ordinary");
+        std::fs::write(&ordinary, b"").unwrap();
+        assert_eq!(mode(&cwd.path().join(printed)), mode(&ordinary));
+        std::fs::remove_file(ordinary).unwrap();
+    }
     let params = &job["input"]["hailuoParams"];
     assert_eq!((params["duration"].as_u64(), params["resolution"].as_str()), (Some(6), Some("768p")), "{job}");
     assert_eq!(params["prompt_optimizer"], true, "{job}");
@@ -330,6 +340,6 @@ async fn waiting_honours_retry_after_when_reads_are_rate_limited() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let job = app.call(Method::GET, "/v2/jobs/{id}", &format!("/v2/jobs/{id}"), Some(&key.key), None, &[]).await;
     assert_eq!(job.body["status"], "COMPLETED", "{:?}", job.body);
-    assert!(PathBuf::from(cwd.path().join("s.mp4")).is_file());
+    assert!(cwd.path().join("s.mp4").is_file());
     app.stop().await.unwrap();
 }
