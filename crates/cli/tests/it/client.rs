@@ -9,7 +9,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::engine::{image_host, png};
-use crate::helpers::{video, TestApp, TestKey};
+use crate::helpers::{video, TestApp, TestData, TestKey};
+use crate::lifecycle::{create_key, free_port, spawn_serve, wait_for_job};
 
 /// How a `reelgate` run ended.
 #[derive(Debug)]
@@ -22,9 +23,21 @@ struct Run {
 /// Runs `reelgate <args>` in `cwd` against `app` with `key` (none: no key at all), its
 /// polls shortened; stderr is a pipe, so progress comes as plain lines.
 async fn reelgate(app: &TestApp, key: Option<&str>, cwd: &Path, args: &[&str]) -> Run {
+    let mut command = client_command(&app.url(""), key, cwd, args);
+    // Blocking wait off the runtime, which keeps serving the child's requests.
+    let out = tokio::task::spawn_blocking(move || command.output().expect("run reelgate")).await.unwrap();
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `reelgate <args>` as a client of the server at `base`, not yet started.
+fn client_command(base: &str, key: Option<&str>, cwd: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reelgate"));
     command.current_dir(cwd).args(args);
-    command.args(["--base-url", &app.url(""), "--poll-interval-ms", "100"]);
+    command.args(["--base-url", base, "--poll-interval-ms", "100"]);
     command.env_remove("APIFRAME_API_KEY").env_remove("APIFRAME_BASE_URL");
     // A developer's proxy variables must not route loopback requests elsewhere.
     for var in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
@@ -33,13 +46,7 @@ async fn reelgate(app: &TestApp, key: Option<&str>, cwd: &Path, args: &[&str]) -
     if let Some(k) = key {
         command.env("APIFRAME_API_KEY", k);
     }
-    // Blocking wait off the runtime, which keeps serving the child's requests.
-    let out = tokio::task::spawn_blocking(move || command.output().expect("run reelgate")).await.unwrap();
-    Run {
-        code: out.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    command
 }
 
 /// The file names in `dir`, sorted.
@@ -342,4 +349,44 @@ async fn waiting_honours_retry_after_when_reads_are_rate_limited() {
     assert_eq!(job.body["status"], "COMPLETED", "{:?}", job.body);
     assert!(cwd.path().join("s.mp4").is_file());
     app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_survives_a_server_restart_by_retrying_network_errors() {
+    let data = TestData::new();
+    let key = create_key(&data, "restart", 100);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let fast = [
+        ("REELGATE_ENGINE__FIRST_POLL_DELAY_MS", "200"),
+        ("REELGATE_ENGINE__POLL_INTERVAL_MS", "200"),
+        ("REELGATE_SANDBOX_LATENCY_MS", "1000"),
+    ];
+    let mut server = spawn_serve(&data, port, &[], &fast).await;
+    let cwd = TempDir::new().unwrap();
+    let submit = client_command(&base, Some(&key), cwd.path(), &["generate", "--prompt", "a heron", "--no-wait"])
+        .output()
+        .unwrap();
+    assert_eq!(submit.status.code(), Some(0), "{submit:?}");
+    let id = serde_json::from_slice::<Value>(&submit.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    wait_for_job(&http, &base, &key, &id, deadline, "COMPLETED", |j| j["status"] == "COMPLETED").await;
+
+    // The server goes away; the client's first read fails, and it tries again until
+    // the server is back on the same port.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let waiting = client_command(&base, Some(&key), cwd.path(), &["jobs", "wait", &id, "--out", "heron.mp4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _server = spawn_serve(&data, port, &[], &fast).await;
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "heron.mp4\n");
+    let bytes = std::fs::read(cwd.path().join("heron.mp4")).unwrap();
+    assert_eq!(&bytes[4..8], b"ftyp");
 }
