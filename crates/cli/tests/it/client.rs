@@ -390,3 +390,32 @@ async fn waiting_survives_a_server_restart_by_retrying_network_errors() {
     let bytes = std::fs::read(cwd.path().join("heron.mp4")).unwrap();
     assert_eq!(&bytes[4..8], b"ftyp");
 }
+
+#[tokio::test]
+async fn on_a_terminal_progress_is_a_bar() {
+    // `script` (util-linux) runs the command on a pseudo-terminal and copies what it
+    // shows to its own stdout.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIP on_a_terminal_progress_is_a_bar: no `script` to give the client a terminal");
+        return;
+    }
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let cwd = TempDir::new().unwrap();
+    let client = client_command(&app.url(""), Some(&key.key), cwd.path(), &[]);
+    let mut line = vec![client.get_program().to_string_lossy().into_owned()];
+    line.extend(["generate", "--prompt", "a-lighthouse", "--out", "bar.mp4"].map(String::from));
+    line.extend(client.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let mut command = Command::new("script");
+    command.current_dir(cwd.path()).args(["-qec", &line.join(" "), "/dev/null"]);
+    command.env("APIFRAME_API_KEY", &key.key).env("TERM", "xterm");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains(&format!("[{}] 100%", "=".repeat(40))), "a full bar: {shown:?}");
+    assert!(shown.contains("COMPLETED") && shown.contains("bar.mp4"), "{shown:?}");
+    let plain = |l: &str| l.starts_with("job ") && l.contains("% ") && l.ends_with('s');
+    assert!(!shown.lines().map(str::trim).any(plain), "no plain progress lines on a terminal: {shown:?}");
+    assert!(cwd.path().join("bar.mp4").is_file());
+    app.stop().await.unwrap();
+}
