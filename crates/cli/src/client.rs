@@ -22,6 +22,8 @@ use tokio::io::AsyncWriteExt;
 
 /// How many network errors (or 5xx answers other than 503) in a row a read survives.
 const READ_ATTEMPTS: u32 = 4;
+/// How many 429 answers to a generate are waited out before giving up.
+const GENERATE_429_RETRIES: u32 = 5;
 /// The longest `Retry-After` we honour; a server asking for more gets this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -164,8 +166,20 @@ impl ApiClient {
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
-        // Sent once: retrying a generate without an idempotency key could charge twice.
-        let accepted = self.send(req).await?;
+        // Sent again only after a 429: the rate limit answers before the body is read, so
+        // nothing was charged. Any other failure is final, since retrying a generate that
+        // may have been accepted could charge twice.
+        let mut refusals = 0;
+        let accepted = loop {
+            let attempt = req.try_clone().expect("a JSON body can be cloned");
+            let resp = attempt.send().await?;
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS && refusals < GENERATE_429_RETRIES {
+                refusals += 1;
+                tokio::time::sleep(retry_after(resp.headers()).unwrap_or(Duration::from_secs(1))).await;
+                continue;
+            }
+            break read_body(resp).await?;
+        };
         accepted["jobId"]
             .as_str()
             .map(str::to_string)

@@ -67,7 +67,10 @@ pub async fn run(args: GenerateArgs) -> ExitCode {
                 print_json(&job);
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e),
+            Err(e) => {
+                eprintln!("job {id} was submitted, but reading it back failed");
+                fail(e)
+            }
         };
     }
     wait_and_download(&client, &id, args.out).await

@@ -419,3 +419,23 @@ async fn on_a_terminal_progress_is_a_bar() {
     assert!(cwd.path().join("bar.mp4").is_file());
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_rate_limited_generate_is_sent_again_after_retry_after() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limits.generate_per_sec = 1;
+        c.rate_limits.generate_burst = 1;
+    })
+    .await;
+    let key = app.create_key(100).await;
+    let cwd = TempDir::new().unwrap();
+    // The first takes the only token; the second is refused with 429 and Retry-After,
+    // waits, and is accepted: charged once, like the first.
+    for prompt in ["first", "second"] {
+        let run = reelgate(&app, key_arg(&key), cwd.path(), &["generate", "--prompt", prompt, "--no-wait"]).await;
+        assert_eq!(run.code, 0, "{prompt}: {run:?}");
+    }
+    assert_eq!(app.all_job_ids(&key).await.len(), 2);
+    assert_eq!(app.balance_and_ledger(key.account_id).await, (90, 90));
+    app.stop().await.unwrap();
+}
