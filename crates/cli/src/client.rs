@@ -20,8 +20,9 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-/// How many network errors (or 5xx answers other than 503) in a row a read survives.
-const READ_ATTEMPTS: u32 = 4;
+/// How often a read is tried while the network or the server (5xx other than 503)
+/// fails: 7.5 s of backoff in all, enough to ride out a server restart.
+const READ_ATTEMPTS: u32 = 5;
 /// How many 429 answers to a generate are waited out before giving up.
 const GENERATE_429_RETRIES: u32 = 5;
 /// The longest `Retry-After` we honour; a server asking for more gets this.
