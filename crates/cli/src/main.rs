@@ -6,10 +6,14 @@
 
 mod admin;
 mod bench;
+mod client;
+mod generate;
+mod jobs;
 mod serve;
 mod sim;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -65,12 +69,19 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the MiniMax sandbox alone: a local stand-in for the paid API.
     Sim(sim::SimArgs),
+    /// Make a video on an Apiframe v2 server (this one or another) and download it.
+    Generate(Box<generate::GenerateArgs>),
+    /// Read jobs on an Apiframe v2 server: get, list, wait.
+    Jobs(jobs::JobsArgs),
 }
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+/// Exit codes: server and admin commands exit 1 on any error (anyhow's way); the client
+/// commands `generate` and `jobs` use 0 completed, 1 the job failed, 2 usage or HTTP
+/// errors, as they document.
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -82,15 +93,18 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Keys(cmd) => admin::keys(cmd).await,
-            Command::Credits(cmd) => admin::credits(cmd).await,
-            Command::Webhooks(cmd) => admin::webhooks(cmd).await,
-            Command::Migrate(args) => admin::migrate(args).await,
-            Command::Config(cmd) => admin::config(cmd),
-            Command::Bench(args) => bench::run(args).await,
-            Command::Sim(args) => sim::run(args).await,
+            Command::Serve(args) => done(serve::run(args).await),
+            Command::Keys(cmd) => done(admin::keys(cmd).await),
+            Command::Credits(cmd) => done(admin::credits(cmd).await),
+            Command::Webhooks(cmd) => done(admin::webhooks(cmd).await),
+            Command::Migrate(args) => done(admin::migrate(args).await),
+            Command::Config(cmd) => done(admin::config(cmd)),
+            Command::Bench(args) => done(bench::run(args).await),
+            Command::Sim(args) => done(sim::run(args).await),
+            Command::Generate(args) => Ok(generate::run(*args).await),
+            Command::Jobs(args) => Ok(jobs::run(args).await),
         }
     })
 }

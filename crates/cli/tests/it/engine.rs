@@ -397,7 +397,7 @@ async fn callbacks_and_polls_racing_finish_the_job_once() {
 }
 
 /// A PNG of the given size with a gradient, encoded in memory.
-fn png(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
@@ -405,7 +405,7 @@ fn png(width: u32, height: u32) -> Vec<u8> {
 }
 
 /// Serves `files` (path -> bytes) over HTTP on an ephemeral loopback port.
-async fn image_host(files: Vec<(&'static str, Vec<u8>)>) -> String {
+pub(crate) async fn image_host(files: Vec<(&'static str, Vec<u8>)>) -> String {
     let mut router = axum::Router::new();
     for (path, bytes) in files {
         router = router.route(path, axum::routing::get(move || async move { bytes.clone() }));

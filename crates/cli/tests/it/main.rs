@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod account;
 mod auth;
 mod cancel;
+mod client;
 mod edge;
 mod egress;
 mod engine;
