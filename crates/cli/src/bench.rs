@@ -25,6 +25,7 @@ mod client;
 mod database;
 mod edge;
 mod engine;
+mod uploads;
 mod webhook_receiver;
 
 use std::future::Future;
@@ -120,6 +121,9 @@ pub enum BenchMode {
     /// largest answer, how many slow connections it still holds as time passes and a
     /// normal client's latency meanwhile (Linux only).
     Edge(edge::EdgeArgs),
+    /// Concurrent uploads of a 20 MB image against a `reelgate serve` child process: the
+    /// server's peak RSS growth (streamed uploads are not held whole) (Linux only).
+    Uploads(uploads::UploadsArgs),
 }
 
 /// Runs the benchmark and prints its report; fails if any request failed.
@@ -127,6 +131,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         Some(BenchMode::Engine(engine_args)) => return engine::run(engine_args).await,
         Some(BenchMode::Edge(edge_args)) => return edge::run(edge_args).await,
+        Some(BenchMode::Uploads(uploads_args)) => return uploads::run(uploads_args).await,
         None => {}
     }
     ensure!(args.seconds > 0, "--seconds must be at least 1");

@@ -99,7 +99,8 @@ pub fn fail(e: ClientError) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// A connection to one Apiframe v2 server with one key.
+/// A connection to one Apiframe v2 server with one key; clones share the connection pool.
+#[derive(Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,

@@ -94,7 +94,7 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
 }
 
 /// A key with credits, made with `reelgate keys create` before the server starts.
-fn create_key(data_dir: &str) -> anyhow::Result<String> {
+pub(super) fn create_key(data_dir: &str) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
     let out = std::process::Command::new(exe)
         .args(["keys", "create", "--name", "bench-edge", "--credits", "1000", "--data-dir", data_dir])

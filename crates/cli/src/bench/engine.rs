@@ -374,11 +374,11 @@ impl Drop for ChildProcess {
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Usage {
     /// `VmHWM`: the largest resident set so far, in KiB.
-    peak_rss_kib: u64,
+    pub(super) peak_rss_kib: u64,
     /// `VmRSS`: the resident set now, in KiB.
-    rss_kib: u64,
+    pub(super) rss_kib: u64,
     /// User plus system CPU time, in seconds.
-    cpu_secs: f64,
+    pub(super) cpu_secs: f64,
 }
 
 impl Usage {

@@ -1,0 +1,112 @@
+//! `reelgate bench uploads`: what concurrent large image uploads cost the server.
+//!
+//! It starts `reelgate serve` as a child process (engine off, file system result store)
+//! on a throwaway data directory, writes one PNG of random pixels just under MiniMax's
+//! 20 MB limit, and uploads it `--uploads` times at once with the `reelgate generate`
+//! client's own upload code (streamed from the file). It reports the server's peak RSS
+//! (`VmHWM`) before and after, the time, and checks every upload was accepted with the
+//! full size. An upload server that buffered whole files would grow by about
+//! uploads x size; a streaming one by its buffers only.
+//!
+//! Linux only (it reads `/proc`).
+
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use rand::RngCore;
+
+use super::engine::{free_loopback_port, ChildProcess, Usage};
+use crate::client::{ApiClient, ClientArgs};
+
+/// Options of `bench uploads`.
+#[derive(clap::Args)]
+pub struct UploadsArgs {
+    /// Uploads sent at once.
+    #[arg(long, default_value_t = 10)]
+    pub uploads: usize,
+    /// Side of the square PNG of random pixels, in pixels (2580: about 19.97 MB).
+    #[arg(long, default_value_t = 2580)]
+    pub side: u32,
+}
+
+/// Runs the measurement and prints the report.
+pub async fn run(args: UploadsArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let data_dir = data_dir.display().to_string();
+    let key = super::edge::create_key(&data_dir)?;
+    let image = dir.path().join("noise.png");
+    let bytes = write_noise_png(&image, args.side)?;
+    let addr = free_loopback_port()?;
+    let log = dir.path().join("serve.log");
+    let serve_args: Vec<String> =
+        ["serve", "--listen", &addr.to_string(), "--data-dir", &data_dir].iter().map(|s| s.to_string()).collect();
+    let mut server = ChildProcess::spawn_with_env(
+        "serve",
+        &serve_args,
+        &log,
+        &[("REELGATE_ENGINE__ENABLED", "false"), ("REELGATE_RATE_LIMITS__GENERATE_PER_SEC", "0")],
+    )?;
+    server.wait_ready(addr, "/healthz").await?;
+    let client = ApiClient::new(&ClientArgs {
+        base_url: format!("http://{addr}"),
+        api_key: Some(key),
+        poll_interval_ms: 1000,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let before = Usage::of(server.pid())?;
+    let started = Instant::now();
+    let uploads: Vec<_> = (0..args.uploads)
+        .map(|_| {
+            let (client, image) = (client.clone(), image.clone());
+            tokio::spawn(async move { client.upload(&image).await })
+        })
+        .collect();
+    let mut urls = Vec::new();
+    for upload in uploads {
+        urls.push(upload.await?.map_err(|e| anyhow::anyhow!("an upload failed: {e}"))?);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let after = Usage::of(server.pid())?;
+    // The file system store keeps uploads as `results/upload-<id>`.
+    let stored = std::fs::read_dir(std::path::Path::new(&data_dir).join("results"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
+                .filter(|e| e.metadata().is_ok_and(|m| m.len() == bytes))
+                .count()
+        })
+        .unwrap_or(0);
+    let status = server.stop().await?;
+    ensure!(status.success(), "reelgate serve exited with {status}");
+    ensure!(stored >= args.uploads, "only {stored} of {} uploads are stored with their full size", args.uploads);
+
+    let growth = after.peak_mib() - before.peak_mib();
+    println!(
+        "bench uploads: {} x {:.2} MB PNG at once: all 201, {} stored whole; server peak RSS {:.1} -> {:.1} MiB (+{growth:.1}), CPU {:.2} s, wall {wall:.2} s",
+        args.uploads,
+        bytes as f64 / 1e6,
+        stored,
+        before.peak_mib(),
+        after.peak_mib(),
+        after.cpu_secs - before.cpu_secs,
+    );
+    println!(
+        "{}",
+        serde_json::json!({"uploads": args.uploads, "file_bytes": bytes, "peak_rss_before_mib": before.peak_mib(),
+            "peak_rss_after_mib": after.peak_mib(), "peak_rss_growth_mib": growth, "wall_secs": wall})
+    );
+    Ok(())
+}
+
+/// Writes a `side` x `side` PNG of random RGB pixels (incompressible, so the file is
+/// about 3 x side² bytes) and returns its size.
+fn write_noise_png(path: &std::path::Path, side: u32) -> anyhow::Result<u64> {
+    let mut pixels = vec![0u8; side as usize * side as usize * 3];
+    rand::rng().fill_bytes(&mut pixels);
+    let image = image::RgbImage::from_raw(side, side, pixels).context("pixel buffer size")?;
+    image.save_with_format(path, image::ImageFormat::Png).context("cannot write the PNG")?;
+    Ok(std::fs::metadata(path)?.len())
+}
