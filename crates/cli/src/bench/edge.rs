@@ -1,7 +1,7 @@
 //! `reelgate bench edge`: what hostile and slow clients cost the server.
 //!
-//! It starts `reelgate serve` as a child process (engine off, default `[server]`
-//! settings) on a throwaway data directory, so the server's memory can be read from
+//! It starts `reelgate serve` as a child process (engine off, rate limits off, default
+//! `[server]` settings) on a throwaway data directory, so the server's memory can be read from
 //! `/proc` apart from the bench's own, then measures two things:
 //!
 //! - **Refusals**: many oversized-but-allowed generate bodies at once whose problems
@@ -55,8 +55,17 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let log = dir.path().join("serve.log");
     let serve_args: Vec<String> =
         ["serve", "--listen", &addr.to_string(), "--data-dir", &data_dir].iter().map(|s| s.to_string()).collect();
-    let mut server =
-        ChildProcess::spawn_with_env("serve", &serve_args, &log, &[("REELGATE_ENGINE__ENABLED", "false")])?;
+    let mut server = ChildProcess::spawn_with_env(
+        "serve",
+        &serve_args,
+        &log,
+        &[
+            ("REELGATE_ENGINE__ENABLED", "false"),
+            // Every hostile request comes from one key: measure the refusals, not the 429s.
+            ("REELGATE_RATE_LIMITS__GENERATE_PER_SEC", "0"),
+            ("REELGATE_RATE_LIMITS__READ_PER_SEC", "0"),
+        ],
+    )?;
     server.wait_ready(addr, "/healthz").await?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("bench edge: reelgate serve (engine off, default [server] settings) on {addr}, {cpus} CPUs");
