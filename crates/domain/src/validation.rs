@@ -146,14 +146,19 @@ pub fn quote(s: &str) -> String {
 /// Which destinations client URLs may name at submission (the operator's
 /// `engine.allow_private_urls`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UrlPolicy {
+pub enum UrlPolicy<'a> {
     /// IP-literal URLs must be public addresses (the default).
     PublicOnly,
+    /// As `PublicOnly`, except image URLs starting with this prefix: the server's own
+    /// upload URLs (`{public_base_url}/v2/uploads/`), which may well be on loopback.
+    /// The engine reads those from storage, never over HTTP, and the caller checks
+    /// that they name a live upload of the account.
+    PublicExceptOwnUploads(&'a str),
     /// Loopback and private addresses are allowed too.
     AllowPrivate,
 }
 
-impl UrlPolicy {
+impl UrlPolicy<'_> {
     /// The policy for the operator's setting.
     pub fn allowing_private(allow: bool) -> Self {
         if allow {
@@ -208,7 +213,7 @@ pub struct GenerateRequest {
 /// Parses and checks a generate body, reporting every problem found (up to the
 /// bounds of [`ValidationErrors`]). `urls` says whether IP-literal URLs may name
 /// private addresses.
-pub fn parse_generate(body: &Value, urls: UrlPolicy) -> Result<GenerateRequest, ValidationErrors> {
+pub fn parse_generate(body: &Value, urls: UrlPolicy<'_>) -> Result<GenerateRequest, ValidationErrors> {
     let mut errors = ValidationErrors::default();
     let Some(obj) = body.as_object() else {
         return Err(ValidationErrors::root("Expected a JSON object"));
@@ -294,7 +299,7 @@ struct Params {
 fn parse_params(
     value: Option<&Value>,
     model: Option<ModelId>,
-    urls: UrlPolicy,
+    urls: UrlPolicy<'_>,
     errors: &mut ValidationErrors,
 ) -> Params {
     let mut p = Params {
@@ -396,11 +401,16 @@ fn parse_events(value: &Value, errors: &mut ValidationErrors) -> Option<Vec<Webh
     Some(events)
 }
 
-fn check_image(value: &Value, path: &str, urls: UrlPolicy, errors: &mut ValidationErrors) -> Option<ImageRef> {
+fn check_image(value: &Value, path: &str, urls: UrlPolicy<'_>, errors: &mut ValidationErrors) -> Option<ImageRef> {
     let Some(s) = value.as_str() else {
         errors.add(path, "Expected string");
         return None;
     };
+    if let UrlPolicy::PublicExceptOwnUploads(prefix) = urls {
+        if s.starts_with(prefix) && s.len() <= URL_MAX_LEN {
+            return Some(ImageRef::Url(s.to_string()));
+        }
+    }
     // `get`, not indexing: byte 5 may fall inside a multi-byte character.
     if s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:")) {
         return match check_data_url(s) {
@@ -439,7 +449,7 @@ fn check_data_url(s: &str) -> Result<(), String> {
 }
 
 /// Checks that `value` is an http(s) URL reelgate could later fetch or deliver to.
-fn check_http_url(value: &Value, path: &str, urls: UrlPolicy, errors: &mut ValidationErrors) -> Option<String> {
+fn check_http_url(value: &Value, path: &str, urls: UrlPolicy<'_>, errors: &mut ValidationErrors) -> Option<String> {
     let Some(s) = value.as_str() else {
         errors.add(path, "Expected string");
         return None;
@@ -460,7 +470,7 @@ fn check_http_url(value: &Value, path: &str, urls: UrlPolicy, errors: &mut Valid
 /// id such as `[fe80::1%25lo]` do not parse, and `http://0x7f.1/` is 127.0.0.1 for
 /// both). IP-literal hosts are judged here by `address`'s rule; host names are
 /// resolved, and their addresses checked, only when the URL is used.
-fn http_url_problem(s: &str, urls: UrlPolicy) -> Option<String> {
+fn http_url_problem(s: &str, urls: UrlPolicy<'_>) -> Option<String> {
     if s.len() > URL_MAX_LEN {
         return Some(format!("URL must be at most {URL_MAX_LEN} characters"));
     }
@@ -717,6 +727,23 @@ mod tests {
         assert!(details_size(&errors) <= MAX_LISTED_BYTES + 100, "{}", details_size(&errors));
         assert_eq!(errors.listed().len() + errors.omitted(), 10_000);
         assert!(!errors.is_empty());
+    }
+
+    #[test]
+    fn the_servers_own_upload_urls_pass_on_loopback_and_nothing_else_does() {
+        let own = UrlPolicy::PublicExceptOwnUploads("http://127.0.0.1:8080/v2/uploads/");
+        let body = |image: &str, webhook: &str| json!({"model": "hailuo-2.3-fast", "prompt": "p", "hailuoParams": {"image": image}, "webhookUrl": webhook});
+        let upload = "http://127.0.0.1:8080/v2/uploads/0192/abc.png";
+        let r = parse_generate(&body(upload, "https://hooks.example.com/x"), own).unwrap();
+        assert_eq!(r.image, Some(ImageRef::Url(upload.into())));
+        // Anything else on loopback is still refused, and the exception is for images only.
+        let e = parse_generate(&body("http://127.0.0.1:8080/v2/results/x.mp4", "https://hooks.example.com/x"), own)
+            .unwrap_err();
+        assert!(e.details().contains_key("hailuoParams.image"), "{e:?}");
+        let e = parse_generate(&body(upload, "http://127.0.0.1:8080/v2/uploads/hook"), own).unwrap_err();
+        assert!(e.details().contains_key("webhookUrl") && !e.details().contains_key("hailuoParams.image"), "{e:?}");
+        // Without the exception the upload URL is a loopback literal like any other.
+        assert!(parse_generate(&body(upload, "https://hooks.example.com/x"), UrlPolicy::PublicOnly).is_err());
     }
 
     #[test]

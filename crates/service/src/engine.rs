@@ -335,6 +335,11 @@ impl Engine {
         )
     }
 
+    /// What every one of this server's upload URLs starts with.
+    pub fn upload_url_prefix(&self) -> String {
+        format!("{}/v2/uploads/", self.public_base_url)
+    }
+
     /// The upload `url` names, when it is one of this server's upload URLs with a valid
     /// token: `Some(None)` for one of ours whose id or token is wrong, `None` for any
     /// other URL.

@@ -35,7 +35,11 @@ async fn create_video(
         return Err(ApiError::Unavailable("the database is unreachable".into()));
     }
     let idempotency_key = idempotency_key(&headers)?;
-    let urls = UrlPolicy::allowing_private(state.config.engine.allow_private_urls());
+    let own_uploads = state.engine.as_ref().map(|e| e.upload_url_prefix());
+    let urls = match (state.config.engine.allow_private_urls(), &own_uploads) {
+        (false, Some(prefix)) => UrlPolicy::PublicExceptOwnUploads(prefix),
+        (allow, _) => UrlPolicy::allowing_private(allow),
+    };
     let request = parse_generate(&body, urls)?;
     let cost = state
         .catalog
