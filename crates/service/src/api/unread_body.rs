@@ -54,7 +54,7 @@ pub async fn discard_unread_body(State(state): State<AppState>, request: Request
     let (limit, deadline) = (server.max_discard_bytes, Duration::from_millis(server.body_deadline_ms));
     // A body declared longer than the limit is not read at all, however little is left;
     // nor is one that already ran out of time.
-    let discarded = !declared.is_some_and(|n| n > limit)
+    let discarded = declared.is_none_or(|n| n <= limit)
         && response.status() != StatusCode::REQUEST_TIMEOUT
         && tokio::time::timeout(deadline, discard(left, limit)).await.unwrap_or(false);
     if !discarded {
