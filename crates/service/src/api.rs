@@ -1,5 +1,5 @@
 //! The HTTP API: one router per resource, merged here, plus request ids, fallbacks,
-//! `/healthz` and the OpenAPI document.
+//! `/healthz`, the OpenAPI document and the Studio's files.
 
 pub mod dto;
 pub mod error;
@@ -10,6 +10,8 @@ mod engine_routes;
 mod jobs;
 mod models;
 mod results;
+mod server_info;
+mod studio;
 mod unread_body;
 mod uploads;
 mod videos;
@@ -40,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .merge(results::router())
         .merge(uploads::router())
         .merge(engine_routes::router())
+        .merge(server_info::router())
+        .merge(studio::router(&state.config))
         .route("/v2/openapi.json", get(get_openapi))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(get_readyz))

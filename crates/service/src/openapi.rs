@@ -336,6 +336,19 @@ pub fn document(catalog: &Catalog) -> Value {
                     "400": json_response("Invalid `modality` value.", "ValidationError")
                 }
             }},
+            "/v2/server": {"get": {
+                "summary": "This server (reelgate's addition)",
+                "description": "The server's name and version, and whether jobs run on the built-in MiniMax sandbox (the engine runs and no MiniMax account is configured): such videos are rendered locally, not by MiniMax. The Studio shows a banner from it.",
+                "tags": ["Meta"],
+                "security": [],
+                "responses": {"200": {"description": "Server information.", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["name", "version", "sandbox"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["reelgate"]},
+                        "version": {"type": "string"},
+                        "sandbox": {"type": "boolean"}
+                    }}}}}}
+            }},
             "/v2/openapi.json": {"get": {
                 "summary": "This document",
                 "tags": ["Meta"],

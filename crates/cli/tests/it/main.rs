@@ -25,5 +25,6 @@ mod playback;
 mod ratelimit;
 mod results_s3;
 mod spec;
+mod studio;
 mod uploads;
 mod webhooks;

@@ -1,0 +1,583 @@
+//! The Studio (the browser UI at `/`), driven the way a person uses it: headless Chromium
+//! through chromedriver (WebDriver, via fantoccini) against the real server on the
+//! built-in sandbox. Sign in, generate text-to-video and watch it play, upload first and
+//! last frames, find the job in the history, reuse its settings, see validation errors at
+//! their fields and a 402 explained; all without a script error, a CSP violation or a
+//! request to another origin. Screenshots at 1280 and 375 px go to
+//! `target/studio-screenshots/` (and to `docs/` with REELGATE_UPDATE_SCREENSHOTS=1).
+//!
+//! The Studio follows jobs over the job event stream when the server has one and polls
+//! otherwise; these tests pass either way and do not ask which was used.
+//!
+//! Without `chromium` or `chromedriver` on PATH the browser tests say SKIP on the
+//! terminal (scripts/test installs both), and fail instead when REELGATE_REQUIRE_CHROMIUM=1.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::helpers::TestApp;
+
+/// How long a sandbox job may take to show as COMPLETED in the page.
+const JOB_WITHIN: Duration = Duration::from_secs(40);
+/// How long an ordinary UI reaction (a click's result, a request's answer) may take.
+const UI_WITHIN: Duration = Duration::from_secs(10);
+
+/// Installed before any of the page's scripts run (CDP `addScriptToEvaluateOnNewDocument`):
+/// collects script errors, rejected promises, console.error calls, CSP violations and
+/// every resource fetched from another origin.
+const HOOK: &str = r#"
+(() => {
+  const seen = { errors: [], foreign: [] };
+  Object.defineProperty(window, '__studioTest', { value: seen });
+  addEventListener('error', (e) => {
+    if (e instanceof ErrorEvent) seen.errors.push(`error: ${e.message} at ${e.filename}:${e.lineno}`);
+  }, true);
+  addEventListener('unhandledrejection', (e) => {
+    const r = e.reason;
+    seen.errors.push(`unhandled rejection: ${r && (r.stack || r.message) || r}`);
+  });
+  document.addEventListener('securitypolicyviolation', (e) => {
+    seen.errors.push(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI}`);
+  });
+  const error = console.error.bind(console);
+  console.error = (...args) => { seen.errors.push(`console.error: ${args.map(String).join(' ')}`); error(...args); };
+  const note = (name) => {
+    if (/^(data|blob):/.test(name)) return;
+    try { if (new URL(name).origin !== location.origin) seen.foreign.push(name); } catch { seen.foreign.push(name); }
+  };
+  new PerformanceObserver((list) => list.getEntries().forEach((e) => note(e.name)))
+    .observe({ type: 'resource', buffered: true });
+})();
+"#;
+
+/// GET / is the page, with a strict CSP, the right content types and caching; its
+/// assets are versioned and immutable; `GET /v2/server` says whether this is the sandbox.
+#[tokio::test]
+async fn studio_is_served_with_csp_content_types_and_caching() {
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let page = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let csp = headers["content-security-policy"].to_str().unwrap().to_string();
+    for directive in
+        ["default-src 'self'", "script-src 'self'", "style-src 'self'", "object-src 'none'", "frame-ancestors 'none'"]
+    {
+        assert!(csp.contains(directive), "CSP {csp:?} lacks {directive}");
+    }
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert!(csp.contains("media-src 'self' blob: data:"), "{csp}");
+    let etag = headers["etag"].to_str().unwrap().to_string();
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("{{"), "placeholders left in the page");
+    assert!(!html.contains("<script>") && !html.contains(" style="), "inline script or style in the page");
+
+    let again = app.http.get(app.url("/")).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+
+    // Every stylesheet and module the page names is served, versioned and immutable.
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.starts_with("/studio/") && (s.ends_with(".js") || s.ends_with(".css")))
+        .collect();
+    assert!(assets.iter().any(|a| a.ends_with("/app.js")) && assets.iter().any(|a| a.ends_with(".css")), "{assets:?}");
+    for asset in &assets {
+        let r = app.http.get(app.url(asset)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{asset}");
+        let want = if asset.ends_with(".js") { "text/javascript; charset=utf-8" } else { "text/css; charset=utf-8" };
+        assert_eq!(r.headers()["content-type"], want, "{asset}");
+        assert_eq!(r.headers()["cache-control"], "public, max-age=31536000, immutable", "{asset}");
+        assert!(r.headers().contains_key("etag") && r.headers().contains_key("content-security-policy"), "{asset}");
+        let text = r.text().await.unwrap();
+        // A module's imports are relative, so they resolve under the same version.
+        for import in text.split("from './").skip(1) {
+            let name = import.split('\'').next().unwrap();
+            let dir = asset.rsplit_once('/').unwrap().0;
+            let r = app.http.get(app.url(&format!("{dir}/{name}"))).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{asset} imports {name}");
+        }
+    }
+    let missing = app.http.get(app.url("/studio/0/nope.js")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let server: Value = app.http.get(app.url("/v2/server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(server, json!({"name": "reelgate", "version": env!("CARGO_PKG_VERSION"), "sandbox": true}));
+    app.stop().await.unwrap();
+
+    // A node without the engine renders nothing itself: not the sandbox.
+    let app = TestApp::spawn().await;
+    let server: Value = app.http.get(app.url("/v2/server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(server["sandbox"], false);
+    app.stop().await.unwrap();
+}
+
+/// Sign in, see the sandbox banner, the prices and the constraints while choosing, the
+/// code for the form; generate a text-to-video job and play the result; a bad image URL
+/// is shown at its field; a key with too few credits gets the 402 explained. Screenshots.
+#[tokio::test]
+async fn studio_generates_a_video_that_plays_and_explains_errors() {
+    let Some(browser) = Browser::start("studio_generates_a_video_that_plays_and_explains_errors").await else { return };
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let poor = app.create_key(3).await;
+    let c = &browser.client;
+    c.set_window_size(1280, 1100).await.unwrap();
+    c.goto(&app.url("/")).await.unwrap();
+
+    wait_js(c, "return document.body.dataset.ready === 'true' && !document.querySelector('#signin').hidden", UI_WITHIN)
+        .await;
+    assert!(visible(c, "#sandbox-banner").await, "the sandbox banner shows");
+    assert!(text(c, "#sandbox-banner").await.contains("sandbox"));
+
+    // A wrong key is refused in words, then the right one signs in.
+    sign_in(c, "afk_not_a_key", false).await;
+    wait_js(c, "return document.querySelector('#signin-error').textContent.includes('not valid')", UI_WITHIN).await;
+    sign_in(c, &key.key, false).await;
+    wait_text(c, "#credits", "100 credits").await;
+    assert_eq!(js(c, "return localStorage.length").await, json!(0), "nothing stored without Remember me");
+
+    // The form is built from /v2/models: every model, its variants and prices.
+    let models = js(c, "return Array.from(document.querySelectorAll('#model option')).map(o => o.value)").await;
+    assert_eq!(models, json!(["hailuo-2.3", "hailuo-02", "hailuo-2.3-fast"]));
+    select(c, "#model", "hailuo-2.3").await;
+    c.find(Locator::Css("#prompt")).await.unwrap().send_keys("A lighthouse at dusk, waves below").await.unwrap();
+    wait_text(c, "#prompt-count", "33 / 2000").await;
+    wait_text(c, "#price-credits", "5 credits").await;
+    wait_text(c, "#balance-after", "95 credits").await;
+    // 1080p only at 6 s; 1080p costs 10 here.
+    select(c, "#duration", "10").await;
+    wait_text(c, "#price-credits", "10 credits").await;
+    select(c, "#resolution", "1080p").await;
+    assert_eq!(prop(c, "#duration", "value").await, "6", "1080p moved the duration to 6 s");
+    assert_eq!(js(c, "return document.querySelector('#duration option[value=\"10\"]').disabled").await, json!(true));
+    assert!(text(c, "#variant-help").await.contains("1080p is only available at 6 s"));
+    select(c, "#resolution", "768p").await;
+    wait_text(c, "#price-credits", "5 credits").await;
+    // A last frame only on hailuo-02; an image required on hailuo-2.3-fast.
+    assert_eq!(js(c, "return document.querySelector('#last-frame').disabled").await, json!(true));
+    assert!(text(c, "#last-frame-note").await.contains("hailuo-02"));
+    select(c, "#model", "hailuo-2.3-fast").await;
+    assert!(text(c, "#first-frame-note").await.contains("required"));
+    select(c, "#model", "hailuo-02").await;
+    assert_eq!(js(c, "return document.querySelector('#last-frame').disabled").await, json!(false));
+    select(c, "#model", "hailuo-2.3").await;
+
+    // The drop zones are keyboard buttons: Enter opens the file picker.
+    js(c, "document.querySelector('#image-file').addEventListener('click', (e) => { window.__picked = true; e.preventDefault(); }, { once: true }); return true").await;
+    c.find(Locator::Css("#first-frame .dropzone")).await.unwrap().send_keys("\u{E007}").await.unwrap();
+    wait_js(c, "return window.__picked === true", UI_WITHIN).await;
+
+    // The code panel: the real base URL, the key masked.
+    let curl = text(c, "#code-text").await;
+    assert!(curl.contains(&app.url("/v2/videos/generate")), "{curl}");
+    assert!(curl.contains("A lighthouse at dusk") && !curl.contains(&key.key), "{curl}");
+    for (tab, needle) in
+        [("#tab-python", "import requests"), ("#tab-javascript", "await fetch("), ("#tab-go", "net/http")]
+    {
+        c.find(Locator::Css(tab)).await.unwrap().click().await.unwrap();
+        let code = text(c, "#code-text").await;
+        assert!(code.contains(needle) && !code.contains(&key.key), "{tab}: {code}");
+        assert!(text(c, "#copy-code").await.starts_with("Copy "), "a copy button");
+    }
+    c.find(Locator::Css("#tab-curl")).await.unwrap().click().await.unwrap();
+
+    // Generate: the job's progress, then a video that plays and seeks.
+    click(c, "#submit").await;
+    let job_id = wait_js(c, "return document.querySelector('.job-card')?.dataset.jobId", UI_WITHIN).await;
+    let job_id = job_id.as_str().unwrap().to_string();
+    wait_js(c, "return document.querySelector('.job-card video') !== null", JOB_WITHIN).await;
+    assert_eq!(attr(c, ".job-card", "data-status").await, "COMPLETED");
+    wait_text(c, "#credits", "95 credits").await;
+    let job = app.get_job(&key, &job_id).await.body;
+    let video_url = job["result"]["videoUrl"].as_str().unwrap().to_string();
+    assert_eq!(attr(c, ".job-card video", "src").await, video_url);
+    assert_eq!(attr(c, ".job-card a[download]", "href").await, video_url, "the download button");
+    let played = js(
+        c,
+        r#"const v = document.querySelector('.job-card video');
+        v.muted = true;
+        await v.play();
+        const start = performance.now();
+        while (v.currentTime < 0.5) {
+          if (performance.now() - start > 10000) throw new Error(`currentTime stuck at ${v.currentTime}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        v.pause();
+        v.currentTime = v.duration - 0.5;
+        await new Promise((r) => v.addEventListener('seeked', r, { once: true }));
+        return { t: v.currentTime, d: v.duration, w: v.videoWidth, seekable: v.seekable.length };"#,
+    )
+    .await;
+    assert!(played["d"].as_f64().unwrap() > 5.0 && played["t"].as_f64().unwrap() > 4.0, "{played}");
+    assert_eq!(played["w"], 1366, "{played}");
+    // The job shows in the history too, with its poster frame.
+    wait_js(
+        c,
+        &format!("return document.querySelector('#history-list li[data-job-id=\"{job_id}\"][data-status=\"COMPLETED\"] video.poster') !== null"),
+        UI_WITHIN,
+    )
+    .await;
+
+    screenshot(c, 1280, "studio-1280.png").await;
+    screenshot(c, 375, "studio-375.png").await;
+    c.set_window_size(1280, 1100).await.unwrap();
+
+    // A 400 shows at the field it names: the server refuses an ftp image URL.
+    c.find(Locator::Css("#image-url")).await.unwrap().send_keys("ftp://example.com/frame.png").await.unwrap();
+    click(c, "#submit").await;
+    wait_js(c, "return document.querySelector('#err-image').textContent.length > 0", UI_WITHIN).await;
+    assert_eq!(attr(c, "#image-url", "aria-invalid").await, "true");
+    assert!(text(c, "#err-prompt").await.is_empty(), "no error at fields the server did not name");
+    click(c, "#first-frame button.clear").await;
+    assert!(text(c, "#err-image").await.is_empty());
+
+    // A 402 is explained with its numbers.
+    click(c, "#sign-out").await;
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+    sign_in(c, &poor.key, false).await;
+    wait_text(c, "#credits", "3 credits").await;
+    c.find(Locator::Css("#prompt")).await.unwrap().send_keys("Too dear").await.unwrap();
+    wait_js(c, "return document.querySelector('#price').classList.contains('short')", UI_WITHIN).await;
+    click(c, "#submit").await;
+    wait_js(c, "return document.querySelector('#form-error').textContent.length > 0", UI_WITHIN).await;
+    let explained = text(c, "#form-error").await;
+    assert!(explained.contains("costs 5 credits") && explained.contains("balance is 3 credits"), "{explained}");
+
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
+
+/// First and last frames uploaded from files (with previews) on hailuo-02, the job in
+/// the history with its detail view, filters and search, and "Use these settings again".
+#[tokio::test]
+async fn studio_uploads_frames_and_reuses_settings_from_history() {
+    let Some(browser) = Browser::start("studio_uploads_frames_and_reuses_settings_from_history").await else { return };
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let c = &browser.client;
+    c.set_window_size(1280, 1100).await.unwrap();
+    c.goto(&app.url("/")).await.unwrap();
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+
+    // Remember me keeps the key across a reload.
+    sign_in(c, &key.key, true).await;
+    wait_text(c, "#credits", "100 credits").await;
+    c.refresh().await.unwrap();
+    wait_text(c, "#credits", "100 credits").await;
+    assert!(!visible(c, "#signin").await, "signed in again from storage");
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.png");
+    let last = dir.path().join("last.png");
+    std::fs::write(&first, png(640, 480, 0)).unwrap();
+    std::fs::write(&last, png(640, 480, 1)).unwrap();
+
+    select(c, "#model", "hailuo-02").await;
+    c.find(Locator::Css("#prompt")).await.unwrap().send_keys("A paper boat drifts from left to right").await.unwrap();
+    let uploads = app.url("/v2/uploads/");
+    for (input, url, preview, path) in [
+        ("#image-file", "#image-url", "#first-frame img.preview", &first),
+        ("#end-image-file", "#end-image-url", "#last-frame img.preview", &last),
+    ] {
+        c.find(Locator::Css(input)).await.unwrap().send_keys(path.to_str().unwrap()).await.unwrap();
+        wait_js(c, &format!("return document.querySelector('{url}').value.startsWith('{uploads}')"), UI_WITHIN).await;
+        wait_js(c, &format!("const i = document.querySelector('{preview}'); return !i.hidden && i.complete && i.naturalWidth === 640"), UI_WITHIN)
+            .await;
+    }
+    let image_url = prop(c, "#image-url", "value").await;
+    let end_image_url = prop(c, "#end-image-url", "value").await;
+
+    click(c, "#submit").await;
+    let job_id = wait_js(c, "return document.querySelector('.job-card')?.dataset.jobId", UI_WITHIN).await;
+    let job_id = job_id.as_str().unwrap().to_string();
+    wait_js(c, "return document.querySelector('.job-card')?.dataset.status === 'COMPLETED'", JOB_WITHIN).await;
+    let job = app.get_job(&key, &job_id).await.body;
+    assert_eq!(job["input"]["hailuoParams"]["image"], image_url.as_str());
+    assert_eq!(job["input"]["hailuoParams"]["end_image"], end_image_url.as_str());
+
+    // The history: the job with its prompt and poster; search and filters.
+    let row = format!("#history-list li[data-job-id=\"{job_id}\"]");
+    wait_js(c, &format!("const r = document.querySelector('{row}'); return r && r.dataset.status === 'COMPLETED' && r.textContent.includes('paper boat') && r.querySelector('video.poster') !== null"), UI_WITHIN).await;
+    assert!(attr(c, &format!("{row} video.poster"), "src").await.ends_with("#t=0.1"));
+    c.find(Locator::Css("#filter-search")).await.unwrap().send_keys("lighthouse").await.unwrap();
+    wait_js(c, &format!("return document.querySelector('{row}').hidden"), UI_WITHIN).await;
+    c.find(Locator::Css("#filter-search")).await.unwrap().clear().await.unwrap();
+    c.find(Locator::Css("#filter-search")).await.unwrap().send_keys("boat").await.unwrap();
+    wait_js(c, &format!("return !document.querySelector('{row}').hidden"), UI_WITHIN).await;
+    select(c, "#filter-model", "hailuo-2.3").await;
+    wait_js(c, &format!("return document.querySelector('{row}') === null"), UI_WITHIN).await;
+    select(c, "#filter-model", "").await;
+    wait_js(c, &format!("return document.querySelector('{row}') !== null"), UI_WITHIN).await;
+
+    // Change the form, then put the job's settings back from its detail view.
+    select(c, "#model", "hailuo-2.3").await;
+    c.find(Locator::Css("#prompt")).await.unwrap().clear().await.unwrap();
+    click(c, &format!("{row} button.details")).await;
+    wait_js(
+        c,
+        "return document.querySelector('#job-detail').open && document.querySelector('#reuse-settings') !== null",
+        UI_WITHIN,
+    )
+    .await;
+    let detail = text(c, "#detail-body").await;
+    for needle in ["paper boat", "Webhook deliveries", "end_image", "5 credits", "COMPLETED"] {
+        assert!(detail.contains(needle), "detail view lacks {needle:?}: {detail}");
+    }
+    assert!(visible(c, "#detail-body video").await, "the detail view plays the video");
+    click(c, "#reuse-settings").await;
+    wait_js(c, "return !document.querySelector('#job-detail').open", UI_WITHIN).await;
+    assert_eq!(prop(c, "#model", "value").await, "hailuo-02");
+    assert_eq!(prop(c, "#prompt", "value").await, "A paper boat drifts from left to right");
+    assert_eq!(prop(c, "#image-url", "value").await, image_url);
+    assert_eq!(prop(c, "#end-image-url", "value").await, end_image_url);
+    assert_eq!(prop(c, "#duration", "value").await, "6");
+    assert_eq!(prop(c, "#resolution", "value").await, "768p");
+    wait_js(c, "const i = document.querySelector('#first-frame img.preview'); return !i.hidden && i.complete && i.naturalWidth === 640", UI_WITHIN).await;
+
+    // Sign out forgets the stored key.
+    click(c, "#sign-out").await;
+    wait_js(c, "return !document.querySelector('#signin').hidden && localStorage.length === 0", UI_WITHIN).await;
+
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
+
+async fn sign_in(c: &Client, key: &str, remember: bool) {
+    let input = c.find(Locator::Css("#api-key")).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(key).await.unwrap();
+    let checked = js(c, "return document.querySelector('#remember').checked").await == json!(true);
+    if checked != remember {
+        click(c, "#remember").await;
+    }
+    click(c, "#signin-submit").await;
+}
+
+/// No script error, CSP violation or console.error, and nothing fetched from another origin.
+async fn assert_clean(c: &Client) {
+    let seen = js(c, "return window.__studioTest").await;
+    assert_eq!(seen["errors"], json!([]), "errors in the page: {seen}");
+    assert_eq!(seen["foreign"], json!([]), "requests to other origins: {seen}");
+    let origins = js(
+        c,
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !/^(data|blob):/.test(n) && new URL(n).origin !== location.origin)",
+    )
+    .await;
+    assert_eq!(origins, json!([]), "resources from other origins");
+}
+
+/// Saves a screenshot at `width` px wide under target/studio-screenshots/, and into
+/// docs/ when REELGATE_UPDATE_SCREENSHOTS=1.
+async fn screenshot(c: &Client, width: u32, name: &str) {
+    c.set_window_size(width, if width < 600 { 812 } else { 1100 }).await.unwrap();
+    let inner =
+        wait_js(c, &format!("return window.innerWidth === {width} ? window.innerWidth : null"), UI_WITHIN).await;
+    assert_eq!(inner, width);
+    js(c, "window.scrollTo(0, 0); return true").await;
+    // Laid out for this width: nothing wider than the viewport.
+    let overflow = js(c, "return document.documentElement.scrollWidth - window.innerWidth").await;
+    assert_eq!(overflow, 0, "the page is wider than {width} px");
+    let png = c.screenshot().await.unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let dir = target.join("studio-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), &png).unwrap();
+    if std::env::var("REELGATE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        std::fs::write(root.join("docs").join(name), &png).unwrap();
+    }
+}
+
+/// Runs `script` (a function body; it may `await`) and returns its value.
+async fn js(c: &Client, script: &str) -> Value {
+    let wrapped = format!("return (async () => {{ {script} }})();");
+    c.execute(&wrapped, vec![]).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+}
+
+/// Polls `script` until it returns something truthy, and returns that; fails after `within`.
+async fn wait_js(c: &Client, script: &str, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = js(c, script).await;
+        let truthy = !matches!(&v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
+        if truthy {
+            return v;
+        }
+        if start.elapsed() > within {
+            let state = js(c, "return { errors: window.__studioTest, form: document.querySelector('#form-error')?.textContent, cards: Array.from(document.querySelectorAll('.job-card')).map(e => e.textContent) }").await;
+            panic!("not true within {within:?}: {script}\npage: {state}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_text(c: &Client, selector: &str, want: &str) {
+    let script = format!("return document.querySelector('{selector}')?.textContent.trim() === {}", json!(want));
+    let start = Instant::now();
+    loop {
+        if js(c, &script).await == json!(true) {
+            return;
+        }
+        if start.elapsed() > UI_WITHIN {
+            panic!("{selector} shows {:?}, not {want:?}", text(c, selector).await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn text(c: &Client, selector: &str) -> String {
+    let v = js(c, &format!("return document.querySelector('{selector}')?.textContent.trim() ?? null")).await;
+    v.as_str().unwrap_or_else(|| panic!("no {selector}")).to_string()
+}
+
+async fn attr(c: &Client, selector: &str, name: &str) -> String {
+    let v = js(c, &format!("return document.querySelector('{selector}')?.getAttribute('{name}') ?? null")).await;
+    v.as_str().unwrap_or_else(|| panic!("no {selector} with {name}")).to_string()
+}
+
+async fn prop(c: &Client, selector: &str, name: &str) -> String {
+    let v = js(c, &format!("return String(document.querySelector('{selector}')['{name}'])")).await;
+    v.as_str().unwrap().to_string()
+}
+
+async fn visible(c: &Client, selector: &str) -> bool {
+    c.find(Locator::Css(selector)).await.unwrap().is_displayed().await.unwrap()
+}
+
+async fn click(c: &Client, selector: &str) {
+    c.find(Locator::Css(selector)).await.unwrap_or_else(|e| panic!("{selector}: {e}")).click().await.unwrap();
+}
+
+/// Chooses an option as a person does (WebDriver clicks it), which fires `change`.
+async fn select(c: &Client, selector: &str, value: &str) {
+    c.find(Locator::Css(selector)).await.unwrap().select_by_value(value).await.unwrap();
+    assert_eq!(prop(c, selector, "value").await, value, "{selector}");
+}
+
+/// A WebDriver session on headless Chromium, through a chromedriver of our own on a
+/// free port; both are stopped by [`Browser::close`] or, failing that, on drop.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// `None` (after printing SKIP) when chromium or chromedriver is missing, unless
+    /// REELGATE_REQUIRE_CHROMIUM=1 makes that a failure.
+    async fn start(test: &str) -> Option<Self> {
+        let (Some(_chromium), Some(chromedriver)) = (on_path("chromium"), on_path("chromedriver")) else {
+            assert!(
+                std::env::var("REELGATE_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+                "chromium or chromedriver not installed, and REELGATE_REQUIRE_CHROMIUM=1"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: chromium or chromedriver not installed (scripts/test installs both)"
+            );
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = {
+            use std::os::unix::process::CommandExt as _;
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("start chromedriver")
+        };
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {"args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--mute-audio", "--hide-scrollbars", "--force-device-scale-factor=1",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]}
+        });
+        let caps = caps.as_object().unwrap().clone();
+        let url = format!("http://127.0.0.1:{port}/");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
+                Ok(client) => break client,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no WebDriver session from chromedriver on {url}: {e}"),
+            }
+        };
+        client
+            .issue_cmd(Cdp { cmd: "Page.addScriptToEvaluateOnNewDocument", params: json!({"source": HOOK}) })
+            .await
+            .expect("install the page hook");
+        Some(Self { client, driver, _profile: profile })
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        self.stop_driver();
+    }
+
+    fn stop_driver(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).stderr(Stdio::null()).status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.stop_driver();
+    }
+}
+
+/// chromedriver's passthrough to the Chrome DevTools Protocol.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(&self, base_url: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!("session/{}/goog/cdp/execute", session_id.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"cmd": self.cmd, "params": self.params}).to_string()))
+    }
+}
+
+/// The first `name` that is a file in a directory of `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// A PNG MiniMax accepts (short side over 300 px, aspect within 2:5..5:2), a gradient
+/// that differs with `seed`.
+fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 60u8.wrapping_add(seed.wrapping_mul(120))])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}

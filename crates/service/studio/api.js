@@ -1,0 +1,260 @@
+// The Studio's client of the public API (/v2/...), and the job watchers: the job event
+// stream when the server has one, polling with back-off when it does not.
+//
+// Event stream contract: POST /v2/jobs/events/token (X-API-Key) -> 201 {token, expiresAt};
+// GET /v2/jobs/{id}/events?token=T and GET /v2/jobs/events?token=T are text/event-stream
+// with `event: job` (data = the job JSON as GET /v2/jobs/{id}) and, for the list stream,
+// `event: reset` ("reload your list"). A bad or expired token is a 401 on connect.
+// A server without streams answers the token route 404/405: then we poll.
+
+import { TERMINAL, sleep } from './util.js';
+
+/** An answer other than 2xx, with the server's JSON body (`error`, `details`, ...). */
+export class HttpError extends Error {
+  constructor(status, body) {
+    super((body && body.error) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+/** Requests made on behalf of one API key. */
+export class Api {
+  constructor(key) {
+    this.key = key;
+    this.token = null;
+    /** 'unknown' until the token route answered, then 'on' or 'off'. */
+    this.streams = 'unknown';
+  }
+
+  async request(method, path, { json, form, auth = true } = {}) {
+    const headers = {};
+    if (auth) headers['X-API-Key'] = this.key;
+    let body;
+    if (json !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(json);
+    } else if (form) {
+      body = form;
+    }
+    for (let attempt = 0; ; attempt += 1) {
+      let response;
+      try {
+        response = await fetch(path, { method, headers, body, cache: 'no-store' });
+      } catch {
+        throw new HttpError(0, { error: 'The server could not be reached. Check your connection and try again.' });
+      }
+      // Reads are safe to repeat after a 429; submissions are left to the user.
+      if (response.status === 429 && method === 'GET' && attempt < 3) {
+        const wait = Number(response.headers.get('Retry-After')) || 1;
+        await sleep(Math.min(wait, 10) * 1000);
+        continue;
+      }
+      const text = await response.text();
+      let data = null;
+      if (text) {
+        try {
+          data = JSON.parse(text);
+        } catch {
+          data = { error: text.slice(0, 300) };
+        }
+      }
+      if (!response.ok) throw new HttpError(response.status, data);
+      return data;
+    }
+  }
+
+  get(path) {
+    return this.request('GET', path);
+  }
+
+  post(path, json) {
+    return this.request('POST', path, { json });
+  }
+
+  /** A stream token, cached until a minute before it expires; null when streams are unavailable. */
+  async streamToken() {
+    if (this.streams === 'off') return null;
+    if (this.token && Date.parse(this.token.expiresAt) - Date.now() > 60_000) return this.token.token;
+    try {
+      this.token = await this.request('POST', '/v2/jobs/events/token');
+      this.streams = 'on';
+      return this.token.token;
+    } catch (e) {
+      this.token = null;
+      if (e.status === 404 || e.status === 405 || e.status === 501) this.streams = 'off';
+      return null;
+    }
+  }
+
+  /** Drops the cached token (the server refused it: expired or revoked). */
+  forgetToken() {
+    this.token = null;
+  }
+}
+
+/** How many stream failures in a row make a watcher give up on streams and poll. */
+const STREAM_FAILURES = 3;
+const POLL_FIRST_MS = 500;
+const POLL_MAX_MS = 5000;
+
+/**
+ * Calls `onJob(job)` with every state of one job until it is terminal, from the job's
+ * event stream, or by polling GET /v2/jobs/{id} when streams are unavailable. Returns
+ * `{stop()}`; `mode` says how it currently watches ('stream' or 'poll').
+ */
+export function watchJob(api, id, onJob) {
+  let stopped = false;
+  let source = null;
+  let failures = 0;
+  let pollDelay = POLL_FIRST_MS;
+  let last = '';
+  const watcher = { mode: 'starting', stop };
+
+  function stop() {
+    stopped = true;
+    if (source) source.close();
+    source = null;
+  }
+
+  function deliver(job) {
+    if (stopped || !job) return;
+    const fingerprint = `${job.status}:${job.progress}`;
+    if (fingerprint !== last) {
+      last = fingerprint;
+      pollDelay = POLL_FIRST_MS;
+    }
+    onJob(job);
+    if (TERMINAL.has(job.status)) stop();
+  }
+
+  async function connect() {
+    const token = await api.streamToken();
+    if (stopped) return;
+    if (!token) {
+      poll();
+      return;
+    }
+    watcher.mode = 'stream';
+    const es = new EventSource(`/v2/jobs/${encodeURIComponent(id)}/events?token=${encodeURIComponent(token)}`);
+    source = es;
+    es.addEventListener('job', (event) => {
+      failures = 0;
+      let job;
+      try {
+        job = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      deliver(job);
+    });
+    es.addEventListener('error', async () => {
+      if (stopped || source !== es) return;
+      failures += 1;
+      // A closed source will not reconnect by itself: a 401 (the token expired), a 204
+      // (the job ended while we were away) or no stream route at all. Read the job once:
+      // it may be over already.
+      const closed = es.readyState === EventSource.CLOSED;
+      if (closed || failures >= STREAM_FAILURES) {
+        es.close();
+        source = null;
+        try {
+          deliver(await api.get(`/v2/jobs/${encodeURIComponent(id)}`));
+        } catch {
+          // the poll below reports nothing either; it keeps trying
+        }
+        if (stopped) return;
+        if (failures >= STREAM_FAILURES) {
+          poll();
+        } else {
+          api.forgetToken();
+          await sleep(300 * failures);
+          if (!stopped) connect();
+        }
+      }
+    });
+  }
+
+  async function poll() {
+    watcher.mode = 'poll';
+    while (!stopped) {
+      try {
+        deliver(await api.get(`/v2/jobs/${encodeURIComponent(id)}`));
+      } catch (e) {
+        if (e.status === 401 || e.status === 403 || e.status === 404) {
+          stop();
+          return;
+        }
+      }
+      if (stopped) return;
+      await sleep(pollDelay);
+      pollDelay = Math.min(POLL_MAX_MS, Math.round(pollDelay * 1.5));
+    }
+  }
+
+  connect();
+  return watcher;
+}
+
+/**
+ * Follows every job of the key through GET /v2/jobs/events: `onJob(job)` per change,
+ * `onReset()` when the server says to reload. `onMode(mode)` reports 'live' or 'off'.
+ * Without streams it reports 'off' and does nothing else (the Studio still updates the
+ * jobs it watches itself).
+ */
+export function watchAllJobs(api, { onJob, onReset, onMode }) {
+  let stopped = false;
+  let source = null;
+  let failures = 0;
+
+  async function connect() {
+    const token = await api.streamToken();
+    if (stopped) return;
+    if (!token) {
+      onMode('off');
+      return;
+    }
+    const es = new EventSource(`/v2/jobs/events?token=${encodeURIComponent(token)}`);
+    source = es;
+    es.addEventListener('open', () => onMode('live'));
+    es.addEventListener('job', (event) => {
+      failures = 0;
+      try {
+        onJob(JSON.parse(event.data));
+      } catch {
+        // a malformed event is skipped; the next one carries the whole job again
+      }
+    });
+    es.addEventListener('reset', () => {
+      failures = 0;
+      onReset();
+    });
+    es.addEventListener('error', async () => {
+      if (stopped || source !== es) return;
+      failures += 1;
+      if (es.readyState !== EventSource.CLOSED && failures < STREAM_FAILURES) return;
+      es.close();
+      source = null;
+      if (failures >= STREAM_FAILURES * 2) {
+        onMode('off');
+        return;
+      }
+      onMode('reconnecting');
+      api.forgetToken();
+      await sleep(500 * failures);
+      if (stopped) return;
+      // Changes made while we were away: reload the list, then follow again.
+      onReset();
+      connect();
+    });
+  }
+
+  connect();
+  return {
+    stop() {
+      stopped = true;
+      if (source) source.close();
+      source = null;
+    },
+  };
+}
