@@ -43,7 +43,7 @@ export function snippets(base, key, body) {
       `curl -s ${shellQuote(url)} \\`,
       `  -H ${shellQuote(`X-API-Key: ${masked}`)} \\`,
       `  -H 'Content-Type: application/json' \\`,
-      `  -d ${shellQuote(JSON.stringify(body))}`,
+      `  -d ${shellQuote(json)}`,
     ].join('\n'),
     python: [
       'import requests',

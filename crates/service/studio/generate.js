@@ -108,13 +108,13 @@ export class GenerateForm {
 
     const endModels = this.models.filter((m) => m.reelgate?.endImageSupported).map((m) => m.id);
     const lastNote = this.takesEndImage()
-      ? '(optional; needs a first frame)'
-      : `(only ${endModels.length ? endModels.join(', ') : 'some models'} ${endModels.length === 1 ? 'takes' : 'take'} a last frame)`;
+      ? 'Optional; needs a first frame.'
+      : `Only ${endModels.length ? endModels.join(', ') : 'some models'} ${endModels.length === 1 ? 'takes' : 'take'} a last frame.`;
     $('#last-frame-note').textContent = lastNote;
     this.frames.end_image.setEnabled(this.takesEndImage());
     $('#first-frame-note').textContent = this.needsImage()
-      ? `(required: ${spec?.id || 'this model'} is image-to-video only)`
-      : '(optional: makes it image-to-video)';
+      ? `Required: ${spec?.id || 'this model'} is image-to-video only.`
+      : 'Optional: makes it image-to-video.';
     this.frames.image.setRequired(this.needsImage());
     this.clearError('model');
     this.variantChanged(true);

@@ -20,6 +20,7 @@ export class Progress {
     this.cards.set(jobId, card);
     this.list.prepend(card.node);
     $('#progress-empty').hidden = true;
+    card.node.scrollIntoView({ block: 'nearest' });
     card.watcher = watchJob(this.hooks.getApi(), jobId, (job) => card.update(job));
     return card;
   }

@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
 
+mod streams;
+
 /// How long a sandbox job may take to show as COMPLETED in the page.
 const JOB_WITHIN: Duration = Duration::from_secs(40);
 /// How long an ordinary UI reaction (a click's result, a request's answer) may take.
@@ -165,7 +167,7 @@ async fn studio_generates_a_video_that_plays_and_explains_errors() {
     assert_eq!(js(c, "return document.querySelector('#last-frame').disabled").await, json!(true));
     assert!(text(c, "#last-frame-note").await.contains("hailuo-02"));
     select(c, "#model", "hailuo-2.3-fast").await;
-    assert!(text(c, "#first-frame-note").await.contains("required"));
+    assert!(text(c, "#first-frame-note").await.starts_with("Required"));
     select(c, "#model", "hailuo-02").await;
     assert_eq!(js(c, "return document.querySelector('#last-frame').disabled").await, json!(false));
     select(c, "#model", "hailuo-2.3").await;
@@ -352,6 +354,51 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
     app.stop().await.unwrap();
 }
 
+/// The job event stream, as the contract describes it, served by a stand-in in front of
+/// the real server (see streams.rs): the Studio gets a token, is refused with it once (an
+/// expired token), gets another, and follows the job and the job list over the streams.
+#[tokio::test]
+async fn studio_follows_jobs_over_the_event_stream_contract() {
+    let Some(browser) = Browser::start("studio_follows_jobs_over_the_event_stream_contract").await else { return };
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_url = format!("http://{}", front.local_addr().unwrap());
+    // Result and upload URLs point at the stand-in, so the page loads them from its own origin.
+    let base = front_url.clone();
+    let app = TestApp::spawn_engine(move |c, _| c.engine.public_base_url = Some(base)).await;
+    let key = app.create_key(100).await;
+    let fake = streams::FakeStreams::new(app.url(""));
+    let router = fake.router();
+    tokio::spawn(async move { axum::serve(front, router).await.unwrap() });
+
+    let c = &browser.client;
+    c.set_window_size(1280, 1100).await.unwrap();
+    c.goto(&format!("{front_url}/")).await.unwrap();
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+    sign_in(c, &key.key, false).await;
+    wait_text(c, "#credits", "100 credits").await;
+    // The list stream was refused with the first token, then followed with a new one.
+    wait_text(c, "#live-status", "Live").await;
+
+    c.find(Locator::Css("#prompt")).await.unwrap().send_keys("Fireflies over a pond").await.unwrap();
+    click(c, "#submit").await;
+    let job_id = wait_js(c, "return document.querySelector('.job-card')?.dataset.jobId", UI_WITHIN).await;
+    let job_id = job_id.as_str().unwrap().to_string();
+    wait_js(c, "return document.querySelector('.job-card video') !== null", JOB_WITHIN).await;
+    wait_text(c, "#credits", "95 credits").await;
+    let row = format!("#history-list li[data-job-id=\"{job_id}\"][data-status=\"COMPLETED\"]");
+    wait_js(c, &format!("return document.querySelector('{row}') !== null"), UI_WITHIN).await;
+
+    let log = fake.logged();
+    assert!(log.first().map(String::as_str) == Some("401"), "the first token was refused: {log:?}");
+    assert!(fake.tokens_issued() >= 2, "a new token after the 401: {log:?}");
+    assert!(log.contains(&format!("job {job_id} COMPLETED")), "the job's stream carried its end: {log:?}");
+    assert!(log.contains(&"reset".to_string()), "the list stream was followed: {log:?}");
+
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
+
 async fn sign_in(c: &Client, key: &str, remember: bool) {
     let input = c.find(Locator::Css("#api-key")).await.unwrap();
     input.clear().await.unwrap();
@@ -396,6 +443,13 @@ async fn screenshot(c: &Client, width: u32, name: &str) {
     if std::env::var("REELGATE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
         std::fs::write(root.join("docs").join(name), &png).unwrap();
     }
+    // And the whole page, for a person to look over (target/ only): the window made as
+    // tall as the document.
+    let sizes = js(c, "return [window.outerHeight - window.innerHeight, document.documentElement.scrollHeight]").await;
+    let (chrome, page) = (sizes[0].as_u64().unwrap() as u32, sizes[1].as_u64().unwrap() as u32);
+    c.set_window_size(width, chrome + page.min(6000)).await.unwrap();
+    let full = c.screenshot().await.unwrap();
+    std::fs::write(dir.join(name.replace(".png", "-full.png")), &full).unwrap();
 }
 
 /// Runs `script` (a function body; it may `await`) and returns its value.
