@@ -241,6 +241,16 @@ async fn studio_generates_a_video_that_plays_and_explains_errors() {
     click(c, "#first-frame button.clear").await;
     assert!(text(c, "#err-image").await.is_empty());
 
+    // A job that fails upstream: the error, and the refund.
+    let prompt = c.find(Locator::Css("#prompt")).await.unwrap();
+    prompt.clear().await.unwrap();
+    prompt.send_keys("A storm at sea [sandbox:fail-1026]").await.unwrap();
+    click(c, "#submit").await;
+    wait_js(c, &format!("const j = document.querySelector('.job-card'); return j.dataset.jobId !== '{job_id}' && j.dataset.status === 'FAILED'"), JOB_WITHIN).await;
+    let failed = text(c, ".job-card .outcome").await;
+    assert!(failed.starts_with("Failed: ") && failed.contains("refunded"), "{failed}");
+    wait_text(c, "#credits", "95 credits").await;
+
     // A 402 is explained with its numbers.
     click(c, "#sign-out").await;
     wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
@@ -348,6 +358,39 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
     // Sign out forgets the stored key.
     click(c, "#sign-out").await;
     wait_js(c, "return !document.querySelector('#signin').hidden && localStorage.length === 0", UI_WITHIN).await;
+
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
+
+/// A queued job can be cancelled, and its credits come back. The engine is off here, so
+/// the job stays QUEUED (and the server is no sandbox: no banner). Keyboard only.
+#[tokio::test]
+async fn studio_cancels_a_queued_job_by_keyboard() {
+    let Some(browser) = Browser::start("studio_cancels_a_queued_job_by_keyboard").await else { return };
+    let app = TestApp::spawn().await;
+    let key = app.create_key(20).await;
+    let c = &browser.client;
+    c.set_window_size(1280, 1100).await.unwrap();
+    c.goto(&app.url("/")).await.unwrap();
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+    assert!(!visible(c, "#sandbox-banner").await, "no sandbox banner without the engine");
+
+    // Enter in the key field signs in; Enter on the focused submit button generates.
+    c.find(Locator::Css("#api-key")).await.unwrap().send_keys(&format!("{}\u{E007}", key.key)).await.unwrap();
+    wait_text(c, "#credits", "20 credits").await;
+    wait_js(c, "return document.activeElement === document.querySelector('#prompt')", UI_WITHIN).await;
+    c.active_element().await.unwrap().send_keys("Waiting in line").await.unwrap();
+    js(c, "document.querySelector('#submit').focus(); return true").await;
+    c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
+    wait_js(c, "const j = document.querySelector('.job-card'); return j && j.dataset.status === 'QUEUED' && j.querySelector('button:not([hidden])')?.textContent === 'Cancel'", UI_WITHIN).await;
+    wait_text(c, "#credits", "15 credits").await;
+    js(c, "Array.from(document.querySelectorAll('.job-card button')).find(b => b.textContent === 'Cancel').focus(); return true").await;
+    c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
+    wait_js(c, "return document.querySelector('.job-card').dataset.status === 'CANCELLED'", UI_WITHIN).await;
+    assert!(text(c, ".job-card .outcome").await.contains("refunded"));
+    wait_text(c, "#credits", "20 credits").await;
 
     assert_clean(c).await;
     browser.close().await;
