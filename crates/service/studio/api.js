@@ -216,7 +216,11 @@ export function watchAllJobs(api, { onJob, onReset, onMode }) {
     }
     const es = new EventSource(`/v2/jobs/events?token=${encodeURIComponent(token)}`);
     source = es;
-    es.addEventListener('open', () => onMode('live'));
+    let openedAt = 0;
+    es.addEventListener('open', () => {
+      openedAt = Date.now();
+      onMode('live');
+    });
     es.addEventListener('job', (event) => {
       failures = 0;
       try {
@@ -231,6 +235,10 @@ export function watchAllJobs(api, { onJob, onReset, onMode }) {
     });
     es.addEventListener('error', async () => {
       if (stopped || source !== es) return;
+      // A stream that ran a good while and then ended (a token expiring, a server
+      // restarting) is not a failing one: count from zero again.
+      if (openedAt && Date.now() - openedAt > 60_000) failures = 0;
+      openedAt = 0;
       failures += 1;
       if (es.readyState !== EventSource.CLOSED && failures < STREAM_FAILURES) return;
       es.close();

@@ -134,6 +134,7 @@ function signOut(message = '') {
   localStorage.removeItem(STORAGE_KEY);
   progress.clear();
   history.reset();
+  form.reset();
   $('#workspace').hidden = true;
   $('#account').hidden = true;
   $('#signin').hidden = false;

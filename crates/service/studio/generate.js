@@ -226,6 +226,16 @@ export class GenerateForm {
     this.changed();
   }
 
+  /** Empties what a user typed or chose (on sign-out, so the next user starts clean). */
+  reset() {
+    this.prompt.value = '';
+    this.frames.image.setUrl('');
+    this.frames.end_image.setUrl('');
+    this.clearErrors();
+    this.updateCounter();
+    this.changed();
+  }
+
   clearError(path) {
     for (const p of $$(`[data-error-for="${path}"]`, this.form)) {
       p.textContent = '';
@@ -346,6 +356,12 @@ class FrameInput {
     this.objectUrl = null;
     this.generation = 0;
 
+    this.preview.addEventListener('error', () => {
+      if (!this.preview.getAttribute('src')) return;
+      this.preview.hidden = true;
+      this.zone.classList.remove('has-preview');
+      this.status.textContent = 'This image could not be loaded (uploads expire after a while).';
+    });
     this.zone.addEventListener('click', () => this.pick());
     this.zone.addEventListener('keydown', (event) => {
       if (event.key === 'Enter' || event.key === ' ') {

@@ -228,6 +228,7 @@ async fn studio_generates_a_video_that_plays_and_explains_errors() {
     )
     .await;
 
+    assert_named(c).await;
     screenshot(c, 1280, "studio-1280.png").await;
     screenshot(c, 375, "studio-375.png").await;
     c.set_window_size(1280, 1100).await.unwrap();
@@ -345,6 +346,7 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
         assert!(detail.contains(needle), "detail view lacks {needle:?}: {detail}");
     }
     assert!(visible(c, "#detail-body video").await, "the detail view plays the video");
+    assert_named(c).await;
     click(c, "#reuse-settings").await;
     wait_js(c, "return !document.querySelector('#job-detail').open", UI_WITHIN).await;
     assert_eq!(prop(c, "#model", "value").await, "hailuo-02");
@@ -451,6 +453,28 @@ async fn sign_in(c: &Client, key: &str, remember: bool) {
         click(c, "#remember").await;
     }
     click(c, "#signin-submit").await;
+}
+
+/// Every control in the page (shown or not) has an accessible name: a label, aria-label,
+/// aria-labelledby or, for buttons, links and tabs, its text.
+async fn assert_named(c: &Client) {
+    let unnamed = js(
+        c,
+        r#"const missing = [];
+        const selector = 'input, select, textarea, button, [role="button"], [role="tab"], a[href], video[controls], progress';
+        for (const e of document.querySelectorAll(selector)) {
+          const byIds = (e.getAttribute('aria-labelledby') || '').split(/\s+/).filter(Boolean)
+            .map((id) => document.getElementById(id)?.textContent || '').join(' ');
+          const name = (e.getAttribute('aria-label') || '').trim() || byIds.trim()
+            || (e.id && document.querySelector(`label[for="${CSS.escape(e.id)}"]`)?.textContent.trim())
+            || e.closest('label')?.textContent.trim()
+            || (/^(BUTTON|A)$/.test(e.tagName) || e.getAttribute('role') ? e.textContent.trim() : '');
+          if (!name) missing.push(e.outerHTML.slice(0, 160));
+        }
+        return missing;"#,
+    )
+    .await;
+    assert_eq!(unnamed, json!([]), "controls without an accessible name");
 }
 
 /// No script error, CSP violation or console.error, and nothing fetched from another origin.
