@@ -149,10 +149,9 @@ fn media_origins(config: &Config) -> Vec<String> {
                 }
             }
             (Some(endpoint), None) => push(endpoint),
-            (None, Some(bucket)) => {
-                push(&format!("https://{bucket}.s3.{}.amazonaws.com", s3.region));
-                push(&format!("https://s3.{}.amazonaws.com", s3.region));
-            }
+            // AWS itself, addressed as results/s3.rs has object_store do it.
+            (None, Some(_)) if s3.path_style => push(&format!("https://s3.{}.amazonaws.com", s3.region)),
+            (None, Some(bucket)) => push(&format!("https://{bucket}.s3.{}.amazonaws.com", s3.region)),
             (None, None) => {}
         }
     }
@@ -189,6 +188,31 @@ mod tests {
                 assert!(ASSETS.iter().any(|(n, _, _)| *n == target), "{name} imports {target}, which is not served");
             }
         }
+    }
+
+    #[test]
+    fn media_may_come_from_the_public_base_url_and_a_presigning_bucket() {
+        let mut config = Config::defaults();
+        assert_eq!(media_origins(&config), Vec::<String>::new());
+        config.engine.public_base_url = Some("https://video.example.com/base".into());
+        assert_eq!(media_origins(&config), ["https://video.example.com"]);
+        config.results.backend = ResultsBackend::S3;
+        config.results.s3.bucket = Some("clips".into());
+        config.results.s3.region = "eu-west-1".into();
+        assert_eq!(media_origins(&config).len(), 1, "proxied videos come from reelgate");
+        config.results.s3.video_urls = VideoUrls::Presigned;
+        config.results.s3.path_style = false;
+        assert_eq!(media_origins(&config)[1], "https://clips.s3.eu-west-1.amazonaws.com");
+        config.results.s3.endpoint = Some("https://s3.example.net".into());
+        assert_eq!(media_origins(&config)[1], "https://clips.s3.example.net");
+        config.results.s3.endpoint = Some("http://127.0.0.1:9000".into());
+        config.results.s3.path_style = true;
+        assert_eq!(media_origins(&config)[1], "http://127.0.0.1:9000");
+        // The origins go into the CSP header as they are.
+        let studio = Studio::new(&config);
+        let csp = studio.csp.to_str().unwrap();
+        assert!(csp.contains("media-src 'self' blob: data: https://video.example.com http://127.0.0.1:9000;"), "{csp}");
+        assert!(studio.index.contains("content=\"https://video.example.com http://127.0.0.1:9000\""));
     }
 
     #[test]
