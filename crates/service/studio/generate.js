@@ -445,7 +445,9 @@ class FrameInput {
     else this.preview.removeAttribute('src');
     this.zone.classList.toggle('has-preview', show);
     this.clear.hidden = !src;
-    if (src && !show) this.status.textContent = 'No preview for images on other sites (this page loads media from this server only).';
+    if (src && !show && /^https?:\/\/./i.test(src)) {
+      this.status.textContent = 'No preview for images on other sites (this page loads media from this server only).';
+    }
   }
 
   /** Shows the file at once, uploads it (POST /v2/uploads, field `file`) and uses the upload's URL. */

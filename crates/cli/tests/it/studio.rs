@@ -239,6 +239,7 @@ async fn studio_generates_a_video_that_plays_and_explains_errors() {
     wait_js(c, "return document.querySelector('#err-image').textContent.length > 0", UI_WITHIN).await;
     assert_eq!(attr(c, "#image-url", "aria-invalid").await, "true");
     assert!(text(c, "#err-prompt").await.is_empty(), "no error at fields the server did not name");
+    artefact(c, "studio-400-1280.png").await;
     click(c, "#first-frame button.clear").await;
     assert!(text(c, "#err-image").await.is_empty());
 
@@ -263,6 +264,8 @@ async fn studio_generates_a_video_that_plays_and_explains_errors() {
     wait_js(c, "return document.querySelector('#form-error').textContent.length > 0", UI_WITHIN).await;
     let explained = text(c, "#form-error").await;
     assert!(explained.contains("costs 5 credits") && explained.contains("balance is 3 credits"), "{explained}");
+    js(c, "document.querySelector('#submit').scrollIntoView({ block: 'center' }); return true").await;
+    artefact(c, "studio-402-1280.png").await;
 
     assert_clean(c).await;
     browser.close().await;
@@ -306,6 +309,7 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
         wait_js(c, &format!("const i = document.querySelector('{preview}'); return !i.hidden && i.complete && i.naturalWidth === 640"), UI_WITHIN)
             .await;
     }
+    artefact(c, "studio-frames-1280.png").await;
     let image_url = prop(c, "#image-url", "value").await;
     let end_image_url = prop(c, "#end-image-url", "value").await;
 
@@ -347,6 +351,11 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
     }
     assert!(visible(c, "#detail-body video").await, "the detail view plays the video");
     assert_named(c).await;
+    artefact(c, "studio-detail-1280.png").await;
+    c.set_window_size(375, 812).await.unwrap();
+    wait_js(c, "return window.innerWidth === 375", UI_WITHIN).await;
+    artefact(c, "studio-detail-375.png").await;
+    c.set_window_size(1280, 1100).await.unwrap();
     click(c, "#reuse-settings").await;
     wait_js(c, "return !document.querySelector('#job-detail').open", UI_WITHIN).await;
     assert_eq!(prop(c, "#model", "value").await, "hailuo-02");
@@ -503,9 +512,7 @@ async fn screenshot(c: &Client, width: u32, name: &str) {
     assert_eq!(overflow, 0, "the page is wider than {width} px");
     let png = c.screenshot().await.unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let dir = target.join("studio-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = screenshot_dir();
     std::fs::write(dir.join(name), &png).unwrap();
     if std::env::var("REELGATE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
         std::fs::write(root.join("docs").join(name), &png).unwrap();
@@ -517,6 +524,21 @@ async fn screenshot(c: &Client, width: u32, name: &str) {
     c.set_window_size(width, chrome + page.min(6000)).await.unwrap();
     let full = c.screenshot().await.unwrap();
     std::fs::write(dir.join(name.replace(".png", "-full.png")), &full).unwrap();
+}
+
+/// Saves what the window shows now under target/studio-screenshots/, for a person to look at.
+async fn artefact(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    let dir = screenshot_dir();
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+fn screenshot_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let dir = target.join("studio-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Runs `script` (a function body; it may `await`) and returns its value.
