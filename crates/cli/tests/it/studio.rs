@@ -375,33 +375,62 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
     app.stop().await.unwrap();
 }
 
-/// A queued job can be cancelled, and its credits come back. The engine is off here, so
-/// the job stays QUEUED (and the server is no sandbox: no banner). Keyboard only.
+/// A queued job can be cancelled, and its credits come back; the history pages with
+/// "Load more" and filters by status. The engine is off here, so jobs stay QUEUED (and
+/// the server is no sandbox: no banner). Keyboard only.
 #[tokio::test]
-async fn studio_cancels_a_queued_job_by_keyboard() {
-    let Some(browser) = Browser::start("studio_cancels_a_queued_job_by_keyboard").await else { return };
+async fn studio_cancels_a_queued_job_by_keyboard_and_pages_the_history() {
+    let Some(browser) = Browser::start("studio_cancels_a_queued_job_by_keyboard_and_pages_the_history").await else {
+        return;
+    };
     let app = TestApp::spawn().await;
-    let key = app.create_key(20).await;
+    let key = app.create_key(100).await;
+    // 13 earlier jobs: one more than the Studio's page of 12.
+    for i in 0..13 {
+        app.submit(&key, &crate::helpers::video("hailuo-2.3", &format!("earlier job {i}"))).await;
+    }
     let c = &browser.client;
     c.set_window_size(1280, 1100).await.unwrap();
     c.goto(&app.url("/")).await.unwrap();
     wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
     assert!(!visible(c, "#sandbox-banner").await, "no sandbox banner without the engine");
 
-    // Enter in the key field signs in; Enter on the focused submit button generates.
+    // Enter in the key field signs in.
     c.find(Locator::Css("#api-key")).await.unwrap().send_keys(&format!("{}\u{E007}", key.key)).await.unwrap();
-    wait_text(c, "#credits", "20 credits").await;
-    wait_js(c, "return document.activeElement === document.querySelector('#prompt')", UI_WITHIN).await;
+    wait_text(c, "#credits", "35 credits").await;
+
+    // The history: a page of 12, newest first, then the 13th.
+    let rows = "return Array.from(document.querySelectorAll('#history-list li')).map(li => li.querySelector('.prompt').textContent)";
+    wait_js(c, &format!("{rows}.filter(p => p.startsWith('earlier')).length === 12"), UI_WITHIN).await;
+    let first = js(c, &format!("{rows}[0]")).await;
+    assert_eq!(first, "earlier job 12", "newest first");
+    assert!(visible(c, "#history-more").await);
+    click(c, "#history-more").await;
+    wait_js(c, &format!("{rows}.length === 13"), UI_WITHIN).await;
+    assert_eq!(js(c, &format!("{rows}[12]")).await, "earlier job 0");
+    assert!(!visible(c, "#history-more").await, "no more pages");
+
+    // Enter on the focused submit button generates; Enter on Cancel cancels.
+    js(c, "document.querySelector('#prompt').focus(); return true").await;
     c.active_element().await.unwrap().send_keys("Waiting in line").await.unwrap();
     js(c, "document.querySelector('#submit').focus(); return true").await;
     c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
     wait_js(c, "const j = document.querySelector('.job-card'); return j && j.dataset.status === 'QUEUED' && j.querySelector('button:not([hidden])')?.textContent === 'Cancel'", UI_WITHIN).await;
-    wait_text(c, "#credits", "15 credits").await;
+    wait_text(c, "#credits", "30 credits").await;
     js(c, "Array.from(document.querySelectorAll('.job-card button')).find(b => b.textContent === 'Cancel').focus(); return true").await;
     c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
     wait_js(c, "return document.querySelector('.job-card').dataset.status === 'CANCELLED'", UI_WITHIN).await;
     assert!(text(c, ".job-card .outcome").await.contains("refunded"));
-    wait_text(c, "#credits", "20 credits").await;
+    wait_text(c, "#credits", "35 credits").await;
+
+    // Filtered by status on the server: the cancelled job alone.
+    select(c, "#filter-status", "CANCELLED").await;
+    wait_js(
+        c,
+        &format!("const r = (() => {{ {rows} }})(); return r.length === 1 && r[0] === 'Waiting in line'"),
+        UI_WITHIN,
+    )
+    .await;
 
     assert_clean(c).await;
     browser.close().await;
