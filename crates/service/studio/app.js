@@ -47,6 +47,8 @@ const progress = new Progress({
 });
 const history = new History({
   getApi,
+  watched: () => new Set(progress.cards.keys()),
+  onSettled: () => refreshMe(),
   onReuse: (input) => {
     form.fill(input);
     $('#generate').scrollIntoView({ block: 'start' });
@@ -119,6 +121,7 @@ async function signIn(key, remember) {
     },
     onReset: () => history.reload(),
     onMode: (mode) => {
+      history.live = mode === 'live';
       $('#live-status').textContent = { live: 'Live', reconnecting: 'Reconnecting…', off: '' }[mode] ?? '';
     },
   });
@@ -131,6 +134,7 @@ function signOut(message = '') {
   state.api = null;
   state.me = null;
   state.liveFeed = null;
+  history.live = false;
   localStorage.removeItem(STORAGE_KEY);
   progress.clear();
   history.reset();

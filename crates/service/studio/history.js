@@ -4,14 +4,16 @@
 // prompt is read from GET /v2/jobs/{id} and kept). A detail dialog shows one job with
 // its webhook deliveries and can put its settings back into the form.
 
-import { $, el, elapsed, formatTime, mediaAllowed, plural } from './util.js';
+import { $, TERMINAL, el, elapsed, formatTime, mediaAllowed, plural } from './util.js';
 
 const PAGE_SIZE = 12;
 /** Job detail reads in flight at once while filling in prompts. */
 const DETAIL_READS = 4;
+/** Without the all-jobs stream, how often unfinished jobs in the list are re-read. */
+const REFRESH_MS = 5000;
 
 export class History {
-  /** @param {object} hooks getApi(); onReuse(input); models() -> catalog ids. */
+  /** @param {object} hooks getApi(); onReuse(input); watched() -> ids the Progress panel follows; onSettled(job). */
   constructor(hooks) {
     this.hooks = hooks;
     this.list = $('#history-list');
@@ -26,6 +28,9 @@ export class History {
     this.loading = 0;
     this.queue = [];
     this.reading = 0;
+    /** Whether the all-jobs stream keeps the list current; without it, unfinished rows are re-read. */
+    this.live = false;
+    this.refreshTimer = setInterval(() => this.refreshUnfinished(), REFRESH_MS);
     this.status.addEventListener('change', () => this.reload());
     this.model.addEventListener('change', () => this.reload());
     this.search.addEventListener('input', () => this.applySearch());
@@ -152,6 +157,20 @@ export class History {
     );
   }
 
+  /**
+   * Without the all-jobs stream, re-reads the listed jobs that are not finished (jobs
+   * submitted elsewhere, e.g. with the CLI); the Progress panel follows its own jobs.
+   */
+  refreshUnfinished() {
+    if (this.live || !this.hooks.getApi()) return;
+    const watched = this.hooks.watched();
+    for (const job of this.jobs.values()) {
+      if (!TERMINAL.has(job.status) && !watched.has(job.id)) {
+        this.readInput(job.id);
+      }
+    }
+  }
+
   /** Reads one job's input (for its prompt), a few at a time. */
   readInput(id) {
     if (this.queue.includes(id)) return;
@@ -160,13 +179,19 @@ export class History {
   }
 
   pump() {
+    const api = this.hooks.getApi();
+    if (!api) {
+      this.queue = [];
+      return;
+    }
     while (this.reading < DETAIL_READS && this.queue.length) {
       const id = this.queue.shift();
       this.reading += 1;
-      this.hooks
-        .getApi()
+      api
         .get(`/v2/jobs/${encodeURIComponent(id)}`)
         .then((job) => {
+          const before = this.jobs.get(id);
+          if (before && !TERMINAL.has(before.status) && TERMINAL.has(job.status)) this.hooks.onSettled(job);
           this.inputs.set(id, job.input || {});
           if (this.jobs.has(id)) this.put(job, false);
           this.applySearch();

@@ -366,6 +366,29 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
     assert_eq!(prop(c, "#resolution", "value").await, "768p");
     wait_js(c, "const i = document.querySelector('#first-frame img.preview'); return !i.hidden && i.complete && i.naturalWidth === 640", UI_WITHIN).await;
 
+    // Drag and drop: an image dropped on the first frame is uploaded and replaces it.
+    js(
+        c,
+        r#"const canvas = document.createElement('canvas');
+        canvas.width = 500;
+        canvas.height = 400;
+        const g = canvas.getContext('2d');
+        g.fillStyle = '#2a7';
+        g.fillRect(0, 0, 500, 400);
+        const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+        const data = new DataTransfer();
+        data.items.add(new File([blob], 'dropped.png', { type: 'image/png' }));
+        const zone = document.querySelector('#first-frame .dropzone');
+        for (const type of ['dragenter', 'dragover', 'drop']) {
+          zone.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+        }
+        return true;"#,
+    )
+    .await;
+    wait_js(c, &format!("const v = document.querySelector('#image-url').value; return v.startsWith('{uploads}') && v !== '{image_url}'"), UI_WITHIN).await;
+    wait_js(c, "const i = document.querySelector('#first-frame img.preview'); return !i.hidden && i.complete && i.naturalWidth === 500", UI_WITHIN).await;
+    assert!(text(c, "#first-frame .frame-status").await.contains("dropped.png"));
+
     // Sign out forgets the stored key.
     click(c, "#sign-out").await;
     wait_js(c, "return !document.querySelector('#signin').hidden && localStorage.length === 0", UI_WITHIN).await;
@@ -386,8 +409,9 @@ async fn studio_cancels_a_queued_job_by_keyboard_and_pages_the_history() {
     let app = TestApp::spawn().await;
     let key = app.create_key(100).await;
     // 13 earlier jobs: one more than the Studio's page of 12.
+    let mut earlier = Vec::new();
     for i in 0..13 {
-        app.submit(&key, &crate::helpers::video("hailuo-2.3", &format!("earlier job {i}"))).await;
+        earlier.push(app.submit(&key, &crate::helpers::video("hailuo-2.3", &format!("earlier job {i}"))).await);
     }
     let c = &browser.client;
     c.set_window_size(1280, 1100).await.unwrap();
@@ -410,27 +434,46 @@ async fn studio_cancels_a_queued_job_by_keyboard_and_pages_the_history() {
     assert_eq!(js(c, &format!("{rows}[12]")).await, "earlier job 0");
     assert!(!visible(c, "#history-more").await, "no more pages");
 
+    // A job changed elsewhere (here: cancelled with the API) changes in the list too.
+    let r = app
+        .call(
+            reqwest::Method::POST,
+            "/v2/jobs/{id}/cancel",
+            &format!("/v2/jobs/{}/cancel", earlier[12]),
+            Some(&key.key),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_js(
+        c,
+        &format!(
+            "return document.querySelector('#history-list li[data-job-id=\"{}\"]').dataset.status === 'CANCELLED'",
+            earlier[12]
+        ),
+        UI_WITHIN,
+    )
+    .await;
+    wait_text(c, "#credits", "40 credits").await;
+
     // Enter on the focused submit button generates; Enter on Cancel cancels.
     js(c, "document.querySelector('#prompt').focus(); return true").await;
     c.active_element().await.unwrap().send_keys("Waiting in line").await.unwrap();
     js(c, "document.querySelector('#submit').focus(); return true").await;
     c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
     wait_js(c, "const j = document.querySelector('.job-card'); return j && j.dataset.status === 'QUEUED' && j.querySelector('button:not([hidden])')?.textContent === 'Cancel'", UI_WITHIN).await;
-    wait_text(c, "#credits", "30 credits").await;
+    wait_text(c, "#credits", "35 credits").await;
     js(c, "Array.from(document.querySelectorAll('.job-card button')).find(b => b.textContent === 'Cancel').focus(); return true").await;
     c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
     wait_js(c, "return document.querySelector('.job-card').dataset.status === 'CANCELLED'", UI_WITHIN).await;
     assert!(text(c, ".job-card .outcome").await.contains("refunded"));
-    wait_text(c, "#credits", "35 credits").await;
+    wait_text(c, "#credits", "40 credits").await;
 
-    // Filtered by status on the server: the cancelled job alone.
+    // Filtered by status on the server: the two cancelled jobs alone, newest first.
     select(c, "#filter-status", "CANCELLED").await;
-    wait_js(
-        c,
-        &format!("const r = (() => {{ {rows} }})(); return r.length === 1 && r[0] === 'Waiting in line'"),
-        UI_WITHIN,
-    )
-    .await;
+    let want = json!(["Waiting in line", "earlier job 12"]).to_string();
+    wait_js(c, &format!("const r = (() => {{ {rows} }})(); return JSON.stringify(r) === '{want}'"), UI_WITHIN).await;
 
     assert_clean(c).await;
     browser.close().await;
