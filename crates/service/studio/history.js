@@ -105,13 +105,13 @@ export class History {
 
   /** A job's new state, from the stream or a watcher: updates its row, or adds it on top if new. */
   upsert(job) {
+    if (job.input) this.inputs.set(job.id, job.input);
     if (this.jobs.has(job.id)) {
       this.put(job, false);
     } else if (this.matchesFilters(job)) {
       this.put(job, true);
       $('#history-empty').hidden = true;
     }
-    if (job.input) this.inputs.set(job.id, job.input);
     this.applySearch();
   }
 

@@ -61,6 +61,8 @@ class JobCard {
     this.bar = el('progress', { max: '100', value: '0', 'aria-label': `Progress of job ${jobId}` });
     this.percent = el('span', { class: 'percent', text: '0%' });
     this.outcome = el('div', { class: 'outcome' });
+    // Screen readers hear each change of status, not every percent.
+    this.announce = el('p', { class: 'visually-hidden', 'aria-live': 'polite' });
     this.cancel = el('button', { type: 'button', class: 'secondary', text: 'Cancel', onclick: () => this.doCancel() });
     this.dismiss = el('button', {
       type: 'button',
@@ -77,6 +79,7 @@ class JobCard {
       el('div', { class: 'bar-row' }, this.bar, this.percent),
       el('p', { class: 'muted small job-id', text: `Job ${jobId}` }),
       this.outcome,
+      this.announce,
       el('div', { class: 'actions' }, this.cancel, this.dismiss),
     );
   }
@@ -85,6 +88,7 @@ class JobCard {
     this.job = { ...this.job, ...job };
     const { status } = this.job;
     const progress = status === 'COMPLETED' ? 100 : Math.max(0, Math.min(100, Number(this.job.progress) || 0));
+    if (this.node.dataset.status !== status) this.announce.textContent = `${this.job.model} job ${status.toLowerCase()}`;
     this.node.dataset.status = status;
     this.status.textContent = status;
     this.status.className = `badge badge-${status.toLowerCase()}`;
