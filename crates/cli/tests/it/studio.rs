@@ -107,6 +107,18 @@ async fn studio_is_served_with_csp_content_types_and_caching() {
             assert_eq!(r.status(), 200, "{asset} imports {name}");
         }
     }
+    // Gzipped for clients that take it, with an ETag of its own.
+    let app_js = assets.iter().find(|a| a.ends_with("/app.js")).unwrap();
+    let plain = app.http.get(app.url(app_js)).send().await.unwrap();
+    let plain_tag = plain.headers()["etag"].clone();
+    let plain_len = plain.bytes().await.unwrap().len();
+    let zipped = app.http.get(app.url(app_js)).header("Accept-Encoding", "gzip, br").send().await.unwrap();
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    assert_eq!(zipped.headers()["vary"], "Accept-Encoding");
+    assert_ne!(zipped.headers()["etag"], plain_tag);
+    let body = zipped.bytes().await.unwrap();
+    assert!(body.starts_with(&[0x1f, 0x8b]) && body.len() < plain_len / 2, "{} of {plain_len} bytes", body.len());
+
     let missing = app.http.get(app.url("/studio/0/nope.js")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 
