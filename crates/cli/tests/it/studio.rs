@@ -28,7 +28,7 @@ mod streams;
 /// How long a sandbox job may take to show as COMPLETED in the page.
 const JOB_WITHIN: Duration = Duration::from_secs(40);
 /// How long an ordinary UI reaction (a click's result, a request's answer) may take.
-const UI_WITHIN: Duration = Duration::from_secs(10);
+const UI_WITHIN: Duration = Duration::from_secs(20);
 
 /// Installed before any of the page's scripts run (CDP `addScriptToEvaluateOnNewDocument`):
 /// collects script errors, rejected promises, console.error calls, CSP violations and
@@ -338,10 +338,10 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
     wait_js(c, &format!("const r = document.querySelector('{row}'); return r && r.dataset.status === 'COMPLETED' && r.textContent.includes('paper boat') && r.querySelector('video.poster') !== null"), UI_WITHIN).await;
     assert!(attr(c, &format!("{row} video.poster"), "src").await.ends_with("#t=0.1"));
     c.find(Locator::Css("#filter-search")).await.unwrap().send_keys("lighthouse").await.unwrap();
-    wait_js(c, &format!("return document.querySelector('{row}').hidden"), UI_WITHIN).await;
+    wait_js(c, &format!("return document.querySelector('{row}')?.hidden === true"), UI_WITHIN).await;
     c.find(Locator::Css("#filter-search")).await.unwrap().clear().await.unwrap();
     c.find(Locator::Css("#filter-search")).await.unwrap().send_keys("boat").await.unwrap();
-    wait_js(c, &format!("return !document.querySelector('{row}').hidden"), UI_WITHIN).await;
+    wait_js(c, &format!("return document.querySelector('{row}')?.hidden === false"), UI_WITHIN).await;
     select(c, "#filter-model", "hailuo-2.3").await;
     wait_js(c, &format!("return document.querySelector('{row}') === null"), UI_WITHIN).await;
     select(c, "#filter-model", "").await;
@@ -461,7 +461,7 @@ async fn studio_cancels_a_queued_job_by_keyboard_and_pages_the_history() {
     wait_js(
         c,
         &format!(
-            "return document.querySelector('#history-list li[data-job-id=\"{}\"]').dataset.status === 'CANCELLED'",
+            "return document.querySelector('#history-list li[data-job-id=\"{}\"]')?.dataset.status === 'CANCELLED'",
             earlier[12]
         ),
         UI_WITHIN,
@@ -478,7 +478,7 @@ async fn studio_cancels_a_queued_job_by_keyboard_and_pages_the_history() {
     wait_text(c, "#credits", "35 credits").await;
     js(c, "Array.from(document.querySelectorAll('.job-card button')).find(b => b.textContent === 'Cancel').focus(); return true").await;
     c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
-    wait_js(c, "return document.querySelector('.job-card').dataset.status === 'CANCELLED'", UI_WITHIN).await;
+    wait_js(c, "return document.querySelector('.job-card')?.dataset.status === 'CANCELLED'", UI_WITHIN).await;
     assert!(text(c, ".job-card .outcome").await.contains("refunded"));
     wait_text(c, "#credits", "40 credits").await;
 
@@ -738,7 +738,7 @@ impl Browser {
         });
         let caps = caps.as_object().unwrap().clone();
         let url = format!("http://127.0.0.1:{port}/");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let client = loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
             match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
