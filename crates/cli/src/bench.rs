@@ -25,6 +25,7 @@ mod client;
 mod database;
 mod edge;
 mod engine;
+mod events;
 mod uploads;
 mod webhook_receiver;
 
@@ -124,6 +125,10 @@ pub enum BenchMode {
     /// Concurrent uploads of a 20 MB image against a `reelgate serve` child process: the
     /// server's peak RSS growth (streamed uploads are not held whole) (Linux only).
     Uploads(uploads::UploadsArgs),
+    /// Thousands of open job event streams against a `reelgate serve` child process: the
+    /// server's RSS per stream, and how soon a change reaches every stream of its job
+    /// while jobs change at a steady rate (Linux only).
+    Events(events::EventsArgs),
 }
 
 /// Runs the benchmark and prints its report; fails if any request failed.
@@ -132,6 +137,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Engine(engine_args)) => return engine::run(engine_args).await,
         Some(BenchMode::Edge(edge_args)) => return edge::run(edge_args).await,
         Some(BenchMode::Uploads(uploads_args)) => return uploads::run(uploads_args).await,
+        Some(BenchMode::Events(events_args)) => return events::run(events_args).await,
         None => {}
     }
     ensure!(args.seconds > 0, "--seconds must be at least 1");

@@ -78,11 +78,42 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The environment variable that turns off mimalloc's eager commit of its arenas.
+const ALLOCATOR_LIGHT: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
+
+/// Runs this same command again in this process (`exec`, so the pid, the arguments and the
+/// open files stay) with mimalloc told to commit its arenas as it uses them, unless the
+/// variable is set already.
+///
+/// Why: on Linux mimalloc commits its arenas eagerly by default, and what passed through
+/// it stays resident: `bench uploads` measured an idle server at 27 MiB and ten 20 MB
+/// uploads adding 71 MiB; without eager commit, 21 MiB and 19 MiB (docs/BENCHMARKS.md).
+/// mimalloc reads the option from the environment before `main` and reserves its first
+/// arena then, so setting it from here (`mi_option_set`) changed nothing; a fresh start
+/// is the only way in. If `exec` fails, the server runs with the default.
+#[cfg(unix)]
+fn restart_with_light_allocator() {
+    use std::os::unix::process::CommandExt as _;
+    let (name, value) = ALLOCATOR_LIGHT;
+    if std::env::var_os(name).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let error = std::process::Command::new(&exe).arg0(arg0).args(args).env(name, value).exec();
+    eprintln!("could not restart with {name}={value} ({error}); mimalloc keeps its defaults");
+}
+
 /// Exit codes: server and admin commands exit 1 on any error (anyhow's way); the client
 /// commands `generate` and `jobs` use 0 completed, 1 the job failed, 2 usage or HTTP
 /// errors, as they document.
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    #[cfg(unix)]
+    if matches!(cli.command, Command::Serve(_) | Command::Sim(_)) {
+        restart_with_light_allocator();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REELGATE_LOG")

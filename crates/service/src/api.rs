@@ -7,6 +7,7 @@ pub mod extract;
 
 mod account;
 mod engine_routes;
+mod events;
 mod jobs;
 mod models;
 mod results;
@@ -36,6 +37,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(videos::router())
+        .merge(events::router())
         .merge(jobs::router())
         .merge(account::router())
         .merge(models::router())

@@ -49,6 +49,20 @@ pub struct Config {
     pub results: ResultsConfig,
     /// Files clients upload (`POST /v2/uploads`).
     pub uploads: UploadsConfig,
+    /// Job event streams (`GET /v2/jobs/{id}/events`, `GET /v2/jobs/events`).
+    pub events: EventsConfig,
+}
+
+/// Job event streams.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Milliseconds a token from `POST /v2/jobs/events/token` opens streams.
+    pub token_ttl_ms: u64,
+    /// Milliseconds between a stream's own re-reads of its jobs, which cover a change
+    /// whose announcement was lost (a node that crashed between its commit and its
+    /// announcement).
+    pub recheck_ms: u64,
 }
 
 /// Files clients upload (`POST /v2/uploads`), kept in the result store.
@@ -493,6 +507,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "uploads.ttl_secs, uploads.reap_interval_ms and uploads.body_deadline_ms must be positive".into(),
             ));
+        }
+        if self.events.token_ttl_ms == 0 || self.events.recheck_ms == 0 {
+            return Err(ConfigError::Invalid("events.token_ttl_ms and events.recheck_ms must be positive".into()));
         }
         if self.limits.idempotency_ttl_hours == 0 {
             return Err(ConfigError::Invalid("limits.idempotency_ttl_hours must be at least 1".into()));

@@ -12,6 +12,7 @@ pub mod background;
 pub mod config;
 pub mod egress;
 pub mod engine;
+pub mod events;
 pub mod guard;
 pub mod openapi;
 pub mod ratelimit;
@@ -174,6 +175,17 @@ pub async fn run(
         tokio::spawn(keep_builtin_sandbox_lock(url, lock, release_sandbox_lock.clone()))
     });
     let (store, wakeups) = open_backend(&config, true).await?;
+    let signer = signing::Signer::shared(store.as_ref(), &config.data_dir).await?;
+    // Ends the event streams when shutdown begins, so they do not hold it up.
+    let stop_streams = tokio_util::sync::CancellationToken::new();
+    let (events, events_task) = events::JobEvents::start(store.clone(), stop_streams.clone());
+    let shutdown = {
+        let stop_streams = stop_streams.clone();
+        async move {
+            shutdown.await;
+            stop_streams.cancel();
+        }
+    };
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
     let addr = listener.local_addr()?;
@@ -184,9 +196,16 @@ pub async fn run(
     let stop_monitor = tokio_util::sync::CancellationToken::new();
     let monitor = readiness.monitor(store.clone(), stop_monitor.clone());
     let (engine, sandbox) = if config.engine.enabled {
-        let (engine, sandbox) =
-            start_engine(&config, store.clone(), addr, metrics.clone(), webhook_wake.clone(), readiness.clone())
-                .await?;
+        let (engine, sandbox) = start_engine(EngineInputs {
+            config: &config,
+            store: store.clone(),
+            signer: signer.clone(),
+            addr,
+            metrics: metrics.clone(),
+            webhook_wake: webhook_wake.clone(),
+            readiness: readiness.clone(),
+        })
+        .await?;
         (Some(engine), sandbox)
     } else {
         (None, None)
@@ -224,6 +243,8 @@ pub async fn run(
         engine: engine.as_ref().map(|e| e.engine.clone()),
         metrics,
         readiness,
+        signer,
+        events,
     });
 
     let housekeeping = tokio::spawn(purge_idempotency_keys(store.clone(), state.config.limits.clone()));
@@ -232,6 +253,8 @@ pub async fn run(
     let server_settings = state.config.server.clone();
     let served = server::serve(listener, api::router(state), &server_settings, shutdown).await;
     housekeeping.abort();
+    stop_streams.cancel();
+    let _ = events_task.await;
     stop_monitor.cancel();
     let _ = monitor.await;
     if let Some(forwarding) = forwarding {
@@ -322,18 +345,22 @@ async fn keep_builtin_sandbox_lock(
     }
 }
 
-/// Builds and starts the job engine, with the built-in sandbox when no MiniMax account
-/// is configured.
-async fn start_engine(
-    config: &Config,
+/// What the job engine is built from.
+struct EngineInputs<'a> {
+    config: &'a Config,
     store: Arc<dyn Store>,
+    signer: signing::Signer,
     addr: std::net::SocketAddr,
     metrics: Arc<engine::Metrics>,
     webhook_wake: Arc<tokio::sync::Notify>,
     readiness: readiness::Readiness,
-) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
+}
+
+/// Builds and starts the job engine, with the built-in sandbox when no MiniMax account
+/// is configured.
+async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
+    let EngineInputs { config, store, signer, addr, metrics, webhook_wake, readiness } = inputs;
     let e = &config.engine;
-    let signer = signing::Signer::shared(store.as_ref(), &config.data_dir).await?;
     let results = open_results(config)?;
     let public_base_url = match &e.public_base_url {
         Some(url) => url.clone(),

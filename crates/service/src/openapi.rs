@@ -261,6 +261,59 @@ pub fn document(catalog: &Catalog) -> Value {
                     "404": error_response("Job not found, or owned by another account.")
                 }
             }},
+            "/v2/jobs/events/token": {"post": {
+                "summary": "A token for job event streams (reelgate's addition)",
+                "description": "For browsers, whose EventSource cannot send X-API-Key: a read-only token bound to the calling key, valid for `events.token_ttl_ms` (10 minutes by default), to pass as `?token=` to the event streams. API keys then never appear in URLs or access logs.",
+                "tags": ["Events"],
+                "security": secured(),
+                "responses": {
+                    "201": {"description": "The token.", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["token", "expiresAt"],
+                        "properties": {"token": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}}}}}},
+                    "401": unauthorized(),
+                    "403": forbidden(),
+                    "429": rate_limited()
+                }
+            }},
+            "/v2/jobs/{id}/events": {"get": {
+                "summary": "A job's progress, pushed as server-sent events (reelgate's addition)",
+                "description": "`text/event-stream`. Each event is `event: job` with `data` the job exactly as `GET /v2/jobs/{id}` shows it: the current state first, then every change (status, progress, result or error) within milliseconds of its commit, on whichever node it happened. A comment line keeps the stream alive every 15 s. The stream ends after the terminal event (COMPLETED, FAILED or CANCELLED). Event ids are versions of the job: send the last one as `Last-Event-ID` to resume, and the job is sent again only if it changed; after the terminal event, 204 (EventSource stops). Authenticate with `X-API-Key` or `?token=` from `POST /v2/jobs/events/token`.",
+                "tags": ["Events"],
+                "security": [{"ApiKeyAuth": []}, {}],
+                "parameters": [
+                    {"in": "path", "name": "id", "required": true, "schema": {"type": "string", "format": "uuid"}},
+                    {"in": "query", "name": "token", "required": false, "schema": {"type": "string"}},
+                    {"in": "header", "name": "Last-Event-ID", "required": false, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "204": {"description": "Resumed after the terminal event: nothing more will come."},
+                    "400": error_response("`id` is not a valid UUID."),
+                    "401": error_response("No key or token, an invalid key, or an invalid or expired token."),
+                    "403": forbidden(),
+                    "404": error_response("Job not found, or owned by another account."),
+                    "429": rate_limited()
+                }
+            }},
+            "/v2/jobs/events": {"get": {
+                "summary": "Every job of the key, pushed as server-sent events (reelgate's addition)",
+                "description": "`text/event-stream`: first `event: ready`, then `event: job` (the job as `GET /v2/jobs/{id}` shows it) whenever one of the calling key's jobs (`scope=team`: the account's) is created or changes. Event ids are cursors: resuming with `Last-Event-ID` sends again every job changed since (duplicates are possible, losses are not); `event: reset` means more changed than a resume sends, so list again. To miss nothing, open the stream, then list. Authenticate with `X-API-Key` or `?token=`.",
+                "tags": ["Events"],
+                "security": [{"ApiKeyAuth": []}, {}],
+                "parameters": [
+                    {"in": "query", "name": "scope", "required": false,
+                        "schema": {"type": "string", "enum": ["user", "team"], "default": "user"}},
+                    {"in": "query", "name": "token", "required": false, "schema": {"type": "string"}},
+                    {"in": "header", "name": "Last-Event-ID", "required": false, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "400": error_response("An invalid `scope` or `Last-Event-ID`."),
+                    "401": error_response("No key or token, an invalid key, or an invalid or expired token."),
+                    "403": forbidden(),
+                    "429": rate_limited()
+                }
+            }},
             "/v2/results/{id}/{file}": {"get": {
                 "summary": "Download a completed job's video (reelgate's addition)",
                 "description": "The `result.videoUrl` of a completed job: reelgate's own copy of the video, made before MiniMax's link expires. The URL carries a token and needs no API key, so players can open it. Supports HTTP Range requests (206, 416). When the server keeps results in S3 with `video_urls = \"presigned\"`, `videoUrl` is instead a presigned URL of the bucket's object, signed on every read; this route still serves the video.",

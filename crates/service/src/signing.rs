@@ -35,6 +35,8 @@ pub enum Purpose {
     Callback,
     /// Reading an uploaded file.
     Upload,
+    /// Reading a key's job event streams (the claims name the key and the expiry).
+    Events,
 }
 
 impl Purpose {
@@ -43,6 +45,7 @@ impl Purpose {
             Self::Result => b"result",
             Self::Callback => b"minimax-callback",
             Self::Upload => b"upload",
+            Self::Events => b"job-events",
         }
     }
 }

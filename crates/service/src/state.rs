@@ -9,8 +9,10 @@ use store::Store;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::engine::{Engine, Metrics};
+use crate::events::JobEvents;
 use crate::ratelimit::RateLimits;
 use crate::readiness::Readiness;
+use crate::signing::Signer;
 
 /// Cheap to clone: axum clones the state for every request, so it is one `Arc`.
 #[derive(Clone)]
@@ -36,6 +38,10 @@ pub struct Handles {
     pub metrics: Arc<Metrics>,
     /// Whether the store answers (`/readyz`, and new jobs are refused while it does not).
     pub readiness: Readiness,
+    /// Makes and checks capability tokens (result and upload URLs, event tokens).
+    pub signer: Signer,
+    /// Job changes for the event streams.
+    pub events: JobEvents,
 }
 
 impl AppState {

@@ -198,7 +198,8 @@ export function watchJob(api, id, onJob) {
 
 /**
  * Follows every job of the key through GET /v2/jobs/events: `onJob(job)` per change,
- * `onReset()` when the server says to reload. `onMode(mode)` reports 'live' or 'off'.
+ * `onReset()` when the server says to reload (`reset`), once it follows (`ready`) and
+ * after a reconnect. `onMode(mode)` reports 'live' or 'off'.
  * Without streams it reports 'off' and does nothing else (the Studio still updates the
  * jobs it watches itself).
  */
@@ -230,6 +231,12 @@ export function watchAllJobs(api, { onJob, onReset, onMode }) {
       }
     });
     es.addEventListener('reset', () => {
+      failures = 0;
+      onReset();
+    });
+    // reelgate sends `ready` once the stream follows the key's jobs: the list loaded
+    // before that may have missed a change, so it is loaded again (once per connection).
+    es.addEventListener('ready', () => {
       failures = 0;
       onReset();
     });

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cancel;
+mod changes;
 mod claims;
 mod lifecycle;
 mod reads;
@@ -13,6 +14,7 @@ mod webhooks;
 
 pub use accounts::*;
 pub use cancel::*;
+pub use changes::*;
 pub use claims::*;
 pub use lifecycle::*;
 pub use reads::*;

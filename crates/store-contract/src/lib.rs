@@ -78,6 +78,7 @@ macro_rules! contract_tests {
             purged_idempotency_keys_are_forgotten,
             cancelling_a_queued_job_refunds_it_once,
             racing_cancels_refund_once,
+            committed_job_changes_are_announced,
             jobs_are_read_only_within_their_account,
             job_lists_page_newest_first_with_filters,
             claims_go_round_robin_and_fifo_within_an_account,

@@ -442,11 +442,15 @@ pub(crate) async fn results_to_expire(client: &Object, before_ms: i64, limit: us
     rows.iter().map(|r| rows::get(r, 0).map(JobId)).collect()
 }
 
-pub(crate) async fn mark_expired(client: &Object, id: JobId, now_ms: i64) -> Result<()> {
+/// Returns the job's account when the job changed.
+pub(crate) async fn mark_expired(client: &Object, id: JobId, now_ms: i64) -> Result<Option<AccountId>> {
     let stmt = client
-        .prepare_cached("update job set expired = true, updated_at = $2 where job_id = $1 and stage = 'completed'")
+        .prepare_cached(
+            "update job set expired = true, updated_at = $2 where job_id = $1 and stage = 'completed'
+             returning account_id",
+        )
         .await
         .map_err(db_err)?;
-    client.execute(&stmt, &[&id.0, &now_ms]).await.map_err(db_err)?;
-    Ok(())
+    let row = client.query_opt(&stmt, &[&id.0, &now_ms]).await.map_err(db_err)?;
+    row.map(|r| rows::get(&r, 0).map(AccountId)).transpose()
 }

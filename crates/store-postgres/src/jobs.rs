@@ -100,6 +100,25 @@ pub(crate) async fn list_jobs(client: &Object, q: &JobQuery) -> Result<Vec<JobRe
     client.query(&stmt, &params).await.map_err(db_err)?.iter().map(rows::job).collect()
 }
 
+pub(crate) async fn jobs_changed_since(
+    client: &Object,
+    account_id: AccountId,
+    api_key_id: Option<ApiKeyId>,
+    since_ms: i64,
+    limit: u32,
+) -> Result<Vec<JobRecord>> {
+    const SQL: &str = concat!(
+        "select ",
+        job_columns!(),
+        " from job where account_id = $1::uuid and ($2::uuid is null or api_key_id = $2::uuid)
+                   and updated_at >= $3::bigint
+          order by updated_at, job_id limit $4::bigint"
+    );
+    let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
+    let params: [Param<'_>; 4] = [&account_id.0, &api_key_id.map(|k| k.0), &since_ms, &i64::from(limit)];
+    client.query(&stmt, &params).await.map_err(db_err)?.iter().map(rows::job).collect()
+}
+
 pub(crate) async fn job_models(
     client: &Object,
     account_id: AccountId,

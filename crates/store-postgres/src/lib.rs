@@ -77,6 +77,11 @@ pub struct PgStore {
     probe: Mutex<Option<tokio_postgres::Client>>,
     /// Writes submissions in batches, see [`submit`].
     submitter: Submitter,
+    /// Names this store in its job-change announcements, so its own listener skips them.
+    node: uuid::Uuid,
+    /// Job changes, this store's and (once [`PgStore::subscribe_wakeups`] listens) other
+    /// nodes' (see [`store::Store::job_changes`]).
+    changes: tokio::sync::broadcast::Sender<store::JobChange>,
 }
 
 impl PgStore {
@@ -100,10 +105,13 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
         let closed = watch::channel(false).0;
-        let announcer = Announcer::start(pool.clone(), closed.subscribe());
+        let node = uuid::Uuid::new_v4();
+        let changes = tokio::sync::broadcast::channel(store::JOB_CHANGES_CAPACITY).0;
+        let announcer = Announcer::start(pool.clone(), closed.subscribe(), node, changes.clone());
         let clock = Arc::new(Clock::default());
         let submitter = Submitter::start(pool.clone(), clock.clone(), closed.subscribe());
-        let store = PgStore { pool, config, clock, closed, announcer, probe: Mutex::new(None), submitter };
+        let store =
+            PgStore { pool, config, clock, closed, announcer, probe: Mutex::new(None), submitter, node, changes };
         let mut client = store.client().await?;
         migrate::apply(&mut client, store.clock.now_ms()).await?;
         Ok(store)
@@ -126,9 +134,10 @@ impl PgStore {
     ///
     /// Opens one dedicated connection, outside the pool, that stays in `LISTEN` until the
     /// returned handle is dropped or the store is closed (or dropped). Optional: a node
-    /// that never subscribes still announces its own work to the others.
+    /// that never subscribes still announces its own work to the others. Other nodes' job
+    /// changes reach [`store::Store::job_changes`] only while a subscription listens.
     pub fn subscribe_wakeups(&self) -> Wakeups {
-        Wakeups::start(self.config.clone(), self.closed.subscribe())
+        Wakeups::start(self.config.clone(), self.closed.subscribe(), self.node, self.changes.clone())
     }
 
     /// Sum of an account's ledger: what its balance must equal.
@@ -257,16 +266,22 @@ impl store::Store for PgStore {
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
+        let change = store::JobChange { account_id: job.account_id, job_id: job.id };
         let outcome = self.submitter.submit(job).await?;
         if matches!(outcome, SubmitOutcome::Created { .. }) {
             // After the commit, as every announcement (see `wakeups`).
             self.announcer.announce(Work::Jobs);
+            self.announcer.job_changed([change]);
         }
         Ok(outcome)
     }
 
     async fn cancel_job(&self, account_id: AccountId, id: JobId) -> Result<CancelOutcome> {
-        jobs::cancel_job(&mut self.client().await?, account_id, id, self.clock.now_ms()).await
+        let outcome = jobs::cancel_job(&mut self.client().await?, account_id, id, self.clock.now_ms()).await?;
+        if let CancelOutcome::Cancelled(_) = &outcome {
+            self.announcer.job_changed([store::JobChange { account_id, job_id: id }]);
+        }
+        Ok(outcome)
     }
 
     async fn get_job(&self, account_id: AccountId, id: JobId) -> Result<Option<Arc<JobRecord>>> {
@@ -281,8 +296,24 @@ impl store::Store for PgStore {
         jobs::job_models(&self.client().await?, account_id, api_key_id).await
     }
 
+    async fn jobs_changed_since(
+        &self,
+        account_id: AccountId,
+        api_key_id: Option<ApiKeyId>,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>> {
+        jobs::jobs_changed_since(&self.client().await?, account_id, api_key_id, since_ms, limit).await
+    }
+
+    fn job_changes(&self) -> tokio::sync::broadcast::Receiver<store::JobChange> {
+        self.changes.subscribe()
+    }
+
     async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
-        engine::claim_jobs(&mut self.client().await?, &request, self.clock.now_ms()).await
+        let claimed = engine::claim_jobs(&mut self.client().await?, &request, self.clock.now_ms()).await?;
+        self.announcer.job_changed(claimed.iter().map(|c| change_of(&c.job.record)));
+        Ok(claimed)
     }
 
     async fn reserve_upstream_call(
@@ -297,7 +328,12 @@ impl store::Store for PgStore {
     }
 
     async fn transition(&self, transition: Transition) -> Result<Option<EngineJob>> {
-        engine::transition(&mut self.client().await?, &transition, self.clock.now_ms(), &self.announcer).await
+        let moved =
+            engine::transition(&mut self.client().await?, &transition, self.clock.now_ms(), &self.announcer).await?;
+        if let Some(job) = &moved {
+            self.announcer.job_changed([change_of(&job.record)]);
+        }
+        Ok(moved)
     }
 
     async fn due_jobs(&self, now_ms: i64, limit: usize) -> Result<Vec<EngineJob>> {
@@ -321,7 +357,10 @@ impl store::Store for PgStore {
     }
 
     async fn mark_expired(&self, id: JobId) -> Result<()> {
-        engine::mark_expired(&self.client().await?, id, self.clock.now_ms()).await
+        if let Some(account_id) = engine::mark_expired(&self.client().await?, id, self.clock.now_ms()).await? {
+            self.announcer.job_changed([store::JobChange { account_id, job_id: id }]);
+        }
+        Ok(())
     }
 
     async fn claim_webhooks(&self, limit: usize, lease_ms: i64) -> Result<Vec<WebhookDelivery>> {
@@ -333,7 +372,10 @@ impl store::Store for PgStore {
     }
 
     async fn record_webhook_attempt(&self, attempt: WebhookAttempt) -> Result<()> {
-        webhooks::record_attempt(&self.client().await?, &attempt, self.clock.now_ms()).await
+        if let Some(change) = webhooks::record_attempt(&self.client().await?, &attempt, self.clock.now_ms()).await? {
+            self.announcer.job_changed([change]);
+        }
+        Ok(())
     }
 
     async fn webhook_events(&self, job_id: JobId) -> Result<Vec<WebhookEventRecord>> {
@@ -465,4 +507,9 @@ mod locks {
         tx.execute(&stmt, &[&namespace, &name]).await.map_err(db_err)?;
         Ok(())
     }
+}
+
+/// The change announcement for a job just written.
+fn change_of(job: &JobRecord) -> store::JobChange {
+    store::JobChange { account_id: job.account_id, job_id: job.id }
 }

@@ -30,7 +30,7 @@ macro_rules! ledger_columns {
 macro_rules! job_columns {
     () => {
         "job_id, account_id, api_key_id, model, status, progress, result, error, \
-         credit_cost, webhook_status, input, created_at, completed_at, expired"
+         credit_cost, webhook_status, input, created_at, completed_at, expired, updated_at"
     };
 }
 /// The public columns followed by the engine's bookkeeping (read by [`engine_job`]).
@@ -45,7 +45,7 @@ macro_rules! engine_job_columns {
 pub(crate) use {account_columns, engine_job_columns, job_columns, key_columns, ledger_columns};
 
 /// How many columns [`engine_job`] reads; a query may return more after them.
-pub(crate) const ENGINE_JOB_COLUMNS: usize = 21;
+pub(crate) const ENGINE_JOB_COLUMNS: usize = 22;
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("unreadable row: {what}"))
@@ -123,6 +123,7 @@ pub(crate) fn job(row: &Row) -> Result<JobRecord> {
         created_at_ms: get(row, 11)?,
         completed_at_ms: get(row, 12)?,
         expired: get(row, 13)?,
+        updated_at_ms: get(row, 14)?,
     })
 }
 
@@ -130,12 +131,12 @@ pub(crate) fn engine_job(row: &Row) -> Result<EngineJob> {
     let record = job(row)?;
     Ok(EngineJob {
         record: Arc::new(record),
-        stage: text_as(row, 14, Stage::parse)?,
-        upstream_account: get(row, 15)?,
-        upstream_task_id: get(row, 16)?,
-        upstream_file_id: get(row, 17)?,
-        attempts: small(row, 18)?,
-        due_at_ms: get(row, 19)?,
-        started_at_ms: get(row, 20)?,
+        stage: text_as(row, 15, Stage::parse)?,
+        upstream_account: get(row, 16)?,
+        upstream_task_id: get(row, 17)?,
+        upstream_file_id: get(row, 18)?,
+        attempts: small(row, 19)?,
+        due_at_ms: get(row, 20)?,
+        started_at_ms: get(row, 21)?,
     })
 }

@@ -4,7 +4,7 @@
 //! and their outcomes.
 
 use deadpool_postgres::{GenericClient, Object};
-use domain::{JobId, WebhookEvent, WebhookStatus};
+use domain::{AccountId, JobId, WebhookEvent, WebhookStatus};
 use store::{
     AttemptOutcome, AttemptRecord, EngineJob, Result, StoreError, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
 };
@@ -97,7 +97,12 @@ pub(crate) async fn defer(client: &Object, ids: &[String], until_ms: i64, now_ms
     Ok(())
 }
 
-pub(crate) async fn record_attempt(client: &Object, a: &WebhookAttempt, now_ms: i64) -> Result<()> {
+/// Returns the job's change when its `webhookStatus` moved.
+pub(crate) async fn record_attempt(
+    client: &Object,
+    a: &WebhookAttempt,
+    now_ms: i64,
+) -> Result<Option<store::JobChange>> {
     // One statement: the event's new state, the attempt row, and (for the final events;
     // progress events do not decide it) the job's webhookStatus. Everything hangs off
     // the event update, so an unknown event writes nothing.
@@ -117,8 +122,10 @@ pub(crate) async fn record_attempt(client: &Object, a: &WebhookAttempt, now_ms: 
                            from settled
                            where job.job_id = settled.job_id and settled.event <> 'progress'
                              and job.webhook_status is not null and job.webhook_status <> $2
+                           returning job.account_id, job.job_id
                        )
-                       select count(*) from settled";
+                       select (select count(*) from settled), account_id, job_id
+                       from (select 1) one left join job_status on true";
     let (status, next) = match a.outcome {
         AttemptOutcome::Delivered => (WebhookStatus::Delivered, None),
         AttemptOutcome::RetryAt(at) => (WebhookStatus::Pending, Some(at)),
@@ -137,11 +144,14 @@ pub(crate) async fn record_attempt(client: &Object, a: &WebhookAttempt, now_ms: 
         &a.error,
         &a.response_body,
     ];
-    let found: i64 = rows::get(&client.query_one(&stmt, &params).await.map_err(db_err)?, 0)?;
+    let row = client.query_one(&stmt, &params).await.map_err(db_err)?;
+    let found: i64 = rows::get(&row, 0)?;
     if found == 0 {
         return Err(StoreError::NotFound(format!("webhook event {}", a.event_id)));
     }
-    Ok(())
+    let account: Option<uuid::Uuid> = rows::get(&row, 1)?;
+    let job: Option<uuid::Uuid> = rows::get(&row, 2)?;
+    Ok(account.zip(job).map(|(account, job)| store::JobChange { account_id: AccountId(account), job_id: JobId(job) }))
 }
 
 pub(crate) async fn events(client: &Object, job: JobId) -> Result<Vec<WebhookEventRecord>> {

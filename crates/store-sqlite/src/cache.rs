@@ -127,6 +127,7 @@ mod tests {
             created_at_ms: 1,
             completed_at_ms: None,
             expired: false,
+            updated_at_ms: 1,
         })
     }
 

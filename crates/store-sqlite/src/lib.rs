@@ -68,6 +68,9 @@ pub struct SqliteStore {
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     readers: Mutex<Vec<Connection>>,
     jobs: JobCache,
+    /// Announces every committed job change (see [`store::Store::job_changes`]); on
+    /// SQLite this process is the only writer of job rows, so its own changes are all.
+    changes: tokio::sync::broadcast::Sender<store::JobChange>,
     /// Set by `close`: reads refuse too, as the trait promises, instead of opening a
     /// fresh connection or answering from the cache.
     closed: AtomicBool,
@@ -148,9 +151,18 @@ impl SqliteStore {
             checkpointer: Mutex::new(checkpointer),
             readers: Mutex::new(Vec::new()),
             jobs: JobCache::new(),
+            changes: tokio::sync::broadcast::channel(store::JOB_CHANGES_CAPACITY).0,
             closed: AtomicBool::new(false),
             journal_failure,
         })
+    }
+
+    /// A job's new version is durable: it replaces the cached one and is announced.
+    fn committed(&self, job: Arc<JobRecord>, version: u64) {
+        let change = store::JobChange { account_id: job.account_id, job_id: job.id };
+        self.jobs.put(job, version);
+        // No receiver is not an error: nobody is streaming events.
+        let _ = self.changes.send(change);
     }
 
     /// Applies pending migrations to the database at `path` without starting a store.
@@ -443,8 +455,11 @@ impl store::Store for SqliteStore {
         let (outcome, created_at_ms, version) = self.writer.submit(job.clone()).await?;
         if let SubmitOutcome::Created { .. } = outcome {
             // Durable (journaled): this is now the job's current version.
-            if let Some(record) = new_job_record(&job, created_at_ms) {
-                self.jobs.put(Arc::new(record), version);
+            match new_job_record(&job, created_at_ms) {
+                Some(record) => self.committed(Arc::new(record), version),
+                None => {
+                    let _ = self.changes.send(store::JobChange { account_id: job.account_id, job_id: job.id });
+                }
             }
         }
         Ok(outcome)
@@ -455,7 +470,7 @@ impl store::Store for SqliteStore {
             self.writer.write(move |ctx| cancel_in_tx(ctx, account_id, id).map(|o| (o, ctx.next_version()))).await?;
         if let CancelOutcome::Cancelled(job) = &outcome {
             // Committed: replace the cached QUEUED version.
-            self.jobs.put(job.clone(), version);
+            self.committed(job.clone(), version);
         }
         Ok(outcome)
     }
@@ -535,13 +550,40 @@ impl store::Store for SqliteStore {
         }).await
     }
 
+    async fn jobs_changed_since(
+        &self,
+        account_id: AccountId,
+        api_key_id: Option<ApiKeyId>,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(concat!(
+                "select ",
+                job_columns!(),
+                " from job where account_id = ?1 and (?2 is null or api_key_id = ?2) and updated_at >= ?3
+                  order by updated_at, job_id limit ?4"
+            ))?;
+            let rows = s.query_map(
+                params![account_id.to_string(), api_key_id.map(|k| k.to_string()), since_ms, i64::from(limit)],
+                job_from_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    fn job_changes(&self) -> tokio::sync::broadcast::Receiver<store::JobChange> {
+        self.changes.subscribe()
+    }
+
     async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
         let (claimed, version) = self
             .writer
             .write(move |ctx| engine::claim_in_tx(ctx, &request, UPSTREAM_WINDOW_MS).map(|c| (c, ctx.next_version())))
             .await?;
         for c in &claimed {
-            self.jobs.put(c.job.record.clone(), version);
+            self.committed(c.job.record.clone(), version);
         }
         Ok(claimed)
     }
@@ -563,7 +605,7 @@ impl store::Store for SqliteStore {
             .write(move |ctx| engine::transition_in_tx(ctx, &transition).map(|j| (j, ctx.next_version())))
             .await?;
         if let Some(job) = &moved {
-            self.jobs.put(job.record.clone(), version);
+            self.committed(job.record.clone(), version);
         }
         Ok(moved)
     }
@@ -593,7 +635,7 @@ impl store::Store for SqliteStore {
         let (job, version) =
             self.writer.write(move |ctx| engine::mark_expired_in_tx(ctx, id).map(|j| (j, ctx.next_version()))).await?;
         if let Some(job) = job {
-            self.jobs.put(Arc::new(job), version);
+            self.committed(Arc::new(job), version);
         }
         Ok(())
     }
@@ -612,7 +654,7 @@ impl store::Store for SqliteStore {
             .write(move |ctx| webhooks::record_in_tx(ctx, &attempt).map(|j| (j, ctx.next_version())))
             .await?;
         if let Some(job) = job {
-            self.jobs.put(Arc::new(job), version);
+            self.committed(Arc::new(job), version);
         }
         Ok(())
     }
@@ -755,6 +797,7 @@ fn new_job_record(job: &NewJob, created_at_ms: i64) -> Option<JobRecord> {
         created_at_ms,
         completed_at_ms: None,
         expired: false,
+        updated_at_ms: created_at_ms,
     })
 }
 

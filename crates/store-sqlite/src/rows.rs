@@ -22,7 +22,7 @@ macro_rules! key_columns {
 macro_rules! job_columns {
     () => {
         "job_id, account_id, api_key_id, model, status, progress, result, error, \
-         credit_cost, webhook_status, input, created_at, completed_at, expired"
+         credit_cost, webhook_status, input, created_at, completed_at, expired, updated_at"
     };
 }
 /// The public columns followed by the engine's bookkeeping (read by [`engine_job_from_row`]).
@@ -107,20 +107,21 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         created_at_ms: row.get(11)?,
         completed_at_ms: row.get(12)?,
         expired: row.get(13)?,
+        updated_at_ms: row.get(14)?,
     })
 }
 
 pub(crate) fn engine_job_from_row(row: &Row<'_>) -> rusqlite::Result<EngineJob> {
     let record = job_from_row(row)?;
-    let stage: String = row.get(14)?;
+    let stage: String = row.get(15)?;
     Ok(EngineJob {
         record: std::sync::Arc::new(record),
-        stage: Stage::parse(&stage).ok_or_else(|| bad(14, "stage"))?,
-        upstream_account: row.get(15)?,
-        upstream_task_id: row.get(16)?,
-        upstream_file_id: row.get(17)?,
-        attempts: row.get(18)?,
-        due_at_ms: row.get(19)?,
-        started_at_ms: row.get(20)?,
+        stage: Stage::parse(&stage).ok_or_else(|| bad(15, "stage"))?,
+        upstream_account: row.get(16)?,
+        upstream_task_id: row.get(17)?,
+        upstream_file_id: row.get(18)?,
+        attempts: row.get(19)?,
+        due_at_ms: row.get(20)?,
+        started_at_ms: row.get(21)?,
     })
 }

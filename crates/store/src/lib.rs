@@ -261,7 +261,25 @@ pub struct JobRecord {
     pub completed_at_ms: Option<i64>,
     /// Whether the result files were purged.
     pub expired: bool,
+    /// Time of the latest change to the row, unix milliseconds (by the clock of the node
+    /// that wrote it). Engine bookkeeping moves it too, so a change of it is not always a
+    /// change a client can see.
+    pub updated_at_ms: i64,
 }
+
+/// A change to a job, committed: which job, and whose. Announced by the store after the
+/// commit, with ids only; whoever cares reads the job (see [`Store::job_changes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobChange {
+    /// The job's account.
+    pub account_id: AccountId,
+    /// The job.
+    pub job_id: JobId,
+}
+
+/// How many announced changes a [`Store::job_changes`] receiver may fall behind before it
+/// skips (and is told so by `RecvError::Lagged`).
+pub const JOB_CHANGES_CAPACITY: usize = 8192;
 
 /// Keyset position in the `(created_at desc, id desc)` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,6 +373,22 @@ pub trait Store: Send + Sync + 'static {
     /// One page of jobs, newest first; returns at most `limit + 1` rows so the caller
     /// can tell whether more exist.
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>>;
+    /// Jobs of an account (of one key, when `api_key_id` is set) changed at or after
+    /// `since_ms` by `updated_at`, oldest change first, at most `limit`: what an event
+    /// stream resumed at that time must send again.
+    async fn jobs_changed_since(
+        &self,
+        account_id: AccountId,
+        api_key_id: Option<ApiKeyId>,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>>;
+    /// Every job change this store commits from now on and, on a shared database, the
+    /// changes other processes announce (see the backend). A receiver that falls behind
+    /// by [`JOB_CHANGES_CAPACITY`] skips changes and learns so; a process that crashes
+    /// between a commit and its announcement loses that announcement, so listeners must
+    /// also re-read now and then.
+    fn job_changes(&self) -> tokio::sync::broadcast::Receiver<JobChange>;
     /// Distinct model ids among an account's jobs (for `include_models`).
     async fn job_models(&self, account_id: AccountId, api_key_id: Option<ApiKeyId>) -> Result<Vec<String>>;
 

@@ -16,6 +16,7 @@ mod edge;
 mod egress;
 mod engine;
 mod envelope;
+mod events;
 mod generate;
 mod hostile;
 mod jobs;

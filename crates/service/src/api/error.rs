@@ -59,6 +59,9 @@ pub enum ApiError {
     /// Disabled key.
     #[error("API key is inactive")]
     InactiveKey,
+    /// An event-stream token that is malformed, forged or expired.
+    #[error("Invalid or expired event token: get a new one from POST /v2/jobs/events/token")]
+    InvalidToken,
     /// Missing, or owned by another account.
     #[error("{0}")]
     NotFound(String),
@@ -161,7 +164,9 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, json!({"error": message, "details": details.details()}))
             }
             Self::BadRequest(_) | Self::AmbiguousKey => (StatusCode::BAD_REQUEST, json!({"error": message})),
-            Self::MissingKey | Self::InvalidKey => (StatusCode::UNAUTHORIZED, json!({"error": message})),
+            Self::MissingKey | Self::InvalidKey | Self::InvalidToken => {
+                (StatusCode::UNAUTHORIZED, json!({"error": message}))
+            }
             Self::InactiveKey => (StatusCode::FORBIDDEN, json!({"error": message})),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, json!({"error": message})),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message})),

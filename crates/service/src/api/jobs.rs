@@ -102,7 +102,7 @@ async fn cancel_job(State(state): State<AppState>, Caller(key): Caller, Path(id)
 
 /// The job as a client sees it. When result videos are handed out as presigned bucket
 /// URLs, a completed job's `videoUrl` is signed now, on every read, so it is never stale.
-async fn view<'a>(state: &AppState, job: &'a JobRecord, with_input: bool) -> JobView<'a> {
+pub(crate) async fn view<'a>(state: &AppState, job: &'a JobRecord, with_input: bool) -> JobView<'a> {
     let view = JobView::new(job, with_input);
     let (Some(engine), Some(stored), false) = (&state.engine, &job.result, job.expired) else { return view };
     match crate::results::presigned_video_url(engine.results().as_ref(), job.id, stored).await {
@@ -111,11 +111,11 @@ async fn view<'a>(state: &AppState, job: &'a JobRecord, with_input: bool) -> Job
     }
 }
 
-fn parse_job_id(raw: &str) -> Result<JobId> {
+pub(crate) fn parse_job_id(raw: &str) -> Result<JobId> {
     raw.parse().map_err(|_| ApiError::BadRequest("Invalid job id: expected a UUID".into()))
 }
 
-fn job_not_found() -> ApiError {
+pub(crate) fn job_not_found() -> ApiError {
     ApiError::NotFound("Job not found".into())
 }
 
