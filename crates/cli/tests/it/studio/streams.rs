@@ -1,6 +1,7 @@
 //! A stand-in for the job event stream routes, in front of the real server, so the
 //! Studio's stream client (studio/api.js) is tested against the contract it was written
-//! for whether or not the server under test has streams yet.
+//! for, including what a short test against the real routes never meets: a token
+//! refused as expired, then a new one.
 //!
 //! It serves `POST /v2/jobs/events/token`, `GET /v2/jobs/{id}/events` and
 //! `GET /v2/jobs/events` as the contract says, from polling the real server, and forwards
