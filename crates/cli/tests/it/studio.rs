@@ -537,6 +537,47 @@ async fn studio_follows_jobs_over_the_event_stream_contract() {
     app.stop().await.unwrap();
 }
 
+/// Against a server without job event streams (the token route answers 404, as
+/// Apiframe's own API would), the Studio polls: the job still completes in the page, the
+/// credits and the history follow.
+#[tokio::test]
+async fn studio_polls_when_the_server_has_no_streams() {
+    let Some(browser) = Browser::start("studio_polls_when_the_server_has_no_streams").await else { return };
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_url = format!("http://{}", front.local_addr().unwrap());
+    let base = front_url.clone();
+    let app = TestApp::spawn_engine(move |c, _| c.engine.public_base_url = Some(base)).await;
+    let key = app.create_key(100).await;
+    let fake = streams::FakeStreams::without_streams(app.url(""));
+    let router = fake.router();
+    tokio::spawn(async move { axum::serve(front, router).await.unwrap() });
+
+    let c = &browser.client;
+    c.set_window_size(1280, 1100).await.unwrap();
+    c.goto(&format!("{front_url}/")).await.unwrap();
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+    sign_in(c, &key.key, false).await;
+    wait_text(c, "#credits", "100 credits").await;
+    c.find(Locator::Css("#prompt")).await.unwrap().send_keys("Rain on a tin roof").await.unwrap();
+    click(c, "#submit").await;
+    let job_id = wait_js(c, "return document.querySelector('.job-card')?.dataset.jobId", UI_WITHIN).await;
+    let job_id = job_id.as_str().unwrap().to_string();
+    wait_js(c, "return document.querySelector('.job-card video') !== null", JOB_WITHIN).await;
+    wait_text(c, "#credits", "95 credits").await;
+    let row = format!("#history-list li[data-job-id=\"{job_id}\"][data-status=\"COMPLETED\"]");
+    wait_js(c, &format!("return document.querySelector('{row} video.poster') !== null"), UI_WITHIN).await;
+    assert_eq!(text(c, "#live-status").await, "", "no live list without streams");
+
+    let log = fake.logged();
+    assert_eq!(log.iter().filter(|l| l.starts_with("404 token")).count(), 1, "asked for a token once: {log:?}");
+    assert!(!log.iter().any(|l| l.contains("stream")), "never opened a stream: {log:?}");
+    assert!(log.iter().filter(|l| **l == format!("poll {job_id}")).count() >= 2, "polled the job: {log:?}");
+
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
+
 async fn sign_in(c: &Client, key: &str, remember: bool) {
     let input = c.find(Locator::Css("#api-key")).await.unwrap();
     input.clear().await.unwrap();

@@ -27,10 +27,13 @@ const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 #[derive(Clone)]
 pub struct FakeStreams {
     upstream: String,
+    /// False: the stream routes answer 404, as on a server without them.
+    streams: bool,
     http: reqwest::Client,
     /// Tokens in the order issued, each with its key.
     tokens: Arc<Mutex<Vec<(String, String)>>>,
-    /// What happened, in order: `401`, `job <id> <status>`, `list <id> <status>`, `reset`.
+    /// What happened, in order: `401`, `job <id> <status>`, `list <id> <status>`, `reset`,
+    /// `404 <route>`, and `poll <id>` for each forwarded GET /v2/jobs/{id}.
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -42,7 +45,13 @@ struct TokenQuery {
 impl FakeStreams {
     /// In front of the server at `upstream` (`http://host:port`).
     pub fn new(upstream: String) -> Self {
-        Self { upstream, http: reqwest::Client::new(), tokens: Arc::default(), log: Arc::default() }
+        Self { upstream, streams: true, http: reqwest::Client::new(), tokens: Arc::default(), log: Arc::default() }
+    }
+
+    /// In front of the server at `upstream`, hiding its stream routes (404), as a server
+    /// without streams answers.
+    pub fn without_streams(upstream: String) -> Self {
+        Self { streams: false, ..Self::new(upstream) }
     }
 
     pub fn router(&self) -> Router {
@@ -87,7 +96,15 @@ fn unauthorized(fake: &FakeStreams) -> Response {
     (StatusCode::UNAUTHORIZED, Json(json!({"error": "Invalid or expired stream token"}))).into_response()
 }
 
+fn no_such_route(fake: &FakeStreams, what: &str) -> Response {
+    fake.note(format!("404 {what}"));
+    (StatusCode::NOT_FOUND, Json(json!({"error": "No such route"}))).into_response()
+}
+
 async fn create_token(State(fake): State<FakeStreams>, headers: HeaderMap) -> Response {
+    if !fake.streams {
+        return no_such_route(&fake, "token");
+    }
     let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_string) else {
         return (StatusCode::UNAUTHORIZED, Json(json!({"error": "API key is required"}))).into_response();
     };
@@ -110,6 +127,9 @@ async fn job_events(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Response {
+    if !fake.streams {
+        return no_such_route(&fake, "job stream");
+    }
     let Some(key) = fake.key_for(q.token.as_deref()) else { return unauthorized(&fake) };
     let path = format!("/v2/jobs/{id}");
     if headers.contains_key("last-event-id") {
@@ -146,6 +166,9 @@ async fn job_events(
 
 /// Every job of the key: a `reset` first (reload your list), then each changed job.
 async fn all_jobs_events(State(fake): State<FakeStreams>, Query(q): Query<TokenQuery>) -> Response {
+    if !fake.streams {
+        return no_such_route(&fake, "list stream");
+    }
     let Some(key) = fake.key_for(q.token.as_deref()) else { return unauthorized(&fake) };
     fake.note("reset".into());
     let reset = stream::once(async { Ok::<_, std::convert::Infallible>(Event::default().event("reset").data("{}")) });
@@ -187,6 +210,11 @@ async fn forward(State(fake): State<FakeStreams>, req: Request) -> Response {
     for name in ["x-api-key", "content-type", "range", "if-none-match", "idempotency-key"] {
         if let Some(v) = parts.headers.get(name) {
             request = request.header(name, v);
+        }
+    }
+    if parts.method == axum::http::Method::GET {
+        if let Some(id) = parts.uri.path().strip_prefix("/v2/jobs/").filter(|rest| !rest.contains('/')) {
+            fake.note(format!("poll {id}"));
         }
     }
     let answer = request.send().await.expect("upstream answers");
