@@ -6,8 +6,11 @@
 //! request to another origin. Screenshots at 1280 and 375 px go to
 //! `target/studio-screenshots/` (and to `docs/` with REELGATE_UPDATE_SCREENSHOTS=1).
 //!
-//! The Studio follows jobs over the job event stream when the server has one and polls
-//! otherwise; these tests pass either way and do not ask which was used.
+//! The Studio follows jobs over the job event streams when the server has them and polls
+//! otherwise. The flows above pass either way and do not ask which was used; two more
+//! tests put a stand-in in front of the server (studio/streams.rs) to see each way on
+//! purpose: streams as their contract says (with an expired token on the way), and a
+//! server without streams.
 //!
 //! Without `chromium` or `chromedriver` on PATH the browser tests say SKIP on the
 //! terminal (scripts/test installs both), and fail instead when REELGATE_REQUIRE_CHROMIUM=1.
