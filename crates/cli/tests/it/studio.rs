@@ -153,6 +153,7 @@ async fn studio_generates_a_video_that_plays_and_explains_errors() {
         .await;
     assert!(visible(c, "#sandbox-banner").await, "the sandbox banner shows");
     assert!(text(c, "#sandbox-banner").await.contains("sandbox"));
+    artefact(c, "studio-signin-1280.png").await;
 
     // A wrong key is refused in words, then the right one signs in.
     sign_in(c, "afk_not_a_key", false).await;
