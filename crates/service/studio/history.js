@@ -33,7 +33,8 @@ export class History {
     this.refreshTimer = setInterval(() => this.refreshUnfinished(), REFRESH_MS);
     this.status.addEventListener('change', () => this.reload());
     this.model.addEventListener('change', () => this.reload());
-    this.search.addEventListener('input', () => this.applySearch());
+    // `search` is the type=search field's clear button; `change` catches scripted clears.
+    for (const type of ['input', 'change', 'search']) this.search.addEventListener(type, () => this.applySearch());
     this.more.addEventListener('click', () => this.loadPage());
     $('#detail-close').addEventListener('click', () => this.dialog.close());
     this.dialog.addEventListener('click', (event) => {

@@ -293,8 +293,13 @@ async fn studio_generates_a_video_that_plays_and_explains_errors() {
 #[tokio::test]
 async fn studio_uploads_frames_and_reuses_settings_from_history() {
     let Some(browser) = Browser::start("studio_uploads_frames_and_reuses_settings_from_history").await else { return };
-    let app = TestApp::spawn_engine(|_, _| {}).await;
-    let key = app.create_key(100).await;
+    let app = TestApp::spawn_engine(|c, _| c.webhooks.retry_schedule_ms = vec![0, 100, 200]).await;
+    let key = app.create_key(105).await;
+    // A job from elsewhere, with a webhook whose first delivery fails, for the detail view.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hooks = crate::webhooks::receiver_on(listener, vec![500]).await;
+    let hooked =
+        app.submit(&key, &json!({"model": "hailuo-2.3", "prompt": "A webhook test", "webhookUrl": hooks.url})).await;
     let c = &browser.client;
     c.set_window_size(1280, 1100).await.unwrap();
     c.goto(&app.url("/")).await.unwrap();
@@ -350,6 +355,21 @@ async fn studio_uploads_frames_and_reuses_settings_from_history() {
     wait_js(c, &format!("return document.querySelector('{row}') === null"), UI_WITHIN).await;
     select(c, "#filter-model", "").await;
     wait_js(c, &format!("return document.querySelector('{row}') !== null"), UI_WITHIN).await;
+
+    // The detail view of the job with a webhook lists every delivery attempt.
+    c.find(Locator::Css("#filter-search")).await.unwrap().clear().await.unwrap();
+    let start = Instant::now();
+    while app.get_job(&key, &hooked).await.body["webhookStatus"] != "delivered" {
+        assert!(start.elapsed() < JOB_WITHIN, "the webhook of {hooked} was not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    click(c, &format!("#history-list li[data-job-id=\"{hooked}\"] button.details")).await;
+    wait_js(c, "return document.querySelector('#detail-body table')?.textContent.includes('HTTP 200')", UI_WITHIN)
+        .await;
+    let attempts = text(c, "#detail-body table").await;
+    assert!(attempts.contains("HTTP 500") && attempts.contains("completed"), "{attempts}");
+    click(c, "#detail-close").await;
+    wait_js(c, "return !document.querySelector('#job-detail').open", UI_WITHIN).await;
 
     // Change the form, then put the job's settings back from its detail view.
     select(c, "#model", "hailuo-2.3").await;
