@@ -95,6 +95,13 @@ export class Api {
 
 /** How many stream failures in a row make a watcher give up on streams and poll. */
 const STREAM_FAILURES = 3;
+/**
+ * Job streams open at once. A browser opens at most 6 HTTP/1.1 connections to a server
+ * and each stream holds one, so with the list stream this leaves room for requests and
+ * videos; further jobs are polled (and the list stream, when live, updates them too).
+ */
+const JOB_STREAMS_MAX = 2;
+let jobStreamsOpen = 0;
 const POLL_FIRST_MS = 500;
 const POLL_MAX_MS = 5000;
 
@@ -111,10 +118,17 @@ export function watchJob(api, id, onJob) {
   let last = '';
   const watcher = { mode: 'starting', stop };
 
+  /** Closes the stream, if open, and gives its slot back. */
+  function close() {
+    if (!source) return;
+    source.close();
+    source = null;
+    jobStreamsOpen -= 1;
+  }
+
   function stop() {
     stopped = true;
-    if (source) source.close();
-    source = null;
+    close();
   }
 
   function deliver(job) {
@@ -129,15 +143,16 @@ export function watchJob(api, id, onJob) {
   }
 
   async function connect() {
-    const token = await api.streamToken();
+    const token = jobStreamsOpen < JOB_STREAMS_MAX ? await api.streamToken() : null;
     if (stopped) return;
-    if (!token) {
+    if (!token || jobStreamsOpen >= JOB_STREAMS_MAX) {
       poll();
       return;
     }
     watcher.mode = 'stream';
     const es = new EventSource(`/v2/jobs/${encodeURIComponent(id)}/events?token=${encodeURIComponent(token)}`);
     source = es;
+    jobStreamsOpen += 1;
     es.addEventListener('job', (event) => {
       failures = 0;
       let job;
@@ -156,8 +171,7 @@ export function watchJob(api, id, onJob) {
       // it may be over already.
       const closed = es.readyState === EventSource.CLOSED;
       if (closed || failures >= STREAM_FAILURES) {
-        es.close();
-        source = null;
+        close();
         try {
           deliver(await api.get(`/v2/jobs/${encodeURIComponent(id)}`));
         } catch {

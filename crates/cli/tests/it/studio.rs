@@ -556,6 +556,33 @@ async fn studio_follows_jobs_over_the_event_stream_contract() {
     assert!(log.contains(&format!("job {job_id} COMPLETED")), "the job's stream carried its end: {log:?}");
     assert!(log.contains(&"reset".to_string()), "the list stream was followed: {log:?}");
 
+    // Three jobs at once: two job streams at most (a browser has six connections to a
+    // server, and streams keep theirs); the third job is polled, and all three finish.
+    for n in 2..=4 {
+        click(c, "#submit").await;
+        wait_js(c, &format!("return document.querySelectorAll('.job-card').length === {n}"), UI_WITHIN).await;
+    }
+    wait_js(
+        c,
+        "return document.querySelectorAll('.job-card[data-status=\"COMPLETED\"] video').length === 4",
+        JOB_WITHIN,
+    )
+    .await;
+    wait_text(c, "#credits", "80 credits").await;
+    let ids =
+        js(c, "return Array.from(document.querySelectorAll('.job-card')).slice(0, 3).map(e => e.dataset.jobId)").await;
+    let log = fake.logged();
+    let streamed = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|id| log.iter().any(|l| l.starts_with(&format!("job {} ", id.as_str().unwrap()))))
+        .count();
+    assert!(streamed <= 2, "{streamed} job streams at once: {log:?}");
+    let polled =
+        ids.as_array().unwrap().iter().filter(|id| log.contains(&format!("poll {}", id.as_str().unwrap()))).count();
+    assert!(polled >= 1, "the job over the cap was polled: {log:?}");
+
     assert_clean(c).await;
     browser.close().await;
     app.stop().await.unwrap();
