@@ -148,7 +148,8 @@ async fn submit_jobs(http: &reqwest::Client, base: &str, key: &str, count: usize
     let gate = Arc::new(Semaphore::new(32));
     let mut tasks = Vec::with_capacity(count);
     for n in 0..count {
-        let (http, url, key, gate) = (http.clone(), format!("{base}/v2/videos/generate"), key.to_string(), gate.clone());
+        let (http, url, key, gate) =
+            (http.clone(), format!("{base}/v2/videos/generate"), key.to_string(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let body = serde_json::json!({"model": "hailuo-2.3", "prompt": format!("bench events job {n}")});
@@ -168,12 +169,7 @@ type Arrival = tokio::task::JoinHandle<anyhow::Result<Instant>>;
 
 /// Opens `count` streams over `jobs`, waiting until each has shown the job QUEUED; each
 /// returned task ends when its stream shows the job CANCELLED, with the time it did.
-async fn open_streams(
-    addr: SocketAddr,
-    key: &str,
-    jobs: &[String],
-    count: usize,
-) -> anyhow::Result<Vec<Arrival>> {
+async fn open_streams(addr: SocketAddr, key: &str, jobs: &[String], count: usize) -> anyhow::Result<Vec<Arrival>> {
     // Connections opened at once: the listen backlog holds a few hundred.
     let opening = Arc::new(Semaphore::new(256));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
