@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod account;
 mod auth;
 mod cancel;
+mod docs;
 mod client;
 mod edge;
 mod egress;
