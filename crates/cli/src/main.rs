@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-mod bench;
 mod client;
 mod generate;
 mod jobs;
@@ -65,8 +64,6 @@ enum Command {
     /// Load and validate the configuration, then print the effective settings.
     #[command(subcommand)]
     Config(admin::ConfigCommand),
-    /// Measure the API against a bare axum baseline on this machine.
-    Bench(bench::BenchArgs),
     /// Run the MiniMax sandbox alone: a local stand-in for the paid API.
     Sim(sim::SimArgs),
     /// Make a video on an Apiframe v2 server (this one or another) and download it.
@@ -132,7 +129,6 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Webhooks(cmd) => done(admin::webhooks(cmd).await),
             Command::Migrate(args) => done(admin::migrate(args).await),
             Command::Config(cmd) => done(admin::config(cmd)),
-            Command::Bench(args) => done(bench::run(args).await),
             Command::Sim(args) => done(sim::run(args).await),
             Command::Generate(args) => Ok(generate::run(*args).await),
             Command::Jobs(args) => Ok(jobs::run(args).await),

@@ -4,7 +4,7 @@
 //! The store announces every committed change to a job, this node's and, on PostgreSQL,
 //! other nodes' (LISTEN/NOTIFY), as ids only ([`store::JobChange`]). The hub reads a
 //! changed job once, and only when a stream watches it or its account, then hands that one
-//! record to every such stream:
+//! record to every such stream, where the first stream to send it renders it for all:
 //! - a watched job's latest version sits in a `watch` channel: a slow stream skips
 //!   versions but never falls behind the latest;
 //! - an account's changes go through a bounded `broadcast`: a stream that falls behind
@@ -28,11 +28,37 @@ use tokio_util::sync::CancellationToken;
 /// Changes an account stream may fall behind by before it must re-read.
 const ACCOUNT_BACKLOG: usize = 1024;
 
+/// A version of a job as the hub hands it to every stream that shows it; the first stream
+/// to send it renders it, and the others send the same text (a change watched by many
+/// streams is serialised once, not once per stream).
+#[derive(Debug)]
+pub struct SharedJob {
+    /// The job.
+    pub record: Arc<JobRecord>,
+    rendered: tokio::sync::OnceCell<Arc<str>>,
+}
+
+impl SharedJob {
+    /// Wraps a version read by one stream for itself.
+    pub fn new(record: Arc<JobRecord>) -> Arc<Self> {
+        Arc::new(Self { record, rendered: tokio::sync::OnceCell::new() })
+    }
+
+    /// The rendered job: rendered by `render` the first time, then shared.
+    pub async fn rendered<F, Fut>(&self, render: F) -> Arc<str>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        self.rendered.get_or_init(|| async { Arc::from(render().await) }).await.clone()
+    }
+}
+
 /// What an account's streams hear.
 #[derive(Clone, Debug)]
 pub enum AccountEvent {
     /// A job of the account changed: its new version.
-    Changed(Arc<JobRecord>),
+    Changed(Arc<SharedJob>),
     /// Changes may have been missed: re-read what changed since the stream's cursor.
     Resync,
 }
@@ -52,7 +78,7 @@ struct Hub {
 
 #[derive(Default)]
 struct Subscriptions {
-    jobs: HashMap<JobId, watch::Sender<Option<Arc<JobRecord>>>>,
+    jobs: HashMap<JobId, watch::Sender<Option<Arc<SharedJob>>>>,
     accounts: HashMap<AccountId, broadcast::Sender<AccountEvent>>,
     /// Jobs being read now, and whether another change came in meanwhile.
     reading: HashMap<JobId, bool>,
@@ -61,7 +87,7 @@ struct Subscriptions {
 /// A stream's hold on one job's versions; dropping it lets the hub forget the job.
 pub struct JobSubscription {
     /// The latest version the hub read (`None` until the first change after subscribing).
-    pub versions: watch::Receiver<Option<Arc<JobRecord>>>,
+    pub versions: watch::Receiver<Option<Arc<SharedJob>>>,
     job_id: JobId,
     hub: Arc<Hub>,
 }
@@ -154,18 +180,21 @@ impl Hub {
         }
     }
 
-    fn deliver(&self, job: Arc<JobRecord>) {
+    fn deliver(&self, record: Arc<JobRecord>) {
+        let job = SharedJob::new(record);
         let state = self.lock();
-        if let Some(versions) = state.jobs.get(&job.id) {
+        if let Some(versions) = state.jobs.get(&job.record.id) {
             versions.send_if_modified(|current| {
-                let changed = current.as_ref().is_none_or(|c| !JobVersion::of(c).shows_the_same(&JobVersion::of(&job)));
+                let changed = current
+                    .as_ref()
+                    .is_none_or(|c| !JobVersion::of(&c.record).shows_the_same(&JobVersion::of(&job.record)));
                 if changed {
                     *current = Some(job.clone());
                 }
                 changed
             });
         }
-        if let Some(changes) = state.accounts.get(&job.account_id) {
+        if let Some(changes) = state.accounts.get(&job.record.account_id) {
             // No receiver left is not an error: the last stream is ending.
             let _ = changes.send(AccountEvent::Changed(job));
         }
@@ -179,7 +208,7 @@ impl Hub {
                 .jobs
                 .iter()
                 .filter_map(|(id, versions)| {
-                    let account_id = versions.borrow().as_ref().map(|j| j.account_id)?;
+                    let account_id = versions.borrow().as_ref().map(|j| j.record.account_id)?;
                     Some(JobChange { account_id, job_id: *id })
                 })
                 .collect();

@@ -39,12 +39,13 @@ use axum::{Json, Router};
 use domain::{AccountId, ApiKeyId, JobId};
 use futures_util::stream::{self, Stream};
 use store::JobRecord;
+
 use tokio::sync::broadcast;
 
 use crate::api::error::{ApiError, Result};
 use crate::api::extract::{query_param, Caller, Path, Query};
 use crate::api::jobs::{job_not_found, parse_job_id, view};
-use crate::events::{AccountEvent, AccountSubscription, JobSubscription, JobVersion};
+use crate::events::{AccountEvent, AccountSubscription, JobSubscription, JobVersion, SharedJob};
 use crate::ratelimit::RateClass;
 use crate::signing::Purpose;
 use crate::state::AppState;
@@ -151,7 +152,7 @@ async fn job_events(
         // The client saw the end; 204 stops EventSource from reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let first = (!unchanged).then_some(job.clone());
+    let first = (!unchanged).then(|| SharedJob::new(job.clone()));
     let stream = JobStream {
         state,
         subscription,
@@ -172,7 +173,7 @@ struct JobStream {
     /// The version sent last.
     sent: Option<JobVersion>,
     /// Sent before waiting for changes.
-    first: Option<Arc<JobRecord>>,
+    first: Option<Arc<SharedJob>>,
     /// The terminal event was sent.
     done: bool,
 }
@@ -196,31 +197,36 @@ impl JobStream {
                     self.subscription.versions.borrow_and_update().clone()
                 }
                 _ = tokio::time::sleep(recheck(&self.state)) => {
-                    self.state.store.get_job(self.account_id, self.job_id).await.ok().flatten()
+                    self.state.store.get_job(self.account_id, self.job_id).await.ok().flatten().map(SharedJob::new)
                 }
             };
             if let Some(job) = job {
-                if !self.sent.is_some_and(|s| s.shows_the_same(&JobVersion::of(&job))) {
+                if !self.sent.is_some_and(|s| s.shows_the_same(&JobVersion::of(&job.record))) {
                     return Some(self.emit(&job).await);
                 }
             }
         }
     }
 
-    async fn emit(mut self, job: &JobRecord) -> (std::result::Result<Event, std::convert::Infallible>, Self) {
-        let version = JobVersion::of(job);
+    async fn emit(mut self, job: &SharedJob) -> (std::result::Result<Event, std::convert::Infallible>, Self) {
+        let version = JobVersion::of(&job.record);
         let event = job_event(&self.state, job).await.id(version.to_string());
         self.sent = Some(version);
-        self.done = job.status.is_terminal();
+        self.done = job.record.status.is_terminal();
         (Ok(event), self)
     }
 }
 
-/// `event: job` with the job as `GET /v2/jobs/{id}` shows it.
-async fn job_event(state: &AppState, job: &JobRecord) -> Event {
-    let view = view(state, job, true).await;
-    let data = serde_json::to_string(&view).unwrap_or_else(|_| "{}".into());
-    Event::default().event("job").data(data)
+/// `event: job` with the job as `GET /v2/jobs/{id}` shows it, rendered once per version
+/// however many streams send it.
+async fn job_event(state: &AppState, job: &SharedJob) -> Event {
+    let data = job
+        .rendered(|| async {
+            let view = view(state, &job.record, true).await;
+            serde_json::to_string(&view).unwrap_or_else(|_| "{}".into())
+        })
+        .await;
+    Event::default().event("job").data(&*data)
 }
 
 async fn account_events(
@@ -288,14 +294,14 @@ impl AccountStream {
             }
             while let Some(job) = self.backlog.pop_front() {
                 if self.is_news(&job) {
-                    return Some(self.emit(&job).await);
+                    return Some(self.emit(&SharedJob::new(Arc::new(job))).await);
                 }
             }
             let caught_up = tokio::select! {
                 _ = stop.cancelled() => return None,
                 heard = self.subscription.changes.recv() => match heard {
                     Ok(AccountEvent::Changed(job)) => {
-                        if self.is_news(&job) {
+                        if self.is_news(&job.record) {
                             return Some(self.emit(&job).await);
                         }
                         Ok(())
@@ -327,12 +333,12 @@ impl AccountStream {
         Ok(())
     }
 
-    async fn emit(mut self, job: &JobRecord) -> (std::result::Result<Event, std::convert::Infallible>, Self) {
+    async fn emit(mut self, job: &SharedJob) -> (std::result::Result<Event, std::convert::Infallible>, Self) {
         if self.sent.len() >= REMEMBERED {
             self.sent.clear();
         }
-        self.sent.insert(job.id, JobVersion::of(job));
-        self.cursor = self.cursor.max(job.updated_at_ms);
+        self.sent.insert(job.record.id, JobVersion::of(&job.record));
+        self.cursor = self.cursor.max(job.record.updated_at_ms);
         let event = job_event(&self.state, job).await.id(self.cursor.to_string());
         (Ok(event), self)
     }

@@ -19,7 +19,7 @@ use anyhow::{ensure, Context};
 use domain::{AccountId, ApiKeyId, JobId};
 use tokio_postgres::{Client, NoTls};
 
-use super::{percentile_ms, LoadPlan, Measurement, Window};
+use crate::load::{percentile_ms, LoadPlan, Measurement, Window};
 
 /// The baseline's row in the report.
 pub(super) const STATEMENT_BASELINE: &str = "SQL debit+insert";

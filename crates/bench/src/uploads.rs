@@ -2,8 +2,8 @@
 //!
 //! It starts `reelgate serve` as a child process (file system result store, no jobs)
 //! on a throwaway data directory, writes one PNG of random pixels just under MiniMax's
-//! 20 MB limit, and uploads it `--uploads` times at once with the `reelgate generate`
-//! client's own upload code (streamed from the file). It reports the server's peak RSS
+//! 20 MB limit, and uploads it `--uploads` times at once, each streamed from the file as
+//! the `reelgate generate` client does. It reports the server's peak RSS
 //! (`VmHWM`) before and after, the time, and checks every upload was accepted with the
 //! full size. An upload server that buffered whole files would grow by about
 //! uploads x size; a streaming one by its buffers only.
@@ -16,7 +16,6 @@ use anyhow::{ensure, Context};
 use rand::RngCore;
 
 use super::engine::{free_loopback_port, ChildProcess, Usage};
-use crate::client::{ApiClient, ClientArgs};
 
 /// Options of `bench uploads`.
 #[derive(clap::Args)]
@@ -35,7 +34,7 @@ pub async fn run(args: UploadsArgs) -> anyhow::Result<()> {
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir)?;
     let data_dir = data_dir.display().to_string();
-    let key = super::edge::create_key(&data_dir)?;
+    let key = super::edge::create_key(&data_dir, 1000)?;
     let image = dir.path().join("noise.png");
     let bytes = write_noise_png(&image, args.side)?;
     let addr = free_loopback_port()?;
@@ -50,15 +49,13 @@ pub async fn run(args: UploadsArgs) -> anyhow::Result<()> {
         &[("REELGATE_RATE_LIMITS__GENERATE_PER_SEC", "0")],
     )?;
     server.wait_ready(addr, "/healthz").await?;
-    let client =
-        ApiClient::new(&ClientArgs { base_url: format!("http://{addr}"), api_key: Some(key), poll_interval_ms: 1000 })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = Uploader { http: reqwest::Client::new(), url: format!("http://{addr}/v2/uploads"), key };
 
     // One upload first, reported apart: the server's first upload grows it by more than
     // later ones (blocking-pool threads and their allocator heaps are made once), and
     // that is not what concurrent uploads cost.
     let cold = Usage::of(server.pid())?;
-    client.upload(&image).await.map_err(|e| anyhow::anyhow!("the first upload failed: {e}"))?;
+    client.upload(&image).await.context("the first upload failed")?;
     let before = Usage::of(server.pid())?;
     let started = Instant::now();
     let uploads: Vec<_> = (0..args.uploads)
@@ -69,7 +66,7 @@ pub async fn run(args: UploadsArgs) -> anyhow::Result<()> {
         .collect();
     let mut urls = Vec::new();
     for upload in uploads {
-        urls.push(upload.await?.map_err(|e| anyhow::anyhow!("an upload failed: {e}"))?);
+        urls.push(upload.await?.context("an upload failed")?);
     }
     let wall = started.elapsed().as_secs_f64();
     let after = Usage::of(server.pid())?;
@@ -109,6 +106,31 @@ pub async fn run(args: UploadsArgs) -> anyhow::Result<()> {
             "peak_rss_after_mib": after.peak_mib(), "peak_rss_growth_mib": growth, "wall_secs": wall})
     );
     Ok(())
+}
+
+/// Sends files to `POST /v2/uploads`.
+#[derive(Clone)]
+struct Uploader {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Uploader {
+    /// Uploads `path`, streamed from disk in chunks (never held whole), and returns the
+    /// upload's URL.
+    async fn upload(&self, path: &std::path::Path) -> anyhow::Result<String> {
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let part = reqwest::multipart::Part::stream_with_length(body, len).file_name("noise.png");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let response = self.http.post(&self.url).header("X-API-Key", &self.key).multipart(form).send().await?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await?;
+        ensure!(status == reqwest::StatusCode::CREATED, "POST /v2/uploads answered {status}: {answer}");
+        answer["url"].as_str().map(str::to_string).context("no url in the upload's answer")
+    }
 }
 
 /// Writes a `side` x `side` PNG of random RGB pixels (incompressible, so the file is

@@ -21,14 +21,6 @@
 //! MiniMax sandbox against a create budget, with the server and the sandbox as child
 //! processes.
 
-mod client;
-mod database;
-mod edge;
-mod engine;
-mod events;
-mod uploads;
-mod webhook_receiver;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -43,15 +35,16 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use domain::{AccountId, ApiKeyId};
 use serde_json::{json, Value};
-use store::NewApiKey;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use self::client::{ClientKind, Connection};
-use self::database::{BenchSchema, StatementSamples, StatementShape, STATEMENT_BASELINE};
+use crate::accounts::create_keys;
+use crate::client::{ClientKind, Connection};
+use crate::database::{self, BenchSchema, StatementSamples, StatementShape, STATEMENT_BASELINE};
+use crate::engine;
+use crate::load::{percentile_ms, LoadPlan, Measurement, Window};
 
 /// Accounts (one key each) the clients are spread over, round-robin.
 const ACCOUNTS: usize = 8;
@@ -80,13 +73,9 @@ const GET_JOB: &str = "GET /v2/jobs/{id}";
 const BARE_POST: &str = "POST /bare";
 const BARE_GET: &str = "GET /bare/{id}";
 
-/// Options of `bench`.
+/// Options of the HTTP bench.
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchArgs {
-    /// Without a mode: the HTTP bench (the real API against a bare axum baseline).
-    #[command(subcommand)]
-    pub mode: Option<BenchMode>,
+pub struct HttpArgs {
     /// Seconds per measured endpoint.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -105,41 +94,8 @@ pub struct BenchArgs {
     pub database_url: Option<String>,
 }
 
-/// Other things `bench` can measure.
-#[derive(clap::Subcommand)]
-pub enum BenchMode {
-    /// Run jobs through the engine against the MiniMax sandbox.
-    ///
-    /// Starts `reelgate sim` and `reelgate serve` as child processes on a temporary data
-    /// directory, submits the jobs over HTTP and waits until every one is terminal, then
-    /// reports the dispatch rate against the create budget and each process's peak RSS
-    /// and CPU time (Linux only).
-    Engine(engine::EngineArgs),
-    /// Hostile and slow clients against a `reelgate serve` child process.
-    ///
-    /// Oversized generate bodies whose problems could be echoed without bound, then
-    /// thousands of slowloris, idle and slow-body connections: the server's peak RSS, its
-    /// largest answer, how many slow connections it still holds as time passes and a
-    /// normal client's latency meanwhile (Linux only).
-    Edge(edge::EdgeArgs),
-    /// Concurrent uploads of a 20 MB image against a `reelgate serve` child process: the
-    /// server's peak RSS growth (streamed uploads are not held whole) (Linux only).
-    Uploads(uploads::UploadsArgs),
-    /// Thousands of open job event streams against a `reelgate serve` child process: the
-    /// server's RSS per stream, and how soon a change reaches every stream of its job
-    /// while jobs change at a steady rate (Linux only).
-    Events(events::EventsArgs),
-}
-
 /// Runs the benchmark and prints its report; fails if any request failed.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.mode {
-        Some(BenchMode::Engine(engine_args)) => return engine::run(engine_args).await,
-        Some(BenchMode::Edge(edge_args)) => return edge::run(edge_args).await,
-        Some(BenchMode::Uploads(uploads_args)) => return uploads::run(uploads_args).await,
-        Some(BenchMode::Events(events_args)) => return events::run(events_args).await,
-        None => {}
-    }
+pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     ensure!(args.seconds > 0, "--seconds must be at least 1");
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let Some(base_url) = &args.database_url else {
@@ -159,7 +115,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// The HTTP bench, on SQLite in a temporary data directory, or on PostgreSQL at
 /// `database_url` (which then also measures the statement baseline).
-async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Result<()> {
+async fn run_http(args: &HttpArgs, database_url: Option<&str>) -> anyhow::Result<()> {
     let plan = LoadPlan {
         concurrency: args.concurrency,
         warmup: Duration::from_secs(args.warmup_seconds),
@@ -274,48 +230,6 @@ async fn run_http(args: &BenchArgs, database_url: Option<&str>) -> anyhow::Resul
 
 // ---------------------------------------------------------------------------------
 // Setup: keys, servers, seeded jobs.
-
-/// A bench account's key.
-struct BenchKey {
-    /// The plaintext key the clients send.
-    secret: String,
-    account_id: AccountId,
-    api_key_id: ApiKeyId,
-}
-
-/// Creates `accounts` bench accounts with one key each, through the store directly: the
-/// server is not running yet and opens its own store.
-async fn create_keys(
-    config: &service::Config,
-    accounts: usize,
-    max_concurrent_jobs: u32,
-    credits: i64,
-) -> anyhow::Result<Vec<BenchKey>> {
-    let store = service::open_store(config).await?;
-    let created = async {
-        let mut keys = Vec::with_capacity(accounts);
-        for n in 0..accounts {
-            let secret = domain::ApiKeySecret::generate();
-            let (account, key) = store
-                .create_api_key(NewApiKey {
-                    account_id: None,
-                    name: format!("bench-{n}"),
-                    email: format!("bench-{n}@reelgate.local"),
-                    prefix: secret.prefix.clone(),
-                    digest: secret.digest,
-                    initial_credits: credits,
-                    plan: "bench".into(),
-                    max_concurrent_jobs,
-                })
-                .await?;
-            keys.push(BenchKey { secret: secret.plaintext, account_id: account.id, api_key_id: key.id });
-        }
-        anyhow::Ok(keys)
-    }
-    .await;
-    store.close().await;
-    created
-}
 
 /// A server running on a task of this runtime.
 struct RunningServer {
@@ -546,14 +460,6 @@ impl Requests {
 // ---------------------------------------------------------------------------------
 // Load and measurement.
 
-/// How hard and how long to drive each endpoint.
-struct LoadPlan {
-    concurrency: usize,
-    warmup: Duration,
-    measure: Duration,
-    client: ClientKind,
-}
-
 /// What one client saw.
 #[derive(Default)]
 struct ClientStats {
@@ -573,17 +479,6 @@ impl ClientStats {
             self.first_error = other.first_error;
         }
     }
-}
-
-/// One endpoint's figures.
-struct Measurement {
-    endpoint: &'static str,
-    requests: usize,
-    rps: f64,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    errors: u64,
-    first_error: Option<(u16, String)>,
 }
 
 /// Drives `endpoint` with closed-loop clients, each on its own connection and sending
@@ -632,13 +527,6 @@ async fn measure(
     })
 }
 
-/// The measured part of a run: requests sent at or after `from` and answered by `until`.
-#[derive(Clone, Copy)]
-struct Window {
-    from: Instant,
-    until: Instant,
-}
-
 /// One closed-loop client: sends the next request as soon as the previous response has
 /// been read, until the window closes.
 async fn drive(
@@ -666,12 +554,6 @@ async fn drive(
             stats.latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
         }
     }
-}
-
-/// The nearest-rank percentile `p` (0..=1) of sorted microsecond latencies, in ms.
-fn percentile_ms(sorted_us: &[u32], p: f64) -> Option<f64> {
-    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len().max(1));
-    sorted_us.get(rank - 1).map(|&us| f64::from(us) / 1000.0)
 }
 
 // ---------------------------------------------------------------------------------
@@ -770,7 +652,7 @@ fn goals(run: &RunInfo, rows: &[Row]) -> Vec<Goal> {
 }
 
 /// Prints the table, the goals and the JSON line; fails when any request failed.
-fn report(args: &BenchArgs, run: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
+fn report(args: &HttpArgs, run: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
     let load = |l: Option<f64>| l.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}"));

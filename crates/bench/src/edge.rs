@@ -50,7 +50,7 @@ pub struct EdgeArgs {
 pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let data_dir = dir.path().display().to_string();
-    let key = create_key(&data_dir)?;
+    let key = create_key(&data_dir, 1000)?;
     let addr = free_loopback_port()?;
     let log = dir.path().join("serve.log");
     let serve_args: Vec<String> =
@@ -102,11 +102,11 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A key with credits, made with `reelgate keys create` before the server starts.
-pub(super) fn create_key(data_dir: &str) -> anyhow::Result<String> {
-    let exe = std::env::current_exe()?;
+/// A key with `credits`, made with `reelgate keys create` before the server starts.
+pub(super) fn create_key(data_dir: &str, credits: i64) -> anyhow::Result<String> {
+    let exe = super::engine::reelgate_binary()?;
     let out = std::process::Command::new(exe)
-        .args(["keys", "create", "--name", "bench-edge", "--credits", "1000", "--data-dir", data_dir])
+        .args(["keys", "create", "--name", "bench", "--credits", &credits.to_string(), "--data-dir", data_dir])
         .env_remove("REELGATE_DATABASE_URL")
         .output()?;
     ensure!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -47,7 +47,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let data_dir = dir.path().join("data").display().to_string();
     std::fs::create_dir_all(&data_dir)?;
-    let key = create_key(&data_dir, i64::try_from(args.jobs).unwrap_or(i64::MAX) * 100)?;
+    let key = super::edge::create_key(&data_dir, i64::try_from(args.jobs).unwrap_or(i64::MAX) * 100)?;
     let addr = free_loopback_port()?;
     let log = dir.path().join("serve.log");
     let serve_args: Vec<String> =
@@ -130,18 +130,6 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-/// A key with `credits`, made with `reelgate keys create` before the server starts.
-fn create_key(data_dir: &str, credits: i64) -> anyhow::Result<String> {
-    let exe = std::env::current_exe()?;
-    let out = std::process::Command::new(exe)
-        .args(["keys", "create", "--name", "bench-events", "--credits", &credits.to_string(), "--data-dir", data_dir])
-        .env_remove("REELGATE_DATABASE_URL")
-        .output()?;
-    ensure!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout)?;
-    Ok(stdout.lines().last().context("no key printed")?.to_string())
 }
 
 async fn submit_jobs(http: &reqwest::Client, base: &str, key: &str, count: usize) -> anyhow::Result<Vec<String>> {

@@ -106,9 +106,10 @@ pub async fn run(args: EngineArgs) -> anyhow::Result<()> {
 
     let mut config = service::Config::load(Some(&paths.config)).context("the generated config does not load")?;
     config.data_dir = paths.root.clone();
-    let keys = super::create_keys(&config, args.accounts, u32::try_from(args.jobs).unwrap_or(u32::MAX), CREDITS)
-        .await
-        .context("cannot create the bench API keys")?;
+    let keys =
+        crate::accounts::create_keys(&config, args.accounts, u32::try_from(args.jobs).unwrap_or(u32::MAX), CREDITS)
+            .await
+            .context("cannot create the bench API keys")?;
     let keys: Vec<String> = keys.into_iter().map(|k| k.secret).collect();
 
     let outcome = async {
@@ -264,7 +265,24 @@ fn serve_args(paths: &Paths, api: SocketAddr) -> Vec<String> {
     ]
 }
 
-/// A child process running this binary, logging to a file. Dropping it kills the
+/// The `reelgate` binary the child processes run: `$REELGATE_BIN`, else the one built
+/// beside this bench (`cargo build --release -p reelgate -p reelgate-bench`).
+pub(crate) fn reelgate_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("REELGATE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let bench = std::env::current_exe().context("cannot find this binary")?;
+    let beside = bench.with_file_name(format!("reelgate{}", std::env::consts::EXE_SUFFIX));
+    if !beside.is_file() {
+        bail!(
+            "no reelgate binary at {}: build it beside this bench (cargo build --release -p reelgate -p reelgate-bench) or set REELGATE_BIN",
+            beside.display()
+        );
+    }
+    Ok(beside)
+}
+
+/// A child process running the `reelgate` binary, logging to a file. Dropping it kills the
 /// process, so a failed bench leaves nothing running.
 pub(super) struct ChildProcess {
     name: &'static str,
@@ -284,7 +302,7 @@ impl ChildProcess {
         log: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find this binary")?;
+        let exe = reelgate_binary()?;
         let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let child = Command::new(exe)
             .args(args)
