@@ -9,6 +9,7 @@
 //! every stream, as an expired one is, so the client's "get a new token and reconnect"
 //! path runs too. It records what it streamed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub struct FakeStreams {
     /// What happened, in order: `401`, `job <id> <status>`, `list <id> <status>`, `reset`,
     /// `404 <route>`, and `poll <id>` for each forwarded GET /v2/jobs/{id}.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Job streams open now, and the most that were open at once.
+    job_streams: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -45,7 +48,14 @@ struct TokenQuery {
 impl FakeStreams {
     /// In front of the server at `upstream` (`http://host:port`).
     pub fn new(upstream: String) -> Self {
-        Self { upstream, streams: true, http: reqwest::Client::new(), tokens: Arc::default(), log: Arc::default() }
+        Self {
+            upstream,
+            streams: true,
+            http: reqwest::Client::new(),
+            tokens: Arc::default(),
+            log: Arc::default(),
+            job_streams: Arc::default(),
+        }
     }
 
     /// In front of the server at `upstream`, hiding its stream routes (404), as a server
@@ -61,6 +71,11 @@ impl FakeStreams {
             .route("/v2/jobs/{id}/events", get(job_events))
             .fallback(forward)
             .with_state(self.clone())
+    }
+
+    /// The most job streams that were open at once.
+    pub fn most_job_streams(&self) -> usize {
+        self.job_streams.1.load(Ordering::SeqCst)
     }
 
     pub fn tokens_issued(&self) -> usize {
@@ -132,6 +147,7 @@ async fn job_events(
     }
     let Some(key) = fake.key_for(q.token.as_deref()) else { return unauthorized(&fake) };
     let path = format!("/v2/jobs/{id}");
+    let fake_streams = fake.job_streams.clone();
     if headers.contains_key("last-event-id") {
         if let Some(job) = fake.get_json(&key, &path).await {
             if TERMINAL.contains(&job["status"].as_str().unwrap_or("")) {
@@ -161,7 +177,30 @@ async fn job_events(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
+    // Counted open until the stream ends or the client goes away (both drop it).
+    let open = OpenStream::new(fake_streams);
+    let events = futures_util::StreamExt::map(events, move |event| {
+        let _ = &open;
+        event
+    });
     Sse::new(events).into_response()
+}
+
+/// One open job stream, counted while it lives.
+struct OpenStream(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl OpenStream {
+    fn new(counts: Arc<(AtomicUsize, AtomicUsize)>) -> Self {
+        let now = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.1.fetch_max(now, Ordering::SeqCst);
+        Self(counts)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Every job of the key: a `reset` first (reload your list), then each changed job.
