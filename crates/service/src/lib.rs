@@ -14,6 +14,7 @@ pub mod egress;
 pub mod engine;
 pub mod events;
 pub mod guard;
+pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod readiness;
@@ -189,7 +190,7 @@ pub async fn run(
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
     let addr = listener.local_addr()?;
-    let metrics = Arc::new(engine::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::default());
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let webhook_wake_for_peers = webhook_wake.clone();
     let readiness = readiness::Readiness::default();
@@ -351,7 +352,7 @@ struct EngineInputs<'a> {
     store: Arc<dyn Store>,
     signer: signing::Signer,
     addr: std::net::SocketAddr,
-    metrics: Arc<engine::Metrics>,
+    metrics: Arc<metrics::Metrics>,
     webhook_wake: Arc<tokio::sync::Notify>,
     readiness: readiness::Readiness,
 }

@@ -8,8 +8,9 @@ use store::Store;
 
 use crate::auth::KeyCache;
 use crate::config::Config;
-use crate::engine::{Engine, Metrics};
+use crate::engine::Engine;
 use crate::events::JobEvents;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::readiness::Readiness;
 use crate::signing::Signer;
