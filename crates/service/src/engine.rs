@@ -43,16 +43,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::{AccountId, JobId, Stage, UploadId};
+use domain::{AccountId, JobId, Stage};
 use store::{EngineJob, Store, Transition, UpstreamBudget};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::background::Background;
 use crate::config::EngineConfig;
+use crate::links::Links;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::results::ResultStore;
-use crate::signing::{Purpose, Signer};
 use minimax::MiniMaxClient;
 use pacing::{Pacer, TokenBucket};
 
@@ -118,9 +118,8 @@ pub struct Engine {
     config: EngineConfig,
     upstreams: Vec<Upstream>,
     results: Arc<dyn ResultStore>,
-    signer: Signer,
-    /// Base of result URLs.
-    public_base_url: String,
+    /// Result, upload and callback URLs.
+    links: Links,
     /// Whether MiniMax gets a callback URL.
     callbacks: bool,
     /// Fetches client-supplied image URLs through the SSRF guard.
@@ -172,12 +171,10 @@ pub struct EngineParts {
     pub config: EngineConfig,
     /// MiniMax accounts.
     pub upstreams: Vec<Upstream>,
-    /// Result storage.
+    /// Result storage (the app state's).
     pub results: Arc<dyn ResultStore>,
-    /// Token signer.
-    pub signer: Signer,
-    /// Base of result URLs (the public URL, or the listen address).
-    pub public_base_url: String,
+    /// Result, upload and callback URLs (the app state's).
+    pub links: Links,
     /// Whether to hand MiniMax a callback URL.
     pub callbacks: bool,
     /// Counters.
@@ -207,8 +204,7 @@ impl Engine {
             store: parts.store,
             upstreams: parts.upstreams,
             results: parts.results,
-            signer: parts.signer,
-            public_base_url: parts.public_base_url,
+            links: parts.links,
             callbacks: parts.callbacks,
             allow_private_urls,
             metrics: parts.metrics,
@@ -240,58 +236,9 @@ impl Engine {
         self.wake.notify_one();
     }
 
-    /// The URL a completed job's video is served at.
-    pub fn result_url(&self, job: JobId) -> String {
-        format!(
-            "{}/v2/results/{job}/{}.mp4",
-            self.public_base_url,
-            self.signer.token(Purpose::Result, &job.to_string())
-        )
-    }
-
-    /// The URL an upload is served at; also what a job names to use it (see
-    /// [`Engine::upload_in`]). The extension only helps clients that guess by name.
-    pub fn upload_url(&self, id: UploadId, content_type: &str) -> String {
-        let ext = match content_type {
-            "image/jpeg" => "jpg",
-            "image/png" => "png",
-            "image/webp" => "webp",
-            _ => "bin",
-        };
-        format!(
-            "{}/v2/uploads/{id}/{}.{ext}",
-            self.public_base_url,
-            self.signer.token(Purpose::Upload, &id.to_string())
-        )
-    }
-
-    /// What every one of this server's upload URLs starts with.
-    pub fn upload_url_prefix(&self) -> String {
-        format!("{}/v2/uploads/", self.public_base_url)
-    }
-
-    /// The upload `url` names, when it is one of this server's upload URLs with a valid
-    /// token: `Some(None)` for one of ours whose id or token is wrong, `None` for any
-    /// other URL.
-    pub fn upload_in(&self, url: &str) -> Option<Option<UploadId>> {
-        let rest = url.strip_prefix(&self.public_base_url)?.strip_prefix("/v2/uploads/")?;
-        let parsed = (|| {
-            let (id, file) = rest.split_once('/')?;
-            let token = file.split_once('.').map_or(file, |(token, _)| token);
-            let upload: UploadId = id.parse().ok()?;
-            self.signer.verify(Purpose::Upload, id, token).then_some(upload)
-        })();
-        Some(parsed)
-    }
-
-    /// The result store.
-    pub fn results(&self) -> &Arc<dyn ResultStore> {
-        &self.results
-    }
-
-    /// The token signer.
-    pub fn signer(&self) -> &Signer {
-        &self.signer
+    /// The URLs this server hands out.
+    pub fn links(&self) -> &Links {
+        &self.links
     }
 
     fn now_ms() -> i64 {

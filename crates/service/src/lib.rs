@@ -14,6 +14,7 @@ pub mod egress;
 pub mod engine;
 pub mod events;
 pub mod guard;
+pub mod links;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
@@ -190,6 +191,10 @@ pub async fn run(
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
     let addr = listener.local_addr()?;
+    // Built here, not in the engine, so a node with the engine off serves result and
+    // upload URLs and takes uploads just the same.
+    let results = open_results(&config)?;
+    let links = links::Links::new(public_base_url(&config, addr), signer.clone());
     let metrics = Arc::new(metrics::Metrics::default());
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let webhook_wake_for_peers = webhook_wake.clone();
@@ -200,8 +205,8 @@ pub async fn run(
         let (engine, sandbox) = start_engine(EngineInputs {
             config: &config,
             store: store.clone(),
-            signer: signer.clone(),
-            addr,
+            results: results.clone(),
+            links: links.clone(),
             metrics: metrics.clone(),
             webhook_wake: webhook_wake.clone(),
             readiness: readiness.clone(),
@@ -222,7 +227,7 @@ pub async fn run(
             allow_private,
             config.egress.proxy_url.clone(),
             readiness.clone(),
-            engine.as_ref().map(|e| e.engine.results().clone()),
+            Some(results.clone()),
         )
         .start()
     });
@@ -245,6 +250,8 @@ pub async fn run(
         metrics,
         readiness,
         signer,
+        links,
+        results,
         events,
     });
 
@@ -350,8 +357,8 @@ async fn keep_builtin_sandbox_lock(
 struct EngineInputs<'a> {
     config: &'a Config,
     store: Arc<dyn Store>,
-    signer: signing::Signer,
-    addr: std::net::SocketAddr,
+    results: Arc<dyn results::ResultStore>,
+    links: links::Links,
     metrics: Arc<metrics::Metrics>,
     webhook_wake: Arc<tokio::sync::Notify>,
     readiness: readiness::Readiness,
@@ -360,21 +367,8 @@ struct EngineInputs<'a> {
 /// Builds and starts the job engine, with the built-in sandbox when no MiniMax account
 /// is configured.
 async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
-    let EngineInputs { config, store, signer, addr, metrics, webhook_wake, readiness } = inputs;
+    let EngineInputs { config, store, results, links, metrics, webhook_wake, readiness } = inputs;
     let e = &config.engine;
-    let results = open_results(config)?;
-    let public_base_url = match &e.public_base_url {
-        Some(url) => url.clone(),
-        None => {
-            // An unspecified bind address is no address to hand out; loopback works locally.
-            let host = if addr.ip().is_unspecified() {
-                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-            } else {
-                addr
-            };
-            format!("http://{host}")
-        }
-    };
     let submit_timeout = Duration::from_millis(e.submit_timeout_ms);
     let query_timeout = Duration::from_millis(e.query_timeout_ms);
     let mut sandbox = None;
@@ -438,8 +432,7 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
         config: e.clone(),
         upstreams,
         results,
-        signer,
-        public_base_url,
+        links,
         callbacks: e.public_base_url.is_some(),
         metrics,
         webhook_wake,
@@ -449,6 +442,23 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
         upload_reap_interval: Duration::from_millis(config.uploads.reap_interval_ms),
     });
     Ok((engine.start(), sandbox))
+}
+
+/// The base of the URLs this server hands out: `engine.public_base_url`, else the
+/// listen address.
+fn public_base_url(config: &Config, addr: std::net::SocketAddr) -> String {
+    match &config.engine.public_base_url {
+        Some(url) => url.clone(),
+        None => {
+            // An unspecified bind address is no address to hand out; loopback works locally.
+            let host = if addr.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
+            format!("http://{host}")
+        }
+    }
 }
 
 /// Opens the result store `results.backend` names.

@@ -35,10 +35,11 @@ async fn create_video(
         return Err(ApiError::Unavailable("the database is unreachable".into()));
     }
     let idempotency_key = idempotency_key(&headers)?;
-    let own_uploads = state.engine.as_ref().map(|e| e.upload_url_prefix());
-    let urls = match (state.config.engine.allow_private_urls(), &own_uploads) {
-        (false, Some(prefix)) => UrlPolicy::PublicExceptOwnUploads(prefix),
-        (allow, _) => UrlPolicy::allowing_private(allow),
+    let own_uploads = state.links.upload_url_prefix();
+    let urls = if state.config.engine.allow_private_urls() {
+        UrlPolicy::allowing_private(true)
+    } else {
+        UrlPolicy::PublicExceptOwnUploads(&own_uploads)
     };
     let request = parse_generate(&body, urls)?;
     let cost = state

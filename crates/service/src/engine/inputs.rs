@@ -9,6 +9,8 @@ use domain::ImageRef;
 use futures_util::StreamExt;
 
 use crate::guard;
+use crate::links::Links;
+use crate::results::{Object, ResultStore};
 
 /// MiniMax's limit on an input image.
 const MINIMAX_MAX_IMAGE_BYTES: u64 = 20 * 1024 * 1024;
@@ -95,4 +97,23 @@ async fn fetch(
         }
     }
     Ok(body)
+}
+
+/// Deletes job `job`'s copies of the uploads it names, once it no longer needs them
+/// (its task was created upstream, or it failed or was cancelled before). Needs no
+/// engine: a node that only serves the API cancels jobs too.
+pub async fn drop_job_copies(links: &Links, results: &dyn ResultStore, job: &store::JobRecord) {
+    let Ok(input) = serde_json::from_str::<serde_json::Value>(job.input.get()) else { return };
+    let Ok(req) = domain::validation::parse_generate(&input, domain::validation::UrlPolicy::AllowPrivate) else {
+        return;
+    };
+    for (field, image) in [("image", &req.image), ("end_image", &req.end_image)] {
+        let Some(ImageRef::Url(url)) = image else { continue };
+        if links.upload_in(url).is_none() {
+            continue;
+        }
+        if let Err(e) = results.delete_object(Object::JobInput(job.id, field)).await {
+            tracing::warn!(job.id = %job.id, error = %e, "could not delete the job's copy of an upload");
+        }
+    }
 }

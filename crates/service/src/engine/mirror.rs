@@ -73,7 +73,7 @@ impl Engine {
                 let mut t = Transition::new(id, Stage::Downloading, Stage::Completed)
                     .if_due_at(Some(lease))
                     .progress(progress::DONE);
-                t.result = Some(json!({ "videoUrl": self.result_url(id) }));
+                t.result = Some(json!({ "videoUrl": self.links.result_url(id) }));
                 t.result_bytes = Some(bytes as i64);
                 match self.apply(t).await {
                     Ok(Some(_)) => {

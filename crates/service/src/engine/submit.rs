@@ -13,7 +13,6 @@ use super::minimax::{CreateTask, UpstreamError};
 use super::policy::{self, Action, Step};
 use super::{inputs, progress, Engine, EngineError, Upstream};
 use crate::results::Object;
-use crate::signing::Purpose;
 
 /// The window MiniMax's per-minute budgets are counted over. One second more than a
 /// minute, so that network delays between our count and MiniMax's cannot squeeze one
@@ -157,7 +156,7 @@ impl Engine {
         field: &'static str,
     ) -> Result<String, EngineError> {
         let max = self.config.max_input_image_bytes;
-        let is_upload = matches!(image, domain::ImageRef::Url(url) if self.upload_in(url).is_some());
+        let is_upload = matches!(image, domain::ImageRef::Url(url) if self.links.upload_in(url).is_some());
         if !is_upload {
             return Ok(inputs::prepare(&self.images, image, field, max, self.allow_private_urls).await?);
         }
@@ -178,21 +177,9 @@ impl Engine {
     }
 
     /// Deletes job `job`'s copies of the uploads it names, once it no longer needs them
-    /// (its task was created upstream, or it failed or was cancelled before).
-    pub async fn drop_job_inputs(&self, job: &store::JobRecord) {
-        let Ok(input) = serde_json::from_str::<serde_json::Value>(job.input.get()) else { return };
-        let Ok(req) = domain::validation::parse_generate(&input, domain::validation::UrlPolicy::AllowPrivate) else {
-            return;
-        };
-        for (field, image) in [("image", &req.image), ("end_image", &req.end_image)] {
-            let Some(domain::ImageRef::Url(url)) = image else { continue };
-            if self.upload_in(url).is_none() {
-                continue;
-            }
-            if let Err(e) = self.results.delete_object(Object::JobInput(job.id, field)).await {
-                tracing::warn!(job.id = %job.id, error = %e, "could not delete the job's copy of an upload");
-            }
-        }
+    /// (its task was created upstream, or it failed before).
+    pub(super) async fn drop_job_inputs(&self, job: &store::JobRecord) {
+        inputs::drop_job_copies(&self.links, self.results.as_ref(), job).await;
     }
 
     /// MiniMax's request for a job: our stored input in MiniMax's vocabulary, images
@@ -212,10 +199,7 @@ impl Engine {
             Some(image) => Some(self.input_image(job.record.id, image, "end_image").await?),
             None => None,
         };
-        let callback_url = self.callbacks.then(|| {
-            let id = job.record.id.to_string();
-            format!("{}/v1/minimax/callback/{id}/{}", self.public_base_url, self.signer.token(Purpose::Callback, &id))
-        });
+        let callback_url = self.callbacks.then(|| self.links.callback_url(job.record.id));
         Ok(CreateTask {
             model: minimax_model(req.model),
             prompt: Some(req.prompt),
