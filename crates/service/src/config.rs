@@ -246,9 +246,9 @@ pub struct EngineConfig {
     /// Result downloads in flight at once.
     pub max_concurrent_downloads: usize,
     /// Let client-supplied URLs (input images, webhooks) reach loopback and private
-    /// addresses. Unset: the `REELGATE_ALLOW_PRIVATE_URLS` environment variable decides.
-    #[serde(default)]
-    pub allow_private_urls: Option<bool>,
+    /// addresses (`REELGATE_ENGINE__ALLOW_PRIVATE_URLS`; the older
+    /// `REELGATE_ALLOW_PRIVATE_URLS=1` still works, deprecated).
+    pub allow_private_urls: bool,
     /// Largest input image fetched from a URL, in bytes (MiniMax's limit is 20 MB).
     pub max_input_image_bytes: u64,
     /// Largest result video accepted, in bytes.
@@ -414,14 +414,6 @@ impl std::fmt::Debug for EgressConfig {
     }
 }
 
-impl EngineConfig {
-    /// Whether client-supplied URLs may reach private addresses: the setting, else
-    /// `REELGATE_ALLOW_PRIVATE_URLS`.
-    pub fn allow_private_urls(&self) -> bool {
-        self.allow_private_urls.unwrap_or_else(crate::guard::private_urls_allowed)
-    }
-}
-
 impl Limits {
     /// The oldest creation time (unix ms) an Idempotency-Key may have at `now_ms` and
     /// still replay its job; older keys are forgotten.
@@ -441,6 +433,29 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Applies the environment variables of earlier versions that name settings without
+/// their section, when the current name is not set as well (it wins):
+/// `REELGATE_ALLOW_PRIVATE_URLS` (now `REELGATE_ENGINE__ALLOW_PRIVATE_URLS`) and
+/// `REELGATE_SANDBOX_LATENCY_MS` (now `REELGATE_MINIMAX__SANDBOX_LATENCY_MS`). Deprecated:
+/// they are read here, once, so nothing else consults the process environment.
+fn apply_deprecated_env(config: &mut Config, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    if var("REELGATE_ENGINE__ALLOW_PRIVATE_URLS").is_none() {
+        if let Some(v) = var("REELGATE_ALLOW_PRIVATE_URLS") {
+            tracing::warn!("REELGATE_ALLOW_PRIVATE_URLS is deprecated; use REELGATE_ENGINE__ALLOW_PRIVATE_URLS");
+            config.engine.allow_private_urls = v == "1" || v.eq_ignore_ascii_case("true");
+        }
+    }
+    if var("REELGATE_MINIMAX__SANDBOX_LATENCY_MS").is_none() {
+        if let Some(ms) = var("REELGATE_SANDBOX_LATENCY_MS") {
+            config.minimax.sandbox_latency_ms = ms
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("REELGATE_SANDBOX_LATENCY_MS is not a number: {ms:?}")))?;
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Loads defaults, then `file`, then the environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -448,8 +463,9 @@ impl Config {
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        // Variables read elsewhere (log filter, engine switches of later features) are not
-        // configuration keys; without this, deny_unknown_fields would refuse to start.
+        // Variables read elsewhere (the log filter) or below (the deprecated spellings
+        // without a section) are not configuration keys; without this,
+        // deny_unknown_fields would refuse to start.
         // REELGATE_REQUIRE_* are the test suite's switches (scripts/test sets them).
         // REELGATE_TEST_* and REELGATE_SKIP_* belong to the test suite, not to the server.
         let env = Env::prefixed("REELGATE_")
@@ -465,12 +481,7 @@ impl Config {
         if s3.secret_access_key.is_none() {
             s3.secret_access_key = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|v| !v.is_empty());
         }
-        // The documented shortcut for the built-in sandbox's speed.
-        if let Ok(ms) = std::env::var("REELGATE_SANDBOX_LATENCY_MS") {
-            config.minimax.sandbox_latency_ms = ms
-                .parse()
-                .map_err(|_| ConfigError::Invalid(format!("REELGATE_SANDBOX_LATENCY_MS is not a number: {ms:?}")))?;
-        }
+        apply_deprecated_env(&mut config, |name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
     }
@@ -675,6 +686,36 @@ impl S3Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deprecated_variables_still_work_and_the_new_names_win() {
+        type Vars = &'static [(&'static str, &'static str)];
+        let env = |vars: Vars| move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let cases: [(Vars, bool, u64); 5] = [
+            (&[], false, 10_000),
+            (&[("REELGATE_ALLOW_PRIVATE_URLS", "1"), ("REELGATE_SANDBOX_LATENCY_MS", " 250 ")], true, 250),
+            (&[("REELGATE_ALLOW_PRIVATE_URLS", "TRUE")], true, 10_000),
+            (&[("REELGATE_ALLOW_PRIVATE_URLS", "0")], false, 10_000),
+            // The new names were already applied by the loader; the old ones must not undo them.
+            (
+                &[
+                    ("REELGATE_ALLOW_PRIVATE_URLS", "1"),
+                    ("REELGATE_ENGINE__ALLOW_PRIVATE_URLS", "false"),
+                    ("REELGATE_SANDBOX_LATENCY_MS", "5"),
+                    ("REELGATE_MINIMAX__SANDBOX_LATENCY_MS", "10000"),
+                ],
+                false,
+                10_000,
+            ),
+        ];
+        for (vars, allow, latency) in cases {
+            let mut c = Config::defaults();
+            apply_deprecated_env(&mut c, env(vars)).unwrap();
+            assert_eq!((c.engine.allow_private_urls, c.minimax.sandbox_latency_ms), (allow, latency), "{vars:?}");
+        }
+        let mut c = Config::defaults();
+        assert!(apply_deprecated_env(&mut c, env(&[("REELGATE_SANDBOX_LATENCY_MS", "soon")])).is_err());
+    }
 
     #[test]
     fn defaults_parse_and_validate() {

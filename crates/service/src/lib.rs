@@ -158,14 +158,11 @@ fn forward_wakeups(
 /// in-flight requests finish (for at most `server.shutdown_grace_ms`), flushes the store
 /// and returns.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
-    // Settled once, here: the front door consults it on every submission and should not
-    // read the environment each time.
-    config.engine.allow_private_urls = Some(config.engine.allow_private_urls());
     let catalog = config.catalog()?;
     // Even on PostgreSQL the data directory holds the sandbox's tasks and renders and, with
     // the file system backend, the result videos.
@@ -218,7 +215,7 @@ pub async fn run(
     };
     // Webhooks go out wherever the engine runs: the engine raises the events.
     let deliverer = (config.engine.enabled && config.webhooks.enabled).then(|| {
-        let allow_private = config.engine.allow_private_urls();
+        let allow_private = config.engine.allow_private_urls;
         webhooks::deliver::Deliverer::new(
             store.clone(),
             config.webhooks.clone(),
@@ -436,7 +433,7 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
         callbacks: e.public_base_url.is_some(),
         metrics,
         webhook_wake,
-        allow_private_urls: e.allow_private_urls(),
+        allow_private_urls: e.allow_private_urls,
         proxy_url: config.egress.proxy_url.clone(),
         readiness,
         upload_reap_interval: Duration::from_millis(config.uploads.reap_interval_ms),

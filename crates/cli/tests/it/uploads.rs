@@ -433,7 +433,7 @@ fn mp4_size(bytes: &[u8]) -> Option<(u32, u32)> {
 async fn start_and_end_images(storage: Storage) {
     let test = format!("uploaded_images_start_and_end_a_video_{storage:?}");
     // The guard stays closed to loopback: an upload fetched over HTTP would fail the job.
-    let Some(setup) = Setup::start(storage, &test, |c| c.engine.allow_private_urls = Some(false)).await else {
+    let Some(setup) = Setup::start(storage, &test, |c| c.engine.allow_private_urls = false).await else {
         return;
     };
     let app = &setup.app;
@@ -534,7 +534,7 @@ async fn a_job_whose_upload_expires_after_acceptance_still_completes() {
         c.uploads.ttl_secs = 1;
         c.uploads.reap_interval_ms = 100;
         c.minimax.sandbox_latency_ms = 3000;
-        c.engine.allow_private_urls = Some(false);
+        c.engine.allow_private_urls = false;
     })
     .await
     else {

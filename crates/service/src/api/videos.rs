@@ -36,7 +36,7 @@ async fn create_video(
     }
     let idempotency_key = idempotency_key(&headers)?;
     let own_uploads = state.links.upload_url_prefix();
-    let urls = if state.config.engine.allow_private_urls() {
+    let urls = if state.config.engine.allow_private_urls {
         UrlPolicy::allowing_private(true)
     } else {
         UrlPolicy::PublicExceptOwnUploads(&own_uploads)
