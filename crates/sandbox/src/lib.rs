@@ -127,6 +127,7 @@ mod images;
 mod limits;
 mod links;
 mod markers;
+mod pushes;
 mod renderer;
 mod rules;
 mod saved;
@@ -246,7 +247,7 @@ impl Sandbox {
             tracing::info!(tasks = restored, "sandbox restored the tasks of earlier runs");
         }
 
-        let pusher = tokio::spawn(callback::run(shared.clone(), stopped.clone()));
+        let pusher = tokio::spawn(pushes::run(shared.clone(), stopped.clone()));
         let app = api::router(shared.clone());
         let mut server_stop = stopped;
         let server = tokio::spawn(async move {

@@ -25,6 +25,9 @@ pub mod signing;
 pub mod state;
 pub mod webhooks;
 
+/// The secret types of [`Config`]'s fields, for callers that build or read one.
+pub use secrecy;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -392,7 +395,7 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
         // The sandbox runs in this process on loopback: never through a proxy.
         let client = engine::minimax::MiniMaxClient::new(
             &started.base_url(),
-            "sandbox-key",
+            "sandbox-key".into(),
             submit_timeout,
             query_timeout,
             None,
@@ -414,7 +417,7 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
                 };
                 let client = engine::minimax::MiniMaxClient::new(
                     &a.base_url,
-                    &a.api_key,
+                    a.api_key.clone(),
                     submit_timeout,
                     query_timeout,
                     config.egress.proxy_url.as_deref(),
