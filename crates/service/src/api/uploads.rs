@@ -66,7 +66,7 @@ async fn create_upload(
     if !state.readiness.is_ready() {
         return Err(ApiError::Unavailable("the database is unreachable".into()));
     }
-    let idempotency_key = crate::api::videos::idempotency_key(&headers)?;
+    let idempotency_key = crate::api::extract::idempotency_key(&headers)?;
     let limit = state.config.limits.max_upload_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
