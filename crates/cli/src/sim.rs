@@ -30,8 +30,8 @@ pub struct SimArgs {
     /// Queries and retrieves allowed per key in any 60 s window (default: unlimited).
     #[arg(long)]
     query_rpm: Option<u32>,
-    /// Time from create to Success, in ms [default: $REELGATE_SANDBOX_LATENCY_MS, else 10000].
-    #[arg(long)]
+    /// Time from create to Success, in ms [default: 10000].
+    #[arg(long, env = "REELGATE_SANDBOX_LATENCY_MS")]
     latency_ms: Option<u64>,
     /// Spread of each task's latency, as a fraction (0.2 = ±20%).
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]

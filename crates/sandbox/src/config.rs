@@ -1,13 +1,13 @@
 //! Every knob of the sandbox in one serde struct, with the defaults a developer gets from
-//! `reelgate sim` with no flags. Reading the environment happens in exactly one place,
-//! [`SandboxConfig::effective_latency_ms`], so tests that set a field are never overridden by it.
+//! `reelgate sim` with no flags. The sandbox reads no environment: `reelgate sim` maps
+//! [`LATENCY_ENV`] onto its `--latency-ms` flag, and the server passes its own setting.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Environment variable that sets the task latency when the config leaves it unset.
+/// Environment variable `reelgate sim` reads for `--latency-ms` when the flag is absent.
 pub const LATENCY_ENV: &str = "REELGATE_SANDBOX_LATENCY_MS";
 
 /// Default total time from create to `Success`, in milliseconds.
@@ -23,7 +23,7 @@ pub struct SandboxConfig {
     pub rpm: u32,
     /// Queries and retrieves allowed per key in any sliding 60 s window. None (the default) disables it.
     pub query_rpm: Option<u32>,
-    /// Time from create to the terminal status, in ms. None: `REELGATE_SANDBOX_LATENCY_MS`, else 10 000.
+    /// Time from create to the terminal status, in ms. None: 10 000.
     pub latency_ms: Option<u64>,
     /// Each task's latency is drawn uniformly within ±this fraction of `latency_ms` (0 = exact).
     pub latency_jitter: f64,
@@ -64,11 +64,9 @@ impl Default for SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// The task latency in force: the field if set, else the environment variable, else 10 s.
+    /// The task latency in force: the field if set, else 10 s.
     pub fn effective_latency_ms(&self) -> u64 {
-        self.latency_ms
-            .or_else(|| std::env::var(LATENCY_ENV).ok().and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(DEFAULT_LATENCY_MS)
+        self.latency_ms.unwrap_or(DEFAULT_LATENCY_MS)
     }
 
     pub(crate) fn link_ttl(&self) -> Duration {

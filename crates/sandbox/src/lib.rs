@@ -25,8 +25,8 @@
 //! # Timeline
 //!
 //! A task spends 10% of its latency in `Preparing`, 20% in `Queueing`, the rest in `Processing`,
-//! then is `Success` (or `Fail`). The latency is [`SandboxConfig::latency_ms`], else the
-//! `REELGATE_SANDBOX_LATENCY_MS` environment variable, else 10 s. Status is computed from the
+//! then is `Success` (or `Fail`). The latency is [`SandboxConfig::latency_ms`], else 10 s
+//! (`reelgate sim` fills it from `REELGATE_SANDBOX_LATENCY_MS`). Status is computed from the
 //! clock on each query: nothing runs per task. Before `Success`, a query answers `file_id: ""`,
 //! `video_width: 0`, `video_height: 0`; then the real file id (a string) and the output size.
 //! The file is rendered on first retrieve/download, once per distinct request (cached on disk).
@@ -127,6 +127,7 @@ mod images;
 mod limits;
 mod links;
 mod markers;
+mod pushes;
 mod renderer;
 mod rules;
 mod saved;
@@ -246,7 +247,7 @@ impl Sandbox {
             tracing::info!(tasks = restored, "sandbox restored the tasks of earlier runs");
         }
 
-        let pusher = tokio::spawn(callback::run(shared.clone(), stopped.clone()));
+        let pusher = tokio::spawn(pushes::run(shared.clone(), stopped.clone()));
         let app = api::router(shared.clone());
         let mut server_stop = stopped;
         let server = tokio::spawn(async move {

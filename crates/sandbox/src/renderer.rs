@@ -4,8 +4,6 @@
 
 use std::io::Write;
 
-use crate::tasks::RenderSpec;
-
 /// The largest image side the renderer decodes; MiniMax itself documents no such limit.
 pub const MAX_INPUT_SIDE: u32 = render::MAX_INPUT_SIDE;
 
@@ -29,16 +27,23 @@ pub fn output_size(p: u32, first_frame: Option<(u32, u32)>) -> (u32, u32) {
     render::output_size(p, first_frame)
 }
 
-/// Decodes the stored images of a spec (blocking).
-pub fn prepare(spec: &RenderSpec, first: Option<Vec<u8>>, last: Option<Vec<u8>>) -> Result<Prepared, String> {
+/// Decodes the stored images of a render of `width`x`height` for `seconds` (blocking).
+/// Takes the parts rather than the task's `RenderSpec`: this module sits below the task
+/// table (which names images), so it must not import it back.
+pub fn prepare(
+    (width, height, seconds): (u32, u32, u32),
+    prompt: &str,
+    first: Option<Vec<u8>>,
+    last: Option<Vec<u8>>,
+) -> Result<Prepared, String> {
     let decode =
         |bytes: Option<Vec<u8>>| bytes.map(|b| render::decode_image(&b)).transpose().map_err(|e| e.to_string());
     Ok(Prepared {
         request: render::RenderRequest {
-            width: spec.width,
-            height: spec.height,
-            seconds: spec.seconds,
-            prompt: spec.prompt.to_string(),
+            width,
+            height,
+            seconds,
+            prompt: prompt.to_string(),
             first_frame: decode(first)?,
             last_frame: decode(last)?,
         },

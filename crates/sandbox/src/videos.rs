@@ -66,7 +66,12 @@ impl VideoCache {
         let load = |image: &Option<crate::images::ImageRef>| {
             image.as_ref().map(|i| self.images.load(i)).transpose().map_err(|e| format!("input image lost: {e}"))
         };
-        let prepared = renderer::prepare(spec, load(&spec.first_frame)?, load(&spec.last_frame)?)?;
+        let prepared = renderer::prepare(
+            (spec.width, spec.height, spec.seconds),
+            &spec.prompt,
+            load(&spec.first_frame)?,
+            load(&spec.last_frame)?,
+        )?;
         let path = self.dir.join(format!("{}.mp4", renderer::cache_key(&prepared)));
         if let Ok(meta) = std::fs::metadata(&path) {
             return Ok(Video { path, len: meta.len() });

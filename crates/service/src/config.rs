@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use domain::{Catalog, PriceOverrides};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The built-in defaults, every setting commented.
@@ -108,7 +109,7 @@ pub enum VideoUrls {
 }
 
 /// An S3-compatible bucket for result videos.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// The bucket name (required for `backend = "s3"`).
@@ -125,7 +126,7 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Secret access key; unset: the `AWS_SECRET_ACCESS_KEY` environment variable. Never logged.
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<SecretString>,
     /// Put before `<job id>.mp4` to make each object's key, e.g. `results/`.
     pub prefix: String,
     /// Address the bucket in the path (`endpoint/bucket/key`) instead of the host name
@@ -136,22 +137,6 @@ pub struct S3Config {
     pub video_urls: VideoUrls,
     /// How long a presigned URL stays valid, in seconds (at most 604800, 7 days).
     pub presigned_url_ttl_secs: u64,
-}
-
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Config")
-            .field("bucket", &self.bucket)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
-            .field("prefix", &self.prefix)
-            .field("path_style", &self.path_style)
-            .field("video_urls", &self.video_urls)
-            .field("presigned_url_ttl_secs", &self.presigned_url_ttl_secs)
-            .finish()
-    }
 }
 
 /// The longest validity S3 accepts for a presigned URL (SigV4: 7 days).
@@ -246,9 +231,9 @@ pub struct EngineConfig {
     /// Result downloads in flight at once.
     pub max_concurrent_downloads: usize,
     /// Let client-supplied URLs (input images, webhooks) reach loopback and private
-    /// addresses. Unset: the `REELGATE_ALLOW_PRIVATE_URLS` environment variable decides.
-    #[serde(default)]
-    pub allow_private_urls: Option<bool>,
+    /// addresses (`REELGATE_ENGINE__ALLOW_PRIVATE_URLS`; the older
+    /// `REELGATE_ALLOW_PRIVATE_URLS=1` still works, deprecated).
+    pub allow_private_urls: bool,
     /// Largest input image fetched from a URL, in bytes (MiniMax's limit is 20 MB).
     pub max_input_image_bytes: u64,
     /// Largest result video accepted, in bytes.
@@ -272,13 +257,13 @@ pub struct MiniMaxConfig {
 }
 
 /// One MiniMax account.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MiniMaxAccount {
     /// A name for logs and metrics.
     pub name: String,
     /// The API key (Bearer). Never logged.
-    pub api_key: String,
+    pub api_key: SecretString,
     /// `https://api.minimax.io` (international) or `https://api.minimaxi.com` (China);
     /// keys are bound to their region.
     #[serde(default = "default_minimax_base_url")]
@@ -292,19 +277,6 @@ pub struct MiniMaxAccount {
     /// Query and retrieve calls allowed per minute.
     #[serde(default = "default_query_rpm")]
     pub query_rpm: u32,
-}
-
-impl std::fmt::Debug for MiniMaxAccount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MiniMaxAccount")
-            .field("name", &self.name)
-            .field("api_key", &"<redacted>")
-            .field("base_url", &self.base_url)
-            .field("create_rpm", &self.create_rpm)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("query_rpm", &self.query_rpm)
-            .finish()
-    }
 }
 
 fn default_minimax_base_url() -> String {
@@ -414,14 +386,6 @@ impl std::fmt::Debug for EgressConfig {
     }
 }
 
-impl EngineConfig {
-    /// Whether client-supplied URLs may reach private addresses: the setting, else
-    /// `REELGATE_ALLOW_PRIVATE_URLS`.
-    pub fn allow_private_urls(&self) -> bool {
-        self.allow_private_urls.unwrap_or_else(crate::guard::private_urls_allowed)
-    }
-}
-
 impl Limits {
     /// The oldest creation time (unix ms) an Idempotency-Key may have at `now_ms` and
     /// still replay its job; older keys are forgotten.
@@ -441,6 +405,29 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Applies the environment variables of earlier versions that name settings without
+/// their section, when the current name is not set as well (it wins):
+/// `REELGATE_ALLOW_PRIVATE_URLS` (now `REELGATE_ENGINE__ALLOW_PRIVATE_URLS`) and
+/// `REELGATE_SANDBOX_LATENCY_MS` (now `REELGATE_MINIMAX__SANDBOX_LATENCY_MS`). Deprecated:
+/// they are read here, once, so nothing else consults the process environment.
+fn apply_deprecated_env(config: &mut Config, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    if var("REELGATE_ENGINE__ALLOW_PRIVATE_URLS").is_none() {
+        if let Some(v) = var("REELGATE_ALLOW_PRIVATE_URLS") {
+            tracing::warn!("REELGATE_ALLOW_PRIVATE_URLS is deprecated; use REELGATE_ENGINE__ALLOW_PRIVATE_URLS");
+            config.engine.allow_private_urls = v == "1" || v.eq_ignore_ascii_case("true");
+        }
+    }
+    if var("REELGATE_MINIMAX__SANDBOX_LATENCY_MS").is_none() {
+        if let Some(ms) = var("REELGATE_SANDBOX_LATENCY_MS") {
+            config.minimax.sandbox_latency_ms = ms
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("REELGATE_SANDBOX_LATENCY_MS is not a number: {ms:?}")))?;
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Loads defaults, then `file`, then the environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -448,8 +435,9 @@ impl Config {
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        // Variables read elsewhere (log filter, engine switches of later features) are not
-        // configuration keys; without this, deny_unknown_fields would refuse to start.
+        // Variables read elsewhere (the log filter) or below (the deprecated spellings
+        // without a section) are not configuration keys; without this,
+        // deny_unknown_fields would refuse to start.
         // REELGATE_REQUIRE_* are the test suite's switches (scripts/test sets them).
         // REELGATE_TEST_* and REELGATE_SKIP_* belong to the test suite, not to the server.
         let env = Env::prefixed("REELGATE_")
@@ -463,14 +451,10 @@ impl Config {
             s3.access_key_id = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|v| !v.is_empty());
         }
         if s3.secret_access_key.is_none() {
-            s3.secret_access_key = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|v| !v.is_empty());
+            s3.secret_access_key =
+                std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|v| !v.is_empty()).map(Into::into);
         }
-        // The documented shortcut for the built-in sandbox's speed.
-        if let Ok(ms) = std::env::var("REELGATE_SANDBOX_LATENCY_MS") {
-            config.minimax.sandbox_latency_ms = ms
-                .parse()
-                .map_err(|_| ConfigError::Invalid(format!("REELGATE_SANDBOX_LATENCY_MS is not a number: {ms:?}")))?;
-        }
+        apply_deprecated_env(&mut config, |name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
     }
@@ -569,7 +553,7 @@ impl Config {
                     a.name
                 )));
             }
-            if a.api_key.trim().is_empty() {
+            if a.api_key.expose_secret().trim().is_empty() {
                 return Err(ConfigError::Invalid(format!("minimax account {}: api_key is empty", a.name)));
             }
             if a.create_rpm == 0 || a.max_in_flight == 0 || a.query_rpm == 0 {
@@ -634,7 +618,7 @@ impl S3Config {
             return invalid("region is empty (use the bucket's region, e.g. \"us-east-1\")".into());
         }
         if self.access_key_id.as_deref().unwrap_or("").is_empty()
-            || self.secret_access_key.as_deref().unwrap_or("").is_empty()
+            || self.secret_access_key.as_ref().is_none_or(|k| k.expose_secret().is_empty())
         {
             return invalid(
                 "access_key_id and secret_access_key are required (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
@@ -655,12 +639,12 @@ impl S3Config {
                 "https" => {}
                 // Plain HTTP would expose every video and request signature on the
                 // network; on loopback (a local MinIO, the test server) nothing travels.
-                "http" if crate::results::s3::is_loopback(&url) => {}
+                "http" if is_loopback(&url) => {}
                 "http" => return invalid(format!("endpoint {endpoint:?}: http is allowed for loopback hosts only")),
                 other => return invalid(format!("endpoint {endpoint:?}: unsupported scheme {other:?}")),
             }
         }
-        if let Err(why) = crate::results::s3::check_prefix(&self.prefix) {
+        if let Err(why) = check_prefix(&self.prefix) {
             return invalid(format!("prefix {:?}: {why}", self.prefix));
         }
         if self.presigned_url_ttl_secs == 0 || self.presigned_url_ttl_secs > MAX_PRESIGNED_URL_TTL_SECS {
@@ -672,9 +656,61 @@ impl S3Config {
     }
 }
 
+// Checks of S3 settings, here rather than in `results::s3` (which uses them too) so that
+// the configuration does not import the result store that imports it.
+
+/// Whether `url` points at this machine (where plain HTTP exposes nothing).
+pub(crate) fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Checks that `prefix` followed by a file name is a valid, canonical object key: no
+/// leading `/`, no empty, `.` or `..` segment, no control characters.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.starts_with('/') {
+        return Err("must not start with '/'".into());
+    }
+    object_store::path::Path::parse(format!("{prefix}x.mp4")).map(|_| ()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deprecated_variables_still_work_and_the_new_names_win() {
+        type Vars = &'static [(&'static str, &'static str)];
+        let env = |vars: Vars| move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let cases: [(Vars, bool, u64); 5] = [
+            (&[], false, 10_000),
+            (&[("REELGATE_ALLOW_PRIVATE_URLS", "1"), ("REELGATE_SANDBOX_LATENCY_MS", " 250 ")], true, 250),
+            (&[("REELGATE_ALLOW_PRIVATE_URLS", "TRUE")], true, 10_000),
+            (&[("REELGATE_ALLOW_PRIVATE_URLS", "0")], false, 10_000),
+            // The new names were already applied by the loader; the old ones must not undo them.
+            (
+                &[
+                    ("REELGATE_ALLOW_PRIVATE_URLS", "1"),
+                    ("REELGATE_ENGINE__ALLOW_PRIVATE_URLS", "false"),
+                    ("REELGATE_SANDBOX_LATENCY_MS", "5"),
+                    ("REELGATE_MINIMAX__SANDBOX_LATENCY_MS", "10000"),
+                ],
+                false,
+                10_000,
+            ),
+        ];
+        for (vars, allow, latency) in cases {
+            let mut c = Config::defaults();
+            apply_deprecated_env(&mut c, env(vars)).unwrap();
+            assert_eq!((c.engine.allow_private_urls, c.minimax.sandbox_latency_ms), (allow, latency), "{vars:?}");
+        }
+        let mut c = Config::defaults();
+        assert!(apply_deprecated_env(&mut c, env(&[("REELGATE_SANDBOX_LATENCY_MS", "soon")])).is_err());
+    }
 
     #[test]
     fn defaults_parse_and_validate() {
@@ -771,6 +807,6 @@ mod tests {
         c.results.s3.secret_access_key = Some("very-secret-value".into());
         let printed = format!("{c:#?}");
         assert!(!printed.contains("very-secret-value"), "{printed}");
-        assert!(printed.contains("<redacted>"));
+        assert!(printed.contains("REDACTED"), "{printed}");
     }
 }

@@ -6,7 +6,8 @@
 //! second lookup a hostile DNS server could answer differently. IP-literal URLs never
 //! reach a resolver, so they are checked up front, and so is every redirect target.
 //! Operators (and the tests) can allow private destinations with
-//! `REELGATE_ALLOW_PRIVATE_URLS=1`. Which addresses are refused is decided in
+//! `engine.allow_private_urls`; the caller passes the setting in, this module reads no
+//! environment. Which addresses are refused is decided in
 //! `domain::address`, the same rule request validation applies to IP-literal URLs at
 //! submission.
 //!
@@ -22,11 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-
-/// Whether the operator allowed loopback and private destinations.
-pub fn private_urls_allowed() -> bool {
-    std::env::var("REELGATE_ALLOW_PRIVATE_URLS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-}
 
 use domain::address::forbidden_reason;
 /// A client-supplied URL that may not be fetched (the domain's one classification).

@@ -14,6 +14,8 @@ pub mod egress;
 pub mod engine;
 pub mod events;
 pub mod guard;
+pub mod links;
+pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod readiness;
@@ -22,6 +24,9 @@ pub mod server;
 pub mod signing;
 pub mod state;
 pub mod webhooks;
+
+/// The secret types of [`Config`]'s fields, for callers that build or read one.
+pub use secrecy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -156,14 +161,11 @@ fn forward_wakeups(
 /// in-flight requests finish (for at most `server.shutdown_grace_ms`), flushes the store
 /// and returns.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
-    // Settled once, here: the front door consults it on every submission and should not
-    // read the environment each time.
-    config.engine.allow_private_urls = Some(config.engine.allow_private_urls());
     let catalog = config.catalog()?;
     // Even on PostgreSQL the data directory holds the sandbox's tasks and renders and, with
     // the file system backend, the result videos.
@@ -189,7 +191,11 @@ pub async fn run(
     let keys = KeyCache::new(store.clone(), Duration::from_millis(config.auth.key_cache_ttl_ms));
     let openapi = openapi::document(&catalog).to_string();
     let addr = listener.local_addr()?;
-    let metrics = Arc::new(engine::Metrics::default());
+    // Built here, not in the engine, so a node with the engine off serves result and
+    // upload URLs and takes uploads just the same.
+    let results = open_results(&config)?;
+    let links = links::Links::new(public_base_url(&config, addr), signer.clone());
+    let metrics = Arc::new(metrics::Metrics::default());
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let webhook_wake_for_peers = webhook_wake.clone();
     let readiness = readiness::Readiness::default();
@@ -199,8 +205,8 @@ pub async fn run(
         let (engine, sandbox) = start_engine(EngineInputs {
             config: &config,
             store: store.clone(),
-            signer: signer.clone(),
-            addr,
+            results: results.clone(),
+            links: links.clone(),
             metrics: metrics.clone(),
             webhook_wake: webhook_wake.clone(),
             readiness: readiness.clone(),
@@ -212,7 +218,7 @@ pub async fn run(
     };
     // Webhooks go out wherever the engine runs: the engine raises the events.
     let deliverer = (config.engine.enabled && config.webhooks.enabled).then(|| {
-        let allow_private = config.engine.allow_private_urls();
+        let allow_private = config.engine.allow_private_urls;
         webhooks::deliver::Deliverer::new(
             store.clone(),
             config.webhooks.clone(),
@@ -221,7 +227,7 @@ pub async fn run(
             allow_private,
             config.egress.proxy_url.clone(),
             readiness.clone(),
-            engine.as_ref().map(|e| e.engine.results().clone()),
+            Some(results.clone()),
         )
         .start()
     });
@@ -244,6 +250,8 @@ pub async fn run(
         metrics,
         readiness,
         signer,
+        links,
+        results,
         events,
     });
 
@@ -349,9 +357,9 @@ async fn keep_builtin_sandbox_lock(
 struct EngineInputs<'a> {
     config: &'a Config,
     store: Arc<dyn Store>,
-    signer: signing::Signer,
-    addr: std::net::SocketAddr,
-    metrics: Arc<engine::Metrics>,
+    results: Arc<dyn results::ResultStore>,
+    links: links::Links,
+    metrics: Arc<metrics::Metrics>,
     webhook_wake: Arc<tokio::sync::Notify>,
     readiness: readiness::Readiness,
 }
@@ -359,21 +367,8 @@ struct EngineInputs<'a> {
 /// Builds and starts the job engine, with the built-in sandbox when no MiniMax account
 /// is configured.
 async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle, Option<sandbox::Sandbox>), RunError> {
-    let EngineInputs { config, store, signer, addr, metrics, webhook_wake, readiness } = inputs;
+    let EngineInputs { config, store, results, links, metrics, webhook_wake, readiness } = inputs;
     let e = &config.engine;
-    let results = open_results(config)?;
-    let public_base_url = match &e.public_base_url {
-        Some(url) => url.clone(),
-        None => {
-            // An unspecified bind address is no address to hand out; loopback works locally.
-            let host = if addr.ip().is_unspecified() {
-                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-            } else {
-                addr
-            };
-            format!("http://{host}")
-        }
-    };
     let submit_timeout = Duration::from_millis(e.submit_timeout_ms);
     let query_timeout = Duration::from_millis(e.query_timeout_ms);
     let mut sandbox = None;
@@ -400,7 +395,7 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
         // The sandbox runs in this process on loopback: never through a proxy.
         let client = engine::minimax::MiniMaxClient::new(
             &started.base_url(),
-            "sandbox-key",
+            "sandbox-key".into(),
             submit_timeout,
             query_timeout,
             None,
@@ -422,7 +417,7 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
                 };
                 let client = engine::minimax::MiniMaxClient::new(
                     &a.base_url,
-                    &a.api_key,
+                    a.api_key.clone(),
                     submit_timeout,
                     query_timeout,
                     config.egress.proxy_url.as_deref(),
@@ -437,17 +432,33 @@ async fn start_engine(inputs: EngineInputs<'_>) -> Result<(engine::EngineHandle,
         config: e.clone(),
         upstreams,
         results,
-        signer,
-        public_base_url,
+        links,
         callbacks: e.public_base_url.is_some(),
         metrics,
         webhook_wake,
-        allow_private_urls: e.allow_private_urls(),
+        allow_private_urls: e.allow_private_urls,
         proxy_url: config.egress.proxy_url.clone(),
         readiness,
         upload_reap_interval: Duration::from_millis(config.uploads.reap_interval_ms),
     });
     Ok((engine.start(), sandbox))
+}
+
+/// The base of the URLs this server hands out: `engine.public_base_url`, else the
+/// listen address.
+fn public_base_url(config: &Config, addr: std::net::SocketAddr) -> String {
+    match &config.engine.public_base_url {
+        Some(url) => url.clone(),
+        None => {
+            // An unspecified bind address is no address to hand out; loopback works locally.
+            let host = if addr.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
+            format!("http://{host}")
+        }
+    }
 }
 
 /// Opens the result store `results.backend` names.

@@ -8,10 +8,13 @@ use store::Store;
 
 use crate::auth::KeyCache;
 use crate::config::Config;
-use crate::engine::{Engine, Metrics};
+use crate::engine::Engine;
 use crate::events::JobEvents;
+use crate::links::Links;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimits;
 use crate::readiness::Readiness;
+use crate::results::ResultStore;
 use crate::signing::Signer;
 
 /// Cheap to clone: axum clones the state for every request, so it is one `Arc`.
@@ -40,6 +43,12 @@ pub struct Handles {
     pub readiness: Readiness,
     /// Makes and checks capability tokens (result and upload URLs, event tokens).
     pub signer: Signer,
+    /// Result, upload and callback URLs (with the same signer), built whether or not the
+    /// engine runs here.
+    pub links: Links,
+    /// Result videos and uploads, opened whether or not the engine runs here, so any node
+    /// serves `videoUrl`s and takes uploads.
+    pub results: Arc<dyn ResultStore>,
     /// Job changes for the event streams.
     pub events: JobEvents,
 }

@@ -360,7 +360,7 @@ async fn waiting_survives_a_server_restart_by_retrying_network_errors() {
     let fast = [
         ("REELGATE_ENGINE__FIRST_POLL_DELAY_MS", "200"),
         ("REELGATE_ENGINE__POLL_INTERVAL_MS", "200"),
-        ("REELGATE_SANDBOX_LATENCY_MS", "1000"),
+        ("REELGATE_MINIMAX__SANDBOX_LATENCY_MS", "1000"),
     ];
     let mut server = spawn_serve(&data, port, &[], &fast).await;
     let cwd = TempDir::new().unwrap();

@@ -79,14 +79,14 @@ async fn proxy_variables_in_the_environment_do_not_carry_private_urls_past_the_g
     for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
         command.env(name, proxy.url());
     }
-    for name in ["NO_PROXY", "no_proxy", "REELGATE_ALLOW_PRIVATE_URLS"] {
+    for name in ["NO_PROXY", "no_proxy", "REELGATE_ALLOW_PRIVATE_URLS", "REELGATE_ENGINE__ALLOW_PRIVATE_URLS"] {
         command.env_remove(name);
     }
     let server = Server(
         command
             .env("REELGATE_ENGINE__FIRST_POLL_DELAY_MS", "200")
             .env("REELGATE_ENGINE__POLL_INTERVAL_MS", "200")
-            .env("REELGATE_SANDBOX_LATENCY_MS", "1000")
+            .env("REELGATE_MINIMAX__SANDBOX_LATENCY_MS", "1000")
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("REELGATE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
@@ -170,7 +170,7 @@ async fn a_configured_proxy_carries_outbound_requests_and_literal_private_addres
     let proxy_url = proxy.url();
     let app = TestApp::spawn_engine(|c, _| {
         c.egress.proxy_url = Some(proxy_url);
-        c.engine.allow_private_urls = Some(false);
+        c.engine.allow_private_urls = false;
     })
     .await;
     let key = app.create_key(100).await;

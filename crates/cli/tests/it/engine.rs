@@ -507,7 +507,7 @@ async fn the_real_minimax_runs_a_job_end_to_end() {
         c.engine.poll_interval_ms = 10_000;
         c.minimax.accounts = vec![service::config::MiniMaxAccount {
             name: "real".into(),
-            api_key,
+            api_key: api_key.into(),
             base_url,
             create_rpm: 5,
             max_in_flight: 5,

@@ -377,7 +377,7 @@ async fn twenty_racing_identical_requests_make_one_job_and_one_charge() {
 /// literally, is a 400 naming the field, before any charge.
 #[tokio::test]
 async fn unusable_or_private_urls_are_refused_before_any_charge() {
-    let app = TestApp::spawn_with(|c| c.engine.allow_private_urls = Some(false)).await;
+    let app = TestApp::spawn_with(|c| c.engine.allow_private_urls = false).await;
     let key = app.create_key(1000).await;
     let refused = [
         "http://[::1",
@@ -411,7 +411,7 @@ async fn unusable_or_private_urls_are_refused_before_any_charge() {
     app.stop().await.unwrap();
 
     // An operator who allows private URLs gets them accepted; broken URLs stay refused.
-    let app = TestApp::spawn_with(|c| c.engine.allow_private_urls = Some(true)).await;
+    let app = TestApp::spawn_with(|c| c.engine.allow_private_urls = true).await;
     let key = app.create_key(1000).await;
     app.submit(&key, &json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": "http://127.0.0.1:9/hook"})).await;
     let r = app.generate(&key, &json!({"model": "hailuo-2.3", "prompt": "x", "webhookUrl": "http://[::1"})).await;

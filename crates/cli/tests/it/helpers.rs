@@ -83,11 +83,12 @@ impl TestApp {
     }
 
     async fn start(data: TestData, tweak: impl FnOnce(&mut Config, SocketAddr)) -> Self {
-        // Input images in the tests are served from loopback.
-        std::env::set_var("REELGATE_ALLOW_PRIVATE_URLS", "1");
         init_test_log();
         let mut config = data.config();
         no_rate_limits(&mut config);
+        // Input images and webhook receivers in the tests are served from loopback; the
+        // tests about the guard turn this off in their tweak.
+        config.engine.allow_private_urls = true;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         tweak(&mut config, addr);

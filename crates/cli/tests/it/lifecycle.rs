@@ -364,7 +364,8 @@ fn config_check_accepts_the_defaults_and_refuses_bad_files() {
 
 /// Starts `reelgate serve` on `data` with `config` and waits until it answers.
 async fn serve(data: &TestData, config: &std::path::Path, port: u16) -> Server {
-    spawn_serve(data, port, &["--config", config.to_str().unwrap()], &[("REELGATE_ALLOW_PRIVATE_URLS", "1")]).await
+    spawn_serve(data, port, &["--config", config.to_str().unwrap()], &[("REELGATE_ENGINE__ALLOW_PRIVATE_URLS", "true")])
+        .await
 }
 
 /// Starts `reelgate serve` on `data` at `port`, with more arguments and environment,

@@ -140,7 +140,7 @@ async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node
             sim.base_url(),
             s3_config.endpoint.as_deref().unwrap(),
             s3_config.access_key_id.as_deref().unwrap(),
-            s3_config.secret_access_key.as_deref().unwrap(),
+            service::secrecy::ExposeSecret::expose_secret(s3_config.secret_access_key.as_ref().unwrap()),
         ),
     )
     .unwrap();

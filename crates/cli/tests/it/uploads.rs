@@ -433,7 +433,7 @@ fn mp4_size(bytes: &[u8]) -> Option<(u32, u32)> {
 async fn start_and_end_images(storage: Storage) {
     let test = format!("uploaded_images_start_and_end_a_video_{storage:?}");
     // The guard stays closed to loopback: an upload fetched over HTTP would fail the job.
-    let Some(setup) = Setup::start(storage, &test, |c| c.engine.allow_private_urls = Some(false)).await else {
+    let Some(setup) = Setup::start(storage, &test, |c| c.engine.allow_private_urls = false).await else {
         return;
     };
     let app = &setup.app;
@@ -534,7 +534,7 @@ async fn a_job_whose_upload_expires_after_acceptance_still_completes() {
         c.uploads.ttl_secs = 1;
         c.uploads.reap_interval_ms = 100;
         c.minimax.sandbox_latency_ms = 3000;
-        c.engine.allow_private_urls = Some(false);
+        c.engine.allow_private_urls = false;
     })
     .await
     else {
@@ -632,4 +632,74 @@ async fn an_upload_that_trickles_in_gets_a_408_at_its_deadline_and_leaves_nothin
         "no temporary file either"
     );
     setup.app.stop().await.unwrap();
+}
+
+// ----- a node without the engine -----
+
+/// The path of `url` (scheme, host and port dropped), to ask another node for it.
+fn path_of(url: &str) -> String {
+    let parsed = reqwest::Url::parse(url).unwrap();
+    parsed.path().to_string()
+}
+
+/// A node whose engine is off serves a completed job's `videoUrl` and takes uploads
+/// instead of answering 503: the result store and the URL signer belong to the app, not
+/// to the engine. On PostgreSQL a second node joins the same database (and the same
+/// result directory, as a shared volume would be); on SQLite, where one server owns its
+/// data directory, the same node comes back with its engine off.
+#[tokio::test]
+async fn a_node_without_the_engine_serves_results_and_takes_uploads() {
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let key = app.create_key(100).await;
+    let id = app.submit(&key, &crate::helpers::video("hailuo-2.3", "served by another node")).await;
+    let done = app.wait_terminal(&key, &id, WITHIN).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let video_path = path_of(done["result"]["videoUrl"].as_str().unwrap());
+
+    let mut config = app.config.clone();
+    config.engine.enabled = false;
+    let (base, other, app) = if app.data().database_url().is_some() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(service::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        eventually(Duration::from_secs(10), || async {
+            reqwest::get(format!("http://{addr}/healthz")).await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        (format!("http://{addr}"), Some((stop, node)), app)
+    } else {
+        let app = app.restart(|c, _| c.engine.enabled = false).await;
+        (format!("http://{}", app.addr), None, app)
+    };
+
+    let video = reqwest::get(format!("{base}{video_path}")).await.unwrap();
+    assert_eq!(video.status(), StatusCode::OK);
+    let bytes = video.bytes().await.unwrap();
+    assert_eq!(bytes.get(4..8), Some(&b"ftyp"[..]), "an MP4 file");
+
+    let created = app
+        .http
+        .post(format!("{base}/v2/uploads"))
+        .header("X-API-Key", &key.key)
+        .header("Content-Type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(multipart(&[("file", "picture.png", "image/png", &png(640, 480, 1))]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let body: Value = created.json().await.unwrap();
+    let url = body["url"].as_str().unwrap();
+    assert!(url.starts_with(&base), "the upload URL is the node's own: {url}");
+    let fetched = reqwest::get(url).await.unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(fetched.bytes().await.unwrap().len(), png(640, 480, 1).len());
+
+    if let Some((stop, node)) = other {
+        let _ = stop.send(());
+        node.await.unwrap().unwrap();
+    }
+    app.stop().await.unwrap();
 }

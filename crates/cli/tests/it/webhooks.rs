@@ -248,7 +248,7 @@ async fn private_destinations_are_refused_unless_allowed() {
     let hook = receiver(vec![]).await;
     let app = TestApp::spawn_engine(|c, _| {
         fast_webhooks(c);
-        c.engine.allow_private_urls = Some(false);
+        c.engine.allow_private_urls = false;
     })
     .await;
     let key = app.create_key(100).await;
@@ -438,7 +438,7 @@ async fn every_private_address_class_is_refused_at_submission_or_delivery() {
     ];
     let app = TestApp::spawn_engine(|c, _| {
         fast_webhooks(c);
-        c.engine.allow_private_urls = Some(false);
+        c.engine.allow_private_urls = false;
     })
     .await;
     let key = app.create_key(1000).await;

@@ -1,6 +1,6 @@
 //! Extractors: the authenticated and rate-limited [`Caller`], the size-limited
 //! [`JsonBody`], and [`Path`] and [`Query`], axum's own with their rejections in our
-//! envelope.
+//! envelope; and the checked `Idempotency-Key` header, which generates and uploads share.
 //!
 //! Authentication lives in an extractor so a handler cannot forget it: a handler that
 //! takes a `Caller` only runs for an active key within its request rate. Handlers use
@@ -232,4 +232,23 @@ fn source_is<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
         source = err.source();
     }
     false
+}
+
+/// Longest `Idempotency-Key` accepted (the spec's maxLength).
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The request's `Idempotency-Key`, checked against the spec's limits.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let path = "Idempotency-Key";
+    let value = raw.to_str().map_err(|_| ApiError::invalid(path, "Must be printable ASCII"))?;
+    if value.is_empty() {
+        return Err(ApiError::invalid(path, "Must not be empty"));
+    }
+    if value.len() > IDEMPOTENCY_KEY_MAX {
+        return Err(ApiError::invalid(path, format!("Must be at most {IDEMPOTENCY_KEY_MAX} characters")));
+    }
+    Ok(Some(value.to_string()))
 }

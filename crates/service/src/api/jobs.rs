@@ -87,9 +87,7 @@ async fn cancel_job(State(state): State<AppState>, Caller(key): Caller, Path(id)
     match state.store.cancel_job(key.account_id, id).await? {
         CancelOutcome::Cancelled(job) => {
             // A cancelled job never reaches MiniMax: its copies of uploads go now.
-            if let Some(engine) = &state.engine {
-                engine.drop_job_inputs(&job).await;
-            }
+            crate::engine::inputs::drop_job_copies(&state.links, state.results.as_ref(), &job).await;
             Ok(Json(JobView::new(&job, true)).into_response())
         }
         CancelOutcome::NotFound => Err(job_not_found()),
@@ -104,8 +102,8 @@ async fn cancel_job(State(state): State<AppState>, Caller(key): Caller, Path(id)
 /// URLs, a completed job's `videoUrl` is signed now, on every read, so it is never stale.
 pub(crate) async fn view<'a>(state: &AppState, job: &'a JobRecord, with_input: bool) -> JobView<'a> {
     let view = JobView::new(job, with_input);
-    let (Some(engine), Some(stored), false) = (&state.engine, &job.result, job.expired) else { return view };
-    match crate::results::presigned_video_url(engine.results().as_ref(), job.id, stored).await {
+    let (Some(stored), false) = (&job.result, job.expired) else { return view };
+    match crate::results::presigned_video_url(state.results.as_ref(), job.id, stored).await {
         Some(fresh) => view.with_result(fresh),
         None => view,
     }

@@ -35,12 +35,11 @@ async fn get_result(
     let not_found = || ApiError::NotFound("No such result".into());
     let token = file.strip_suffix(".mp4").ok_or_else(not_found)?;
     let id: JobId = job_id.parse().map_err(|_| not_found())?;
-    let engine = state.engine.as_ref().ok_or_else(not_found)?;
-    if !engine.signer().verify(Purpose::Result, &job_id, token) {
+    if !state.signer.verify(Purpose::Result, &job_id, token) {
         return Err(not_found());
     }
-    let stored = engine
-        .results()
+    let stored = state
+        .results
         .open(id)
         .await
         .map_err(|e| ApiError::Internal(format!("opening result {id}: {e}")))?

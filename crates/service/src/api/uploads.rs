@@ -29,7 +29,7 @@ use store::{UploadOutcome, UploadRecord};
 use crate::api::error::{ApiError, Result};
 use crate::api::extract::{Caller, Path};
 use crate::api::results::serve_stored;
-use crate::engine::{inputs, Engine};
+use crate::engine::inputs;
 use crate::ratelimit::RateClass;
 use crate::results::{Object, ResultWriter};
 use crate::signing::Purpose;
@@ -63,14 +63,10 @@ async fn create_upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let engine = state
-        .engine
-        .clone()
-        .ok_or_else(|| ApiError::Unavailable("uploads need the job engine, which this process does not run".into()))?;
     if !state.readiness.is_ready() {
         return Err(ApiError::Unavailable("the database is unreachable".into()));
     }
-    let idempotency_key = crate::api::videos::idempotency_key(&headers)?;
+    let idempotency_key = crate::api::extract::idempotency_key(&headers)?;
     let limit = state.config.limits.max_upload_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -82,15 +78,15 @@ async fn create_upload(
 
     let id = UploadId::new();
     let deadline = Duration::from_millis(state.config.uploads.body_deadline_ms);
-    let received = tokio::time::timeout(deadline, receive(&engine, id, body, &boundary, limit)).await;
+    let received = tokio::time::timeout(deadline, receive(&state, id, body, &boundary, limit)).await;
     let file = match received {
         Ok(Ok(file)) => file,
         Ok(Err(e)) => {
-            discard(&engine, id).await;
+            discard(&state, id).await;
             return Err(e);
         }
         Err(_) => {
-            discard(&engine, id).await;
+            discard(&state, id).await;
             return Err(ApiError::RequestTimeout);
         }
     };
@@ -110,18 +106,18 @@ async fn create_upload(
     let outcome = match state.store.create_upload(record).await {
         Ok(outcome) => outcome,
         Err(e) => {
-            discard(&engine, id).await;
+            discard(&state, id).await;
             return Err(e.into());
         }
     };
     match outcome {
-        UploadOutcome::Created(upload) => Ok(created(&engine, &upload, false)),
+        UploadOutcome::Created(upload) => Ok(created(&state, &upload, false)),
         UploadOutcome::Existing(upload) => {
             // A retry: the bytes just stored are a copy (or another file); either way
             // only the first upload is kept.
-            discard(&engine, id).await;
+            discard(&state, id).await;
             if upload.sha256 == file.sha256 {
-                Ok(created(&engine, &upload, true))
+                Ok(created(&state, &upload, true))
             } else {
                 Err(ApiError::Conflict("Idempotency-Key was already used to upload a different file".into()))
             }
@@ -134,16 +130,16 @@ fn too_large(limit: u64) -> ApiError {
 }
 
 /// Deletes what an upload that will not be recorded left in storage.
-async fn discard(engine: &Engine, id: UploadId) {
-    if let Err(e) = engine.results().delete_object(Object::Upload(id)).await {
+async fn discard(state: &AppState, id: UploadId) {
+    if let Err(e) = state.results.delete_object(Object::Upload(id)).await {
         tracing::warn!(upload.id = %id, error = %e, "could not delete a refused upload's bytes; the file stays");
     }
 }
 
-fn created(engine: &Engine, upload: &UploadRecord, replayed: bool) -> Response {
+fn created(state: &AppState, upload: &UploadRecord, replayed: bool) -> Response {
     let body = json!({
         "id": upload.id.to_string(),
-        "url": engine.upload_url(upload.id, &upload.content_type),
+        "url": state.links.upload_url(upload.id, &upload.content_type),
         "kind": "image",
         "contentType": upload.content_type,
         "byteSize": upload.byte_size,
@@ -165,7 +161,7 @@ struct Received {
 
 /// Reads the multipart body: exactly one `file` part, stored as upload `id`; any other
 /// parts are read past. On an error the caller deletes what was stored.
-async fn receive(engine: &Engine, id: UploadId, body: Body, boundary: &str, limit: u64) -> Result<Received> {
+async fn receive(state: &AppState, id: UploadId, body: Body, boundary: &str, limit: u64) -> Result<Received> {
     let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit));
     let stream = body.into_data_stream();
     let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
@@ -178,13 +174,13 @@ async fn receive(engine: &Engine, id: UploadId, body: Body, boundary: &str, limi
         if file.is_some() {
             return Err(bad_file("Send exactly one file"));
         }
-        file = Some(store_file(engine, id, &mut field, limit).await?);
+        file = Some(store_file(state, id, &mut field, limit).await?);
     }
     file.ok_or_else(|| bad_file("A `file` part is required"))
 }
 
 /// Sniffs and probes the head of the part, then streams the part into storage.
-async fn store_file(engine: &Engine, id: UploadId, field: &mut multer::Field<'_>, limit: u64) -> Result<Received> {
+async fn store_file(state: &AppState, id: UploadId, field: &mut multer::Field<'_>, limit: u64) -> Result<Received> {
     let mut head = Vec::new();
     let mut rest = None;
     while head.len() < HEAD_BYTES {
@@ -202,8 +198,8 @@ async fn store_file(engine: &Engine, id: UploadId, field: &mut multer::Field<'_>
     let mime = check_head(&head)?;
     let mut hasher = Sha256::new();
     let mut len = 0u64;
-    let mut writer: Box<dyn ResultWriter> = engine
-        .results()
+    let mut writer: Box<dyn ResultWriter> = state
+        .results
         .begin_object(Object::Upload(id))
         .await
         .map_err(|e| ApiError::Internal(format!("storing upload {id}: {e}")))?;
@@ -284,16 +280,15 @@ async fn get_upload(
     let not_found = || ApiError::NotFound("This upload has expired or does not exist".into());
     let token = file.split_once('.').map_or(file.as_str(), |(token, _)| token);
     let upload_id: UploadId = id.parse().map_err(|_| not_found())?;
-    let engine = state.engine.as_ref().ok_or_else(not_found)?;
-    if !engine.signer().verify(Purpose::Upload, &id, token) {
+    if !state.signer.verify(Purpose::Upload, &id, token) {
         return Err(not_found());
     }
     let upload = state.store.get_upload(upload_id).await?.ok_or_else(not_found)?;
     if upload.expires_at_ms <= crate::now_ms() {
         return Err(not_found());
     }
-    let stored = engine
-        .results()
+    let stored = state
+        .results
         .open_object(Object::Upload(upload_id))
         .await
         .map_err(|e| ApiError::Internal(format!("opening upload {upload_id}: {e}")))?
@@ -317,12 +312,11 @@ pub(crate) async fn take_job_inputs(
     request: &domain::GenerateRequest,
     job: domain::JobId,
 ) -> Result<Vec<Object>> {
-    let Some(engine) = &state.engine else { return Ok(Vec::new()) };
     let mut copies = Vec::new();
     let fields = [("image", &request.image), ("end_image", &request.end_image)];
     for (field, image) in fields {
         let Some(domain::ImageRef::Url(url)) = image else { continue };
-        let Some(named) = engine.upload_in(url) else { continue };
+        let Some(named) = state.links.upload_in(url) else { continue };
         let path = format!("hailuoParams.{field}");
         let unknown = || ApiError::invalid(&path, "No such upload, or it has expired: upload the file again");
         let live = match named {
@@ -336,8 +330,8 @@ pub(crate) async fn take_job_inputs(
         let copied = match live {
             Some(upload) => {
                 let to = Object::JobInput(job, field);
-                engine
-                    .results()
+                state
+                    .results
                     .copy_object(Object::Upload(upload.id), to)
                     .await
                     .map_err(|e| ApiError::Internal(format!("copying upload {} for job {job}: {e}", upload.id)))
@@ -359,9 +353,8 @@ pub(crate) async fn take_job_inputs(
 /// Deletes a job's copies of its uploads (the job was not accepted, or no longer needs
 /// them).
 pub(crate) async fn discard_job_inputs(state: &AppState, copies: &[Object]) {
-    let Some(engine) = &state.engine else { return };
     for copy in copies {
-        if let Err(e) = engine.results().delete_object(*copy).await {
+        if let Err(e) = state.results.delete_object(*copy).await {
             tracing::warn!(error = %e, object = ?copy, "could not delete a job's copy of an upload");
         }
     }

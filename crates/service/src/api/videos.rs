@@ -16,9 +16,6 @@ use crate::api::extract::{Caller, JsonBody};
 use crate::ratelimit::RateClass;
 use crate::state::AppState;
 
-/// Longest `Idempotency-Key` accepted (the spec's maxLength).
-const IDEMPOTENCY_KEY_MAX: usize = 255;
-
 pub(crate) fn router() -> Router<AppState> {
     // Generates draw from their own, smaller rate bucket (see `Caller`).
     Router::new().route("/v2/videos/generate", post(create_video).layer(Extension(RateClass::Generate)))
@@ -34,11 +31,12 @@ async fn create_video(
     if !state.readiness.is_ready() {
         return Err(ApiError::Unavailable("the database is unreachable".into()));
     }
-    let idempotency_key = idempotency_key(&headers)?;
-    let own_uploads = state.engine.as_ref().map(|e| e.upload_url_prefix());
-    let urls = match (state.config.engine.allow_private_urls(), &own_uploads) {
-        (false, Some(prefix)) => UrlPolicy::PublicExceptOwnUploads(prefix),
-        (allow, _) => UrlPolicy::allowing_private(allow),
+    let idempotency_key = crate::api::extract::idempotency_key(&headers)?;
+    let own_uploads = state.links.upload_url_prefix();
+    let urls = if state.config.engine.allow_private_urls {
+        UrlPolicy::allowing_private(true)
+    } else {
+        UrlPolicy::PublicExceptOwnUploads(&own_uploads)
     };
     let request = parse_generate(&body, urls)?;
     let cost = state
@@ -95,20 +93,4 @@ fn accepted(job_id: JobId, status: &str, replayed: bool) -> Response {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
-}
-
-/// The request's `Idempotency-Key`, checked against the spec's limits.
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
-    let Some(raw) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let path = "Idempotency-Key";
-    let value = raw.to_str().map_err(|_| ApiError::invalid(path, "Must be printable ASCII"))?;
-    if value.is_empty() {
-        return Err(ApiError::invalid(path, "Must not be empty"));
-    }
-    if value.len() > IDEMPOTENCY_KEY_MAX {
-        return Err(ApiError::invalid(path, format!("Must be at most {IDEMPOTENCY_KEY_MAX} characters")));
-    }
-    Ok(Some(value.to_string()))
 }

@@ -61,7 +61,7 @@ fn parse_callback(body: &[u8]) -> Result<CallbackBody, &'static str> {
 
 /// Handles one callback request for `job_id` carrying `token`.
 pub async fn handle(engine: &Arc<Engine>, job_id: &str, token: &str, body: &[u8]) -> CallbackReply {
-    if !engine.signer().verify(Purpose::Callback, job_id, token) {
+    if !engine.links.signer().verify(Purpose::Callback, job_id, token) {
         return CallbackReply::Forbidden;
     }
     let report = match parse_callback(body) {

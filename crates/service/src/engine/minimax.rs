@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// One configured MiniMax account's client.
 pub struct MiniMaxClient {
     http: reqwest::Client,
     base_url: String,
-    api_key: String,
+    api_key: SecretString,
     submit_timeout: Duration,
     query_timeout: Duration,
 }
@@ -317,7 +318,7 @@ impl MiniMaxClient {
     /// MiniMax's links go through this client too).
     pub fn new(
         base_url: &str,
-        api_key: &str,
+        api_key: SecretString,
         submit_timeout: Duration,
         query_timeout: Duration,
         proxy: Option<&str>,
@@ -327,13 +328,7 @@ impl MiniMaxClient {
             .user_agent(concat!("reelgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a client with these settings always builds");
-        Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_string(),
-            api_key: api_key.to_string(),
-            submit_timeout,
-            query_timeout,
-        }
+        Self { http, base_url: base_url.trim_end_matches('/').to_string(), api_key, submit_timeout, query_timeout }
     }
 
     /// `POST /v1/video_generation`; the task id on success.
@@ -341,7 +336,7 @@ impl MiniMaxClient {
         let sent = self
             .http
             .post(format!("{}/v1/video_generation", self.base_url))
-            .bearer_auth(&self.api_key)
+            .bearer_auth(self.api_key.expose_secret())
             .timeout(self.submit_timeout)
             .json(task)
             .send()
@@ -382,7 +377,7 @@ impl MiniMaxClient {
         let response = self
             .http
             .get(format!("{}{path}", self.base_url))
-            .bearer_auth(&self.api_key)
+            .bearer_auth(self.api_key.expose_secret())
             .timeout(self.query_timeout)
             .query(query)
             .send()

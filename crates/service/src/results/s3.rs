@@ -24,10 +24,11 @@ use object_store::signer::Signer;
 use object_store::{
     ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, UploadPart,
 };
+use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
 
 use super::{Object, ResultBody, ResultStore, ResultStream, ResultWriter, StoredResult};
-use crate::config::{S3Config, VideoUrls};
+use crate::config::{check_prefix, is_loopback, S3Config, VideoUrls};
 
 /// Size of each uploaded part but the last. S3 needs at least 5 MiB (except for the
 /// last part) and allows 10,000 parts: 8 MiB parts take objects up to 78 GiB.
@@ -71,7 +72,7 @@ impl S3Results {
             builder = builder.with_access_key_id(key);
         }
         if let Some(secret) = &config.secret_access_key {
-            builder = builder.with_secret_access_key(secret);
+            builder = builder.with_secret_access_key(secret.expose_secret());
         }
         let mut allow_http = false;
         if let Some(endpoint) = &config.endpoint {
@@ -120,25 +121,6 @@ impl S3Results {
         };
         Path::parse(name).expect("the prefix was checked in new() and an id is hex digits and dashes")
     }
-}
-
-/// Whether `url` points at this machine (where plain HTTP exposes nothing).
-pub(crate) fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// Checks that `prefix` followed by a file name is a valid, canonical object key: no
-/// leading `/`, no empty, `.` or `..` segment, no control characters.
-pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.starts_with('/') {
-        return Err("must not start with '/'".into());
-    }
-    Path::parse(format!("{prefix}x.mp4")).map(|_| ()).map_err(|e| e.to_string())
 }
 
 fn io_error(e: object_store::Error) -> std::io::Error {

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::sign::{sign, SigningSecret};
 use crate::background::Background;
 use crate::config::WebhookConfig;
-use crate::engine::Metrics;
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::results::ResultStore;
 

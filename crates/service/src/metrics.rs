@@ -1,4 +1,4 @@
-//! Engine counters, served in Prometheus' text format at `/metrics`.
+//! The service's counters (engine, webhooks, callbacks), served in Prometheus' text format at `/metrics`.
 //!
 //! A handful of counters updated a few times per job: a mutex around a sorted map is
 //! plenty, and keeps the output stable for diffing.
