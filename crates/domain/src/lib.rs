@@ -9,10 +9,12 @@
 pub mod address;
 pub mod byte_range;
 pub mod catalog;
+pub mod claim;
 pub mod job;
 pub mod json;
 pub mod keys;
 pub mod model;
+pub mod submission;
 pub mod validation;
 pub mod webhook;
 

@@ -89,14 +89,16 @@ pub enum RunError {
 /// Opens the configured store, applying migrations: PostgreSQL when `database_url` is
 /// set, else SQLite in the data directory (created if needed).
 ///
-/// For tools beside a running server (the admin CLI, tests): on SQLite, a store opened
-/// this way while a server runs refuses submissions, which only the server takes.
+/// For tools beside a running server (the admin CLI, tests): on SQLite every write goes
+/// through SQLite's own write lock, so such a store may write (submissions included)
+/// while a server runs.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, RunError> {
     Ok(open_backend(config, false).await?.0)
 }
 
 /// The store, and for PostgreSQL its wake-ups from other nodes. `serving`: for the
-/// process that serves the API, which on SQLite must own the acceptance journal.
+/// process that serves the API, which on SQLite takes the data directory's lock file (one
+/// server per directory) and runs the checkpoint thread.
 async fn open_backend(
     config: &Config,
     serving: bool,

@@ -17,10 +17,8 @@
 //!   before writing; the loser of a race reads the winner's row and gets `None`. The
 //!   refund and the client's webhook event are written in the same transaction.
 
-use std::collections::VecDeque;
-
 use deadpool_postgres::{GenericClient, Object};
-use domain::{AccountId, JobId, Stage};
+use domain::{claim, AccountId, JobId, Stage};
 use store::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, QueueDepth, Result, StoreError, Transition};
 use uuid::Uuid;
 
@@ -28,96 +26,43 @@ use crate::rows::{self, engine_job_columns, ENGINE_JOB_COLUMNS};
 use crate::wakeups::{Announcer, Work};
 use crate::{db_err, locks, Clock, Param};
 
-/// The window a claim uses to count an upstream account's recent create calls. The
-/// authoritative check is `reserve_upstream_call`, made right before each call; the
-/// claim only avoids taking jobs that could not be sent.
-const UPSTREAM_WINDOW_MS: i64 = 60_000;
-
-/// Progress shown once the engine has taken a job.
-const CLAIMED_PROGRESS: i64 = 5;
-
 pub(crate) async fn engine_job(client: &impl GenericClient, id: JobId) -> Result<Option<EngineJob>> {
     const SQL: &str = concat!("select ", engine_job_columns!(), " from job where job_id = $1");
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
     client.query_opt(&stmt, &[&id.0]).await.map_err(db_err)?.as_ref().map(rows::engine_job).transpose()
 }
 
-/// Remaining room on one upstream account during a claim.
-struct Room {
-    name: String,
-    /// Create calls left in the current minute (capped by the caller's pacing).
-    calls: i64,
-    /// Free in-flight slots.
-    slots: i64,
-}
-
-/// One customer account with waiting work, as a claim round sees it.
-struct Candidate {
-    account_id: Uuid,
-    /// Further jobs it may start now (maxConcurrentJobs minus active jobs).
-    capacity: i64,
-    /// Its oldest eligible queued jobs, locked by this claim; `None` until fetched.
-    queue: Option<VecDeque<Uuid>>,
-    /// No eligible queued job is left.
-    drained: bool,
-}
-
+/// Gathers what the claim plan needs ([`domain::claim`]) under the claim lock, and
+/// moves the planned jobs to `submitting`.
 pub(crate) async fn claim_jobs(client: &mut Object, req: &ClaimRequest, now_ms: i64) -> Result<Vec<ClaimedJob>> {
     if req.max_jobs == 0 || req.upstreams.is_empty() {
         return Ok(Vec::new());
     }
     let tx = client.transaction().await.map_err(db_err)?;
     locks::take(&tx, locks::CLAIMS, "").await?;
-    let mut rooms = upstream_rooms(&tx, req, now_ms).await?;
-    if rooms.iter().all(|r| r.calls <= 0 || r.slots <= 0) {
+    let rooms = upstream_rooms(&tx, req, now_ms).await?;
+    if !claim::any_room(&rooms) {
         return Ok(Vec::new());
     }
-    let mut candidates = candidates(&tx).await?;
-    // Round-robin: start after the account served last, wrapping around.
-    if let Some(after) = req.after_account {
-        let split = candidates.iter().position(|c| c.account_id > after.0).unwrap_or(candidates.len());
-        candidates.rotate_left(split);
-    }
-    // No account can take more jobs than this in one claim, so fetching that many of its
-    // queued jobs is always enough.
-    let room_total: i64 = rooms.iter().map(|r| r.calls.min(r.slots).max(0)).sum();
-    let per_account_limit = room_total.min(req.max_jobs as i64);
-
-    // The same rounds as SQLite's claim: one job per account per round, the upstream with
-    // the most calls left takes it, until max_jobs, the rooms or the accounts run out.
-    let mut picked: Vec<(Uuid, String)> = Vec::new();
-    'rounds: loop {
-        let mut progressed = false;
-        for i in 0..candidates.len() {
-            if candidates[i].drained || candidates[i].capacity <= 0 {
-                continue;
-            }
-            if picked.len() >= req.max_jobs {
-                break 'rounds;
-            }
-            // `max_by_key` keeps the last of equal maxima, exactly like SQLite's claim.
-            let Some(room) = rooms.iter_mut().filter(|r| r.calls > 0 && r.slots > 0).max_by_key(|r| r.calls) else {
-                break 'rounds;
-            };
-            if candidates[i].queue.is_none() {
-                let wanted = req.max_jobs - picked.len();
-                fetch_queues(&tx, &mut candidates[i..], wanted, per_account_limit, now_ms).await?;
-            }
-            let candidate = &mut candidates[i];
-            let Some(job_id) = candidate.queue.as_mut().and_then(VecDeque::pop_front) else {
-                candidate.drained = true;
-                continue;
-            };
-            picked.push((job_id, room.name.clone()));
-            room.calls -= 1;
-            room.slots -= 1;
-            candidate.capacity -= 1;
-            progressed = true;
-        }
-        if !progressed {
-            break;
+    let mut accounts = candidates(&tx).await?;
+    claim::order(&mut accounts, req.after_account);
+    let accounts: Vec<claim::Account> = accounts.into_iter().filter(|a| a.capacity > 0).collect();
+    // Queues are read (and locked) in serving order, a few accounts per query, until
+    // `max_jobs` accounts have a job to give: later accounts cannot be reached.
+    let limit = claim::per_account_limit(&rooms, req.max_jobs);
+    let mut queues: Vec<claim::Queue<Uuid>> = Vec::new();
+    let mut waiting = 0;
+    while queues.len() < accounts.len() && waiting < req.max_jobs {
+        let chunk = &accounts[queues.len()..(queues.len() + req.max_jobs - waiting).min(accounts.len())];
+        for queue in fetch_queues(&tx, chunk, limit, now_ms).await? {
+            waiting += usize::from(!queue.jobs.is_empty());
+            queues.push(queue);
         }
     }
+    let picked: Vec<(Uuid, String)> = claim::plan(&queues, &rooms, req.max_jobs)
+        .into_iter()
+        .map(|(job, room)| (job, req.upstreams[room].name.clone()))
+        .collect();
     if picked.is_empty() {
         return Ok(Vec::new());
     }
@@ -126,7 +71,8 @@ pub(crate) async fn claim_jobs(client: &mut Object, req: &ClaimRequest, now_ms: 
     Ok(claimed)
 }
 
-async fn upstream_rooms(client: &impl GenericClient, req: &ClaimRequest, now_ms: i64) -> Result<Vec<Room>> {
+/// Each upstream's room, in the request's order.
+async fn upstream_rooms(client: &impl GenericClient, req: &ClaimRequest, now_ms: i64) -> Result<Vec<claim::Room>> {
     // Upstream tasks in flight are those created (or being created) and not finished
     // upstream: `submitting` and `running`, not `downloading`, as on SQLite.
     const SQL: &str = "select u.name,
@@ -138,18 +84,14 @@ async fn upstream_rooms(client: &impl GenericClient, req: &ClaimRequest, now_ms:
                        order by u.position";
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
     let names: Vec<&str> = req.upstreams.iter().map(|u| u.name.as_str()).collect();
-    let rows = client.query(&stmt, &[&names, &(now_ms - UPSTREAM_WINDOW_MS)]).await.map_err(db_err)?;
+    let rows = client.query(&stmt, &[&names, &(now_ms - claim::UPSTREAM_WINDOW_MS)]).await.map_err(db_err)?;
     req.upstreams
         .iter()
         .zip(rows.iter())
         .map(|(u, row)| {
             let used: i64 = rows::get(row, 1)?;
             let in_flight: i64 = rows::get(row, 2)?;
-            Ok(Room {
-                name: u.name.clone(),
-                calls: (i64::from(u.create_rpm) - used).min(i64::from(u.claimable_now)),
-                slots: i64::from(u.max_in_flight) - in_flight,
-            })
+            Ok(claim::Room::new(u.create_rpm, used, u.claimable_now, u.max_in_flight, in_flight))
         })
         .collect()
 }
@@ -159,7 +101,7 @@ async fn upstream_rooms(client: &impl GenericClient, req: &ClaimRequest, now_ms:
 /// The accounts are found by a loose index scan over `job_queued`: one seek per account
 /// (the next account id after the last one found) instead of visiting every queued job.
 /// An account whose queued jobs are all backing off is listed too; it yields no job.
-async fn candidates(client: &impl GenericClient) -> Result<Vec<Candidate>> {
+async fn candidates(client: &impl GenericClient) -> Result<Vec<claim::Account>> {
     const SQL: &str = "with recursive queued_account(account_id) as (
                            (select account_id from job where stage = 'queued' order by account_id limit 1)
                            union all
@@ -177,24 +119,21 @@ async fn candidates(client: &impl GenericClient) -> Result<Vec<Candidate>> {
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
     let rows = client.query(&stmt, &[]).await.map_err(db_err)?;
     rows.iter()
-        .map(|row| {
-            Ok(Candidate { account_id: rows::get(row, 0)?, capacity: rows::get(row, 1)?, queue: None, drained: false })
-        })
+        .map(|row| Ok(claim::Account { account_id: AccountId(rows::get(row, 0)?), capacity: rows::get(row, 1)? }))
         .collect()
 }
 
-/// Fetches and locks the oldest eligible queued jobs of the next `accounts` candidates
-/// still waiting for theirs (starting with `candidates[0]`), in one query.
+/// Fetches and locks the oldest eligible queued jobs of `accounts`, in one query: their
+/// queues, in the same order.
 ///
 /// `skip locked`: a job another transaction holds (a cancel in progress) is passed over
 /// rather than waited for; it is still queued for the next claim if the cancel fails.
 async fn fetch_queues(
     client: &impl GenericClient,
-    candidates: &mut [Candidate],
-    accounts: usize,
+    accounts: &[claim::Account],
     per_account_limit: i64,
     now_ms: i64,
-) -> Result<()> {
+) -> Result<Vec<claim::Queue<Uuid>>> {
     const SQL: &str = "select c.account_id, j.job_id
                        from unnest($1::uuid[], $2::bigint[]) as c(account_id, wanted)
                        cross join lateral (
@@ -206,25 +145,20 @@ async fn fetch_queues(
                            for update skip locked
                        ) j
                        order by c.account_id, j.created_at, j.job_id";
-    let batch: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].queue.is_none() && !candidates[i].drained && candidates[i].capacity > 0)
-        .take(accounts.max(1))
-        .collect();
-    let ids: Vec<Uuid> = batch.iter().map(|&i| candidates[i].account_id).collect();
-    let limits: Vec<i64> = batch.iter().map(|&i| candidates[i].capacity.min(per_account_limit)).collect();
+    let ids: Vec<Uuid> = accounts.iter().map(|a| a.account_id.0).collect();
+    let limits: Vec<i64> = accounts.iter().map(|a| a.capacity.min(per_account_limit)).collect();
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
     let rows = client.query(&stmt, &[&ids, &limits, &now_ms]).await.map_err(db_err)?;
-    for &i in &batch {
-        candidates[i].queue = Some(VecDeque::new());
-    }
+    let mut queues: Vec<claim::Queue<Uuid>> =
+        accounts.iter().map(|a| claim::Queue { capacity: a.capacity, jobs: Vec::new() }).collect();
     for row in &rows {
         let account: Uuid = rows::get(row, 0)?;
         let job: Uuid = rows::get(row, 1)?;
-        if let Some(&i) = batch.iter().find(|&&i| candidates[i].account_id == account) {
-            candidates[i].queue.get_or_insert_with(VecDeque::new).push_back(job);
+        if let Some(at) = ids.iter().position(|id| *id == account) {
+            queues[at].jobs.push(job);
         }
     }
-    Ok(())
+    Ok(queues)
 }
 
 /// Moves the picked jobs to `submitting` with their lease; returns them in pick order.
@@ -246,7 +180,7 @@ async fn mark_claimed(
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
     let ids: Vec<Uuid> = picked.iter().map(|(id, _)| *id).collect();
     let upstreams: Vec<&str> = picked.iter().map(|(_, u)| u.as_str()).collect();
-    let params: [Param<'_>; 5] = [&ids, &upstreams, &(now_ms + lease_ms), &now_ms, &CLAIMED_PROGRESS];
+    let params: [Param<'_>; 5] = [&ids, &upstreams, &(now_ms + lease_ms), &now_ms, &claim::CLAIMED_PROGRESS];
     let rows = client.query(&stmt, &params).await.map_err(db_err)?;
     if rows.len() != picked.len() {
         // The rows were locked by this transaction since they were read as queued.

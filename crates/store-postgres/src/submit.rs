@@ -16,8 +16,10 @@
 //! and, for each account that can pay for all of its jobs in the batch and whose jobs
 //! name no stored idempotency key, write them all: the job rows, their ledger rows and
 //! keys from arrays (`unnest`), and one debit per account. One round trip, one commit.
-//! For such an account every job would also have gone through one at a time, so nothing
-//! needs deciding. The jobs of other accounts (short of credits, replays, unknown
+//! For such an account every job would also have gone through one at a time: it is the
+//! one case in which [`domain::submission::decide`] accepts every job without looking
+//! further, so this shortcut saves a round trip without deciding anything the rule
+//! could decide otherwise. The jobs of other accounts (short of credits, replays, unknown
 //! accounts) are left to the second step, and so is the whole batch if the statement
 //! fails on a rule (a key inserted meanwhile, an API key that does not exist).
 //!
@@ -28,11 +30,12 @@
 //!    then read the idempotency keys the jobs name. The statements are sent together
 //!    (pipelined). The key read starts after the locks are held, so under READ
 //!    COMMITTED it sees every key committed before.
-//! 2. Decide each job in arrival order, exactly as one-at-a-time submissions would: an
-//!    unknown account is `NotFound`; a key seen within its replay window is a replay (or
-//!    a mismatch) of the job holding it, including a job earlier in this batch; a job
-//!    the remaining balance does not cover is refused with that balance; any other job
-//!    is accepted and its cost taken from the remaining balance.
+//! 2. Decide each job in arrival order with the rule shared by both backends,
+//!    [`domain::submission::decide`]: an unknown account is `NotFound`; a key seen
+//!    within its replay window is a replay (or a mismatch) of the job holding it,
+//!    including a job earlier in this batch; a job the remaining balance does not cover
+//!    is refused with that balance; any other job is accepted and its cost taken from
+//!    the remaining balance.
 //! 3. One statement ([`WRITE_DECIDED`]) writes the accepted jobs as above; `commit` is
 //!    sent with it.
 //!
@@ -49,7 +52,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deadpool_postgres::{Object, Pool};
-use domain::{JobId, JobStatus};
+use domain::submission::{self, Decision, StoredKey};
+use domain::{AccountId, JobId, JobStatus};
 use store::{NewJob, Result, StoreError, SubmitOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -258,7 +262,7 @@ async fn write_and_answer(pool: &Pool, batch: Vec<Pending>, now_ms: i64) {
         Err(StoreError::Conflict(_)) => HashSet::new(),
         Err(e) => {
             for pending in batch {
-                let _ = pending.reply.send(Err(copy_error(&e)));
+                let _ = pending.reply.send(Err(e.clone()));
             }
             return;
         }
@@ -329,7 +333,7 @@ async fn decide_and_answer(pool: &Pool, batch: Vec<Pending>, now_ms: i64) {
         }
         Err(e) => {
             for pending in batch {
-                let _ = pending.reply.send(Err(copy_error(&e)));
+                let _ = pending.reply.send(Err(e.clone()));
             }
         }
     }
@@ -337,26 +341,6 @@ async fn decide_and_answer(pool: &Pool, batch: Vec<Pending>, now_ms: i64) {
 
 fn lost(job: &NewJob) -> StoreError {
     StoreError::Internal(format!("the batch holding job {} gave no outcome for it", job.id))
-}
-
-/// `StoreError` is not `Clone`; a batch's failure is every caller's.
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
-    }
-}
-
-/// A stored idempotency key, as the decision step needs it.
-struct StoredKey {
-    fingerprint: Vec<u8>,
-    job_id: Uuid,
-    created_at: i64,
-    /// The holding job's status; `None` only if the key's job is gone, which the foreign
-    /// key forbids.
-    status: Option<String>,
 }
 
 /// Decides `jobs` under their accounts' locks and writes the accepted ones, in one
@@ -401,58 +385,36 @@ async fn decide(pool: &Pool, jobs: &[&NewJob], now_ms: i64) -> Result<Vec<Result
 
     let mut balances = HashMap::with_capacity(locked.len());
     for row in &locked {
-        balances.insert(rows::get::<Uuid>(row, 0)?, rows::get::<i64>(row, 1)?);
+        balances.insert(AccountId(rows::get::<Uuid>(row, 0)?), rows::get::<i64>(row, 1)?);
     }
     let mut stored = HashMap::with_capacity(keys.len());
     for row in &keys {
+        let job_id: Uuid = rows::get(row, 3)?;
+        let status: Option<String> = rows::get(row, 5)?;
         let key = StoredKey {
+            job_id: JobId(job_id),
             fingerprint: rows::get(row, 2)?,
-            job_id: rows::get(row, 3)?,
-            created_at: rows::get(row, 4)?,
-            status: rows::get(row, 5)?,
+            created_at_ms: rows::get(row, 4)?,
+            // The foreign key keeps the key's job; a missing or unknown status is a bug.
+            status: status
+                .as_deref()
+                .and_then(JobStatus::parse)
+                .ok_or_else(|| StoreError::Internal(format!("job {job_id} has no readable status")))?,
         };
-        stored.insert((rows::get::<Uuid>(row, 0)?, rows::get::<String>(row, 1)?), key);
+        stored.insert((AccountId(rows::get::<Uuid>(row, 0)?), rows::get::<String>(row, 1)?), key);
     }
 
-    // Decide each job in arrival order.
-    let mut outcomes: Vec<Option<Result<SubmitOutcome>>> = Vec::with_capacity(jobs.len());
-    let mut accepted: Vec<&NewJob> = Vec::with_capacity(jobs.len());
-    // Keys taken by jobs accepted earlier in this batch: later ones replay them.
-    let mut taken: HashMap<(Uuid, &str), (JobId, &[u8; 32])> = HashMap::new();
-    for job in jobs {
-        let Some(balance) = balances.get_mut(&job.account_id.0) else {
-            outcomes.push(Some(Err(StoreError::NotFound(format!("account {}", job.account_id)))));
-            continue;
-        };
-        if let Some(claim) = &job.idempotency {
-            if let Some((holder, fingerprint)) = taken.get(&(job.account_id.0, claim.key.as_str())) {
-                outcomes.push(Some(Ok(if **fingerprint == claim.fingerprint {
-                    SubmitOutcome::Replayed { job_id: *holder, status: JobStatus::Queued }
-                } else {
-                    SubmitOutcome::IdempotencyMismatch
-                })));
-                continue;
-            }
-            if let Some(key) = stored.get(&(job.account_id.0, claim.key.clone())) {
-                if key.created_at >= claim.not_before_ms {
-                    outcomes.push(Some(replay(key, claim.fingerprint)));
-                    continue;
-                }
-                // Past its window: free, and this job takes it over.
-            }
-        }
-        if *balance < job.cost {
-            outcomes.push(Some(Ok(SubmitOutcome::InsufficientCredits { required: job.cost, available: *balance })));
-            continue;
-        }
-        *balance -= job.cost;
-        if let Some(claim) = &job.idempotency {
-            taken.insert((job.account_id.0, claim.key.as_str()), (job.id, &claim.fingerprint));
-        }
-        accepted.push(job);
-        // Filled in once the write has committed.
-        outcomes.push(None);
-    }
+    // The rule, in arrival order (see `domain::submission`).
+    let batch: Vec<submission::Submission<'_>> = jobs.iter().map(|j| j.submission()).collect();
+    let decisions = submission::decide(&batch, &balances, &stored);
+    let accepted: Vec<&NewJob> =
+        jobs.iter().zip(&decisions).filter(|(_, d)| **d == Decision::Accept).map(|(j, _)| *j).collect();
+    // Accepted jobs are answered once the write has committed.
+    let mut outcomes: Vec<Option<Result<SubmitOutcome>>> = jobs
+        .iter()
+        .zip(&decisions)
+        .map(|(job, d)| (*d != Decision::Accept).then(|| SubmitOutcome::decided(*d, job)))
+        .collect();
 
     if accepted.is_empty() {
         // Nothing to write; the locks go with the transaction.
@@ -483,19 +445,6 @@ async fn decide(pool: &Pool, jobs: &[&NewJob], now_ms: i64) -> Result<Vec<Result
         }
     }
     Ok(outcomes.into_iter().map(|o| o.expect("every job is decided")).collect())
-}
-
-/// The outcome for a job whose key is held, within its window, by a stored job.
-fn replay(key: &StoredKey, fingerprint: [u8; 32]) -> Result<SubmitOutcome> {
-    if key.fingerprint != fingerprint {
-        return Ok(SubmitOutcome::IdempotencyMismatch);
-    }
-    let status = key
-        .status
-        .as_deref()
-        .and_then(JobStatus::parse)
-        .ok_or_else(|| StoreError::Internal(format!("job {} has no readable status", key.job_id)))?;
-    Ok(SubmitOutcome::Replayed { job_id: JobId(key.job_id), status })
 }
 
 /// Jobs as the write statements' arrays.

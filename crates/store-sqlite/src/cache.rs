@@ -6,11 +6,12 @@
 //! recent jobs from memory removes that from the hot path.
 //!
 //! Coherence rules:
-//! - Every change to a job row goes through this store's writer, and once it is durable
-//!   (committed; for a new job, journaled), the new version replaces the entry
-//!   ([`JobCache::put`]) before the caller is answered. Each version carries the writer's operation number, so when two
+//! - Every change to a job row goes through this store's writer, and once it is
+//!   committed, the new version replaces the entry ([`JobCache::put`]) before the caller
+//!   is answered. Each version carries the writer's operation number, so when two
 //!   callers put versions of one job out of order, the older one is ignored. The admin
-//!   CLI never writes job rows, so no other process can make an entry stale.
+//!   CLI may create jobs beside a server but never changes existing ones, so no other
+//!   process can make an entry stale (a job it creates is simply not cached yet).
 //! - A miss reads SQLite and fills the entry, but only if no write touched the entry's
 //!   shard since just before the read ([`JobCache::fill`]). A read that raced a write
 //!   may have seen the older row; it is then returned but not cached, so a stale version

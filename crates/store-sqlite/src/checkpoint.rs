@@ -29,7 +29,7 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     pub(crate) fn start(db_path: &Path) -> Result<Self> {
-        let conn = crate::open_connection(db_path, false)?;
+        let conn = crate::db::open_connection(db_path, false)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())

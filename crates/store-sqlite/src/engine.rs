@@ -4,16 +4,13 @@
 //! Each function runs inside one writer transaction, so every check and the write it
 //! guards are atomic: the single writer thread is this backend's lock.
 
-use domain::{AccountId, JobId, Stage};
+use domain::{claim, AccountId, JobId, Stage};
 use rusqlite::{params, Connection, OptionalExtension};
 use store::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, LedgerKind, Result, StoreError, Transition};
 
+use crate::db::{insert_ledger, map_err};
 use crate::rows::{engine_job_columns, engine_job_from_row, job_columns};
 use crate::writer::WriteCtx;
-use crate::{insert_ledger, map_err};
-
-/// Progress shown once the engine has taken a job.
-const CLAIMED_PROGRESS: i64 = 5;
 
 pub(crate) fn load_engine_job(conn: &Connection, id: JobId) -> rusqlite::Result<Option<EngineJob>> {
     conn.prepare_cached(concat!("select ", engine_job_columns!(), " from job where job_id = ?1"))?
@@ -21,109 +18,89 @@ pub(crate) fn load_engine_job(conn: &Connection, id: JobId) -> rusqlite::Result<
         .optional()
 }
 
-/// One customer account with waiting work, as a claim round sees it.
-struct Candidate {
-    account_id: String,
-    /// Further jobs it may start now (maxConcurrentJobs minus active jobs).
-    capacity: i64,
-    /// No eligible queued job is left.
-    drained: bool,
-}
-
-/// Remaining room on one upstream account during a claim.
-struct Room {
-    name: String,
-    /// Create calls left in the current minute.
-    calls: i64,
-    /// Free in-flight slots.
-    slots: i64,
-}
-
-pub(crate) fn claim_in_tx(ctx: &WriteCtx<'_>, req: &ClaimRequest, window_ms: i64) -> Result<Vec<ClaimedJob>> {
+/// Gathers what the claim plan needs ([`domain::claim`]) inside the writer's
+/// transaction, which the single writer makes a lock on every count read here, and
+/// moves the planned jobs to `submitting`.
+pub(crate) fn claim_in_tx(ctx: &WriteCtx<'_>, req: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
     let conn = ctx.conn;
     let now = ctx.now_ms;
-    let mut rooms = upstream_rooms(conn, req, now, window_ms).map_err(map_err)?;
-    if rooms.iter().all(|r| r.calls <= 0 || r.slots <= 0) || req.max_jobs == 0 {
+    let rooms = upstream_rooms(conn, req, now).map_err(map_err)?;
+    if !claim::any_room(&rooms) || req.max_jobs == 0 {
         return Ok(Vec::new());
     }
-    let mut candidates = candidates(conn).map_err(map_err)?;
-    // Round-robin: start after the account served last, wrapping around.
-    if let Some(after) = req.after_account.map(|a| a.to_string()) {
-        let split = candidates.iter().position(|c| c.account_id > after).unwrap_or(candidates.len());
-        candidates.rotate_left(split);
-    }
-    let mut claimed = Vec::new();
-    'rounds: loop {
-        let mut progressed = false;
-        for candidate in candidates.iter_mut().filter(|c| !c.drained && c.capacity > 0) {
-            if claimed.len() >= req.max_jobs {
-                break 'rounds;
-            }
-            // Spread load: the upstream with the most calls left takes the job.
-            let Some(room) = rooms.iter_mut().filter(|r| r.calls > 0 && r.slots > 0).max_by_key(|r| r.calls) else {
-                break 'rounds;
-            };
-            let Some(job_id) = next_queued(conn, &candidate.account_id, now).map_err(map_err)? else {
-                candidate.drained = true;
-                continue;
-            };
-            let moved = conn
-                .prepare_cached(
-                    "update job set stage = 'submitting', status = 'PROCESSING', upstream_account = ?2, due_at = ?3,
-                                    started_at = coalesce(started_at, ?4), progress = max(coalesce(progress, 0), ?5),
-                                    updated_at = ?4
-                     where job_id = ?1 and stage = 'queued'",
-                )
-                .and_then(|mut s| s.execute(params![job_id, room.name, now + req.lease_ms, now, CLAIMED_PROGRESS]))
-                .map_err(map_err)?;
-            if moved != 1 {
-                return Err(StoreError::Internal(format!("queued job {job_id} vanished during a claim")));
-            }
-            let id: JobId = job_id.parse().map_err(|_| StoreError::Internal(format!("bad job id {job_id}")))?;
-            let job = load_engine_job(conn, id).map_err(map_err)?.expect("updated above");
-            claimed.push(ClaimedJob { job, upstream: room.name.clone() });
-            room.calls -= 1;
-            room.slots -= 1;
-            candidate.capacity -= 1;
-            progressed = true;
-        }
-        if !progressed {
+    let mut accounts = candidates(conn).map_err(map_err)?;
+    claim::order(&mut accounts, req.after_account);
+    // Later accounts cannot be reached once `max_jobs` accounts have a job to give.
+    let limit = claim::per_account_limit(&rooms, req.max_jobs);
+    let mut queues = Vec::new();
+    let mut waiting = 0;
+    for account in accounts.iter().filter(|a| a.capacity > 0) {
+        if waiting >= req.max_jobs {
             break;
         }
+        let jobs = next_queued(conn, account.account_id, now, account.capacity.min(limit)).map_err(map_err)?;
+        waiting += usize::from(!jobs.is_empty());
+        queues.push(claim::Queue { capacity: account.capacity, jobs });
+    }
+    let mut claimed = Vec::new();
+    for (job_id, room) in claim::plan(&queues, &rooms, req.max_jobs) {
+        let upstream = &req.upstreams[room].name;
+        let moved = conn
+            .prepare_cached(
+                "update job set stage = 'submitting', status = 'PROCESSING', upstream_account = ?2, due_at = ?3,
+                                started_at = coalesce(started_at, ?4), progress = max(coalesce(progress, 0), ?5),
+                                updated_at = ?4
+                 where job_id = ?1 and stage = 'queued'",
+            )
+            .and_then(|mut s| s.execute(params![job_id, upstream, now + req.lease_ms, now, claim::CLAIMED_PROGRESS]))
+            .map_err(map_err)?;
+        if moved != 1 {
+            return Err(StoreError::Internal(format!("queued job {job_id} vanished during a claim")));
+        }
+        let id: JobId = job_id.parse().map_err(|_| StoreError::Internal(format!("bad job id {job_id}")))?;
+        let job = load_engine_job(conn, id).map_err(map_err)?.expect("updated above");
+        claimed.push(ClaimedJob { job, upstream: upstream.clone() });
     }
     Ok(claimed)
 }
 
-fn upstream_rooms(conn: &Connection, req: &ClaimRequest, now: i64, window_ms: i64) -> rusqlite::Result<Vec<Room>> {
-    let mut rooms = Vec::with_capacity(req.upstreams.len());
+/// Each upstream's room, in the request's order.
+fn upstream_rooms(conn: &Connection, req: &ClaimRequest, now: i64) -> rusqlite::Result<Vec<claim::Room>> {
+    let mut used = Vec::with_capacity(req.upstreams.len());
     for u in &req.upstreams {
-        let used: i64 = conn
+        let n: i64 = conn
             .prepare_cached("select count(*) from upstream_call where upstream_account = ?1 and called_at > ?2")?
-            .query_row(params![u.name, now - window_ms], |r| r.get(0))?;
-        rooms.push(Room {
-            name: u.name.clone(),
-            calls: (i64::from(u.create_rpm) - used).min(i64::from(u.claimable_now)),
-            slots: i64::from(u.max_in_flight),
-        });
+            .query_row(params![u.name, now - claim::UPSTREAM_WINDOW_MS], |r| r.get(0))?;
+        used.push(n);
     }
+    let mut in_flight = vec![0; req.upstreams.len()];
     // Most rounds find every budget spent: skip counting tasks in flight then.
-    if rooms.iter().all(|r| r.calls <= 0) {
-        return Ok(rooms);
-    }
-    // Upstream tasks in flight: created (or being created) and not finished upstream.
-    let mut s = conn.prepare_cached(
-        "select upstream_account, count(*) from job
-         where (stage = 'submitting' or stage = 'running' or stage = 'downloading') and stage <> 'downloading'
-         group by upstream_account",
-    )?;
-    let rows = s.query_map([], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)))?;
-    for row in rows {
-        let (name, n) = row?;
-        if let Some(room) = rooms.iter_mut().find(|r| name.as_deref() == Some(r.name.as_str())) {
-            room.slots -= n;
+    let calls_left = |(u, used): (&store::UpstreamBudget, &i64)| {
+        claim::Room::new(u.create_rpm, *used, u.claimable_now, 0, 0).calls > 0
+    };
+    if req.upstreams.iter().zip(&used).any(calls_left) {
+        // Upstream tasks in flight: created (or being created) and not finished upstream.
+        let mut s = conn.prepare_cached(
+            "select upstream_account, count(*) from job
+             where (stage = 'submitting' or stage = 'running' or stage = 'downloading') and stage <> 'downloading'
+             group by upstream_account",
+        )?;
+        let rows = s.query_map([], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (name, n) = row?;
+            if let Some(at) = req.upstreams.iter().position(|u| name.as_deref() == Some(u.name.as_str())) {
+                in_flight[at] = n;
+            }
         }
     }
-    Ok(rooms)
+    Ok(req
+        .upstreams
+        .iter()
+        .zip(used.iter().zip(&in_flight))
+        .map(|(u, (used, in_flight))| {
+            claim::Room::new(u.create_rpm, *used, u.claimable_now, u.max_in_flight, *in_flight)
+        })
+        .collect())
 }
 
 /// Customer accounts with queued jobs, in id order, with their free capacity.
@@ -131,8 +108,8 @@ fn upstream_rooms(conn: &Connection, req: &ClaimRequest, now: i64, window_ms: i6
 /// The accounts are found by a loose index scan: one seek in `job_queued` per account
 /// (the next account id after the last one found) instead of visiting every queued job,
 /// so a queue of a million jobs from a few accounts costs a few seeks. An account whose
-/// queued jobs are all backing off is listed too; the claim finds no job for it.
-fn candidates(conn: &Connection) -> rusqlite::Result<Vec<Candidate>> {
+/// queued jobs are all backing off is listed too; it gives no job.
+fn candidates(conn: &Connection) -> rusqlite::Result<Vec<claim::Account>> {
     let mut s = conn.prepare_cached(
         "with recursive queued_account(account_id) as (
              select min(account_id) from job where stage = 'queued'
@@ -147,18 +124,27 @@ fn candidates(conn: &Connection) -> rusqlite::Result<Vec<Candidate>> {
          join account a on a.account_id = q.account_id
          order by q.account_id",
     )?;
-    let rows = s.query_map([], |r| Ok(Candidate { account_id: r.get(0)?, capacity: r.get(1)?, drained: false }))?;
-    rows.collect()
+    let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut accounts = Vec::new();
+    for row in rows {
+        let (id, capacity) = row?;
+        let account_id = id
+            .parse()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+        accounts.push(claim::Account { account_id, capacity });
+    }
+    Ok(accounts)
 }
 
-fn next_queued(conn: &Connection, account_id: &str, now: i64) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached(
+/// An account's oldest eligible queued jobs, at most `limit`.
+fn next_queued(conn: &Connection, account: AccountId, now: i64, limit: i64) -> rusqlite::Result<Vec<String>> {
+    let mut s = conn.prepare_cached(
         "select job_id from job
          where stage = 'queued' and account_id = ?1 and (due_at is null or due_at <= ?2)
-         order by created_at, job_id limit 1",
-    )?
-    .query_row(params![account_id, now], |r| r.get(0))
-    .optional()
+         order by created_at, job_id limit ?3",
+    )?;
+    let rows = s.query_map(params![account.to_string(), now, limit], |r| r.get(0))?;
+    rows.collect()
 }
 
 pub(crate) fn reserve_call_in_tx(
@@ -252,7 +238,8 @@ pub(crate) fn transition_in_tx(ctx: &WriteCtx<'_>, t: &Transition) -> Result<Opt
         // The unique index on refunds per job turns a second refund into a constraint
         // error, which rolls this whole transition back.
         let note = if t.to == Stage::Failed { "failed" } else { "cancelled" };
-        insert_ledger(ctx, account_id, LedgerKind::Refund, cost, Some(t.job_id), Some(note)).map_err(map_err)?;
+        insert_ledger(conn, account_id, LedgerKind::Refund, cost, Some(t.job_id), Some(note), ctx.now_ms)
+            .map_err(map_err)?;
     }
     let job = load_engine_job(conn, t.job_id).map_err(map_err)?.expect("updated above");
     // The client's webhook event, in this same transaction: a crash cannot separate them.

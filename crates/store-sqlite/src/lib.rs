@@ -1,37 +1,40 @@
-//! The embedded SQLite backend: one group-committing writer thread ([`writer`]), an
-//! acceptor thread for submissions ([`acceptor`]) and a small pool of read connections.
+//! The embedded SQLite backend: one group-committing writer thread ([`writer`]) and a
+//! small pool of read connections. A data directory holds the database (`reelgate.db`,
+//! with SQLite's own `-wal` and `-shm` files) and nothing else of ours but a lock file,
+//! so SQLite's own backup tools copy everything acknowledged.
 //!
 //! Reads run inline on the calling task. They are indexed point reads or short keyset
 //! scans that take microseconds in WAL mode (readers never wait for the writer), so
-//! handing them to a blocking thread pool would cost more than the read itself. Writes
-//! go through the writer thread, which acknowledges only after a durable commit
-//! (`synchronous = FULL`). Submissions are acknowledged once their record is durable
-//! in the acceptance journal ([`journal`]), and the writer writes them into SQLite
-//! shortly after ([`accepted`]). Reads first wait for those ([`Writer::settle`]), so an
-//! acknowledged job is always visible.
+//! handing them to a blocking thread pool would cost more than the read itself. Writes,
+//! submissions included, go through the writer thread, which acknowledges only after a
+//! durable commit (`synchronous = FULL`): whatever a caller has been answered is in
+//! SQLite, and every read sees it.
+//!
+//! The rules (the submission decision, the claim plan) live in `domain`; this crate
+//! gathers their inputs inside the writer's transaction and writes their outcomes
+//! ([`submit`], [`engine`]).
 
 #![forbid(unsafe_code)]
 
-mod accepted;
-mod acceptor;
 mod cache;
 mod checkpoint;
+mod db;
 mod engine;
-mod journal;
 mod migrate;
 mod rows;
+mod submit;
 mod uploads;
 mod webhooks;
 mod writer;
 
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use store::{
     Account, ApiKeyRecord, CallReservation, CancelOutcome, ClaimRequest, ClaimedJob, EngineJob, JobQuery, JobRecord,
     LedgerEntry, LedgerKind, NewApiKey, NewJob, QueueDepth, Result, StoreError, SubmitOutcome, Transition,
@@ -39,104 +42,73 @@ use store::{
 };
 
 use crate::cache::JobCache;
+use crate::db::{insert_ledger, map_err, open_connection};
 use crate::rows::{account_columns, account_from_row, job_columns, job_from_row, key_columns, key_from_row};
 use crate::writer::{WriteCtx, Writer};
-
-/// The window a claim uses to count an upstream account's recent create calls. The
-/// authoritative check is [`store::Store::reserve_upstream_call`], made right before
-/// each call; the claim only avoids taking jobs that could not be sent.
-const UPSTREAM_WINDOW_MS: i64 = 60_000;
 
 /// Idle read connections kept open; more are opened on demand under load.
 const MAX_IDLE_READERS: usize = 8;
 
-/// How long a store that does not own the acceptance journal waits, before a read, for
-/// the owner to write its accepted jobs into SQLite (it does so within milliseconds of
-/// a pause in traffic).
-const OTHER_OWNER_WAIT: Duration = Duration::from_millis(500);
-/// How long the serving process waits for the acceptance journal at start.
-const JOURNAL_WAIT: Duration = Duration::from_secs(5);
-
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    /// The acceptance journal beside the database (owned by this store if
-    /// `writer.journaled()`, else by another process, or by nobody).
-    journal_path: PathBuf,
     writer: Writer,
-    /// The owner's WAL checkpoints, off the writer thread.
+    /// The serving process's WAL checkpoints, off the writer thread.
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     readers: Mutex<Vec<Connection>>,
     jobs: JobCache,
-    /// Announces every committed job change (see [`store::Store::job_changes`]); on
-    /// SQLite this process is the only writer of job rows, so its own changes are all.
+    /// Announces every committed job change (see [`store::Store::job_changes`]): the
+    /// changes this process commits, which for a server are all but the admin CLI's
+    /// submissions.
     changes: tokio::sync::broadcast::Sender<store::JobChange>,
     /// Set by `close`: reads refuse too, as the trait promises, instead of opening a
     /// fresh connection or answering from the cache.
     closed: AtomicBool,
-    /// Makes the owned journal's writes fail (see [`SqliteStore::fail_journal_writes`]).
-    journal_failure: Option<Arc<AtomicBool>>,
+    /// The serving process's lock on the data directory, held while the store lives.
+    _serving: Option<File>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     ///
-    /// The first store to open a database takes its acceptance journal, writes any
-    /// submissions a crash left there into SQLite, and from then on accepts submissions
-    /// through it. A store opened while another process holds the journal (the admin CLI
-    /// beside a running server) reads and writes everything else but refuses
-    /// submissions: only one process may lower balances, or two could spend one credit.
+    /// For tools beside a running server (the admin CLI, tests). Every write, submissions
+    /// included, is decided inside a transaction holding SQLite's write lock, so a second
+    /// process writing beside the server cannot spend a credit twice.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, Duration::ZERO)
+        Self::open_with(path, None)
     }
 
-    /// [`open`](Self::open) for the process that serves the API: waits up to
-    /// `JOURNAL_WAIT` for the journal (an admin command may hold it for a moment) and
-    /// fails if another process keeps it.
+    /// [`open`](Self::open) for the process that serves the API: takes the data
+    /// directory's lock file (`<database>.lock`), failing if another server holds it,
+    /// and checkpoints the WAL on a thread of its own.
+    ///
+    /// One server per data directory: the job cache and the job change announcements
+    /// assume this process makes every change to existing jobs.
     pub fn open_serving(path: &Path) -> Result<Self> {
-        let store = Self::open_with(path, JOURNAL_WAIT)?;
-        if !store.writer.journaled() {
-            return Err(StoreError::Unavailable(format!(
-                "another process is serving {} (it holds {})",
-                path.display(),
-                store.journal_path.display()
-            )));
+        let lock_path = lock_path_for(path);
+        let cannot = |e: std::io::Error| StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()));
+        let lock =
+            File::options().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(cannot)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Unavailable(format!(
+                    "another process is serving {} (it holds {})",
+                    path.display(),
+                    lock_path.display()
+                )))
+            }
+            Err(TryLockError::Error(e)) => return Err(cannot(e)),
         }
-        Ok(store)
+        Self::open_with(path, Some(lock))
     }
 
-    fn open_with(path: &Path, wait_for_journal: Duration) -> Result<Self> {
+    fn open_with(path: &Path, serving: Option<File>) -> Result<Self> {
         let mut conn = open_connection(path, false)?;
         migrate::apply(&mut conn)?;
-        let journal_path = journal::path_for(path);
-        let cannot =
-            |e: std::io::Error| StoreError::Unavailable(format!("cannot open {}: {e}", journal_path.display()));
-        let deadline = Instant::now() + wait_for_journal;
-        let owned = loop {
-            match journal::Journal::open(&journal_path).map_err(cannot)? {
-                Some(owned) => break Some(owned),
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                None => break None,
-            }
-        };
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let journal_failure = owned.as_ref().map(|(journal, _)| journal.failure_switch());
-        let journaled = match owned {
-            Some((mut journal, records)) => {
-                accepted::replay(&conn, &records)?;
-                journal.reset().map_err(cannot)?;
-                let written_seq = accepted::written_seq(&conn)?;
-                Some(writer::Journaled {
-                    accepted: accepted::Accepted::new(&journal, written_seq, backlog.clone()),
-                    journal,
-                    acceptor_conn: open_connection(path, true)?,
-                })
-            }
-            None => None,
-        };
-        // The process that takes submissions checkpoints on a thread of its own; others
-        // (short-lived admin commands) leave it to SQLite.
-        let checkpointer = match &journaled {
+        // The serving process checkpoints on a thread of its own; others (short-lived
+        // admin commands) leave it to SQLite.
+        let checkpointer = match &serving {
             Some(_) => {
                 conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES)
                     .map_err(map_err)?;
@@ -146,14 +118,13 @@ impl SqliteStore {
         };
         Ok(Self {
             path: path.to_path_buf(),
-            journal_path,
-            writer: Writer::start(conn, journaled, backlog),
+            writer: Writer::start(conn, submit::decide_in_tx),
             checkpointer: Mutex::new(checkpointer),
             readers: Mutex::new(Vec::new()),
             jobs: JobCache::new(),
             changes: tokio::sync::broadcast::channel(store::JOB_CHANGES_CAPACITY).0,
             closed: AtomicBool::new(false),
-            journal_failure,
+            _serving: serving,
         })
     }
 
@@ -171,26 +142,12 @@ impl SqliteStore {
         migrate::apply(&mut conn)
     }
 
-    /// Waits until every submission acknowledged so far is in SQLite: this store's
-    /// accepted jobs, or (briefly) those of the process that owns the journal.
-    async fn settle(&self) -> Result<()> {
-        self.ensure_open()?;
-        if self.writer.journaled() {
-            self.writer.settle().await
-        } else {
-            journal::wait_until_drained(&self.journal_path, OTHER_OWNER_WAIT).await;
-            Ok(())
-        }
-    }
-
-    /// Runs `f` on a pooled read connection once every acknowledged submission is in
-    /// SQLite.
+    /// Runs `f` on a pooled read connection.
     async fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        self.settle().await?;
         self.read_now(f)
     }
 
-    /// Runs `f` on a pooled read connection as SQLite is now.
+    /// Runs `f` on a pooled read connection, without an await point (for `ping`).
     fn read_now<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         self.ensure_open()?;
         let pooled = self.readers.lock().map_err(|_| poisoned())?.pop();
@@ -213,24 +170,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Stops this store as a crash would: accepted submissions stay in the journal, not
-    /// written into SQLite, for the next store opened on the database to replay. For tests.
-    #[doc(hidden)]
-    pub async fn simulate_crash(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.writer.abandon().await;
-    }
-
-    /// Makes every later write to the acceptance journal fail, as a failing disk would
-    /// (a real failure does the same, until the next start); `false` lets it be written
-    /// again. For tests.
-    #[doc(hidden)]
-    pub fn fail_journal_writes(&self, failing: bool) {
-        if let Some(switch) = &self.journal_failure {
-            switch.store(failing, Ordering::Release);
-        }
-    }
-
     /// Sum of an account's ledger: what its balance must equal.
     pub async fn ledger_sum(&self, id: AccountId) -> Result<i64> {
         self.read(|c| {
@@ -241,72 +180,15 @@ impl SqliteStore {
     }
 }
 
+/// The serving process's lock file beside the database at `db_path`.
+fn lock_path_for(db_path: &Path) -> PathBuf {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
 fn poisoned() -> StoreError {
     StoreError::Internal("read pool lock poisoned".into())
-}
-
-pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags).map_err(map_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(map_err)?;
-    // WAL lets readers run beside the writer; FULL makes each commit survive power loss,
-    // which "nothing acknowledged is lost" needs. Group commit pays for the fsync.
-    let pragmas = if read_only {
-        "pragma foreign_keys = on;"
-    } else {
-        "pragma journal_mode = wal; pragma synchronous = full; pragma foreign_keys = on;"
-    };
-    conn.execute_batch(pragmas).map_err(map_err)?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
-}
-
-/// Maps rusqlite errors onto what a caller can act on.
-pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _) => match f.code {
-            ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable(e.to_string()),
-            ErrorCode::CannotOpen | ErrorCode::DiskFull | ErrorCode::SystemIoFailure => {
-                StoreError::Unavailable(e.to_string())
-            }
-            _ => StoreError::Internal(e.to_string()),
-        },
-        _ => StoreError::Internal(e.to_string()),
-    }
-}
-
-pub(crate) fn insert_ledger(
-    ctx: &WriteCtx<'_>,
-    account: AccountId,
-    kind: LedgerKind,
-    amount: i64,
-    job: Option<JobId>,
-    note: Option<&str>,
-) -> rusqlite::Result<()> {
-    insert_ledger_at(ctx.conn, account, kind, amount, job, note, ctx.now_ms)
-}
-
-/// [`insert_ledger`] with an explicit time: an accepted job's charge carries the time
-/// it was accepted, not the time it reached SQLite.
-pub(crate) fn insert_ledger_at(
-    conn: &Connection,
-    account: AccountId,
-    kind: LedgerKind,
-    amount: i64,
-    job: Option<JobId>,
-    note: Option<&str>,
-    at_ms: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "insert into ledger_entry (account_id, kind, amount, job_id, note, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![account.to_string(), kind.as_str(), amount, job.map(|j| j.to_string()), note, at_ms])?;
-    Ok(())
 }
 
 fn load_account(conn: &Connection, id: AccountId) -> rusqlite::Result<Option<Account>> {
@@ -444,17 +326,11 @@ impl store::Store for SqliteStore {
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
-        if !self.writer.journaled() {
-            return Err(StoreError::Unavailable(format!(
-                "submissions to {} are taken by the process that holds {}",
-                self.path.display(),
-                self.journal_path.display()
-            )));
-        }
+        self.ensure_open()?;
         let job = Arc::new(job);
         let (outcome, created_at_ms, version) = self.writer.submit(job.clone()).await?;
         if let SubmitOutcome::Created { .. } = outcome {
-            // Durable (journaled): this is now the job's current version.
+            // Committed: this is now the job's current version.
             match new_job_record(&job, created_at_ms) {
                 Some(record) => self.committed(Arc::new(record), version),
                 None => {
@@ -578,10 +454,8 @@ impl store::Store for SqliteStore {
     }
 
     async fn claim_jobs(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>> {
-        let (claimed, version) = self
-            .writer
-            .write(move |ctx| engine::claim_in_tx(ctx, &request, UPSTREAM_WINDOW_MS).map(|c| (c, ctx.next_version())))
-            .await?;
+        let (claimed, version) =
+            self.writer.write(move |ctx| engine::claim_in_tx(ctx, &request).map(|c| (c, ctx.next_version()))).await?;
         for c in &claimed {
             self.committed(c.job.record.clone(), version);
         }
@@ -770,7 +644,8 @@ fn cancel_in_tx(ctx: &WriteCtx<'_>, account_id: AccountId, id: JobId) -> Result<
             .and_then(|mut s| s.execute(params![cost, ctx.now_ms, account]))
             .map_err(map_err)?;
         // The unique index on refunds per job makes a second refund a constraint error.
-        insert_ledger(ctx, account_id, LedgerKind::Refund, cost, Some(id), Some("cancelled")).map_err(map_err)?;
+        insert_ledger(conn, account_id, LedgerKind::Refund, cost, Some(id), Some("cancelled"), ctx.now_ms)
+            .map_err(map_err)?;
     }
     let job = conn
         .prepare_cached(concat!("select ", job_columns!(), " from job where job_id = ?1"))
@@ -779,7 +654,7 @@ fn cancel_in_tx(ctx: &WriteCtx<'_>, account_id: AccountId, id: JobId) -> Result<
     Ok(CancelOutcome::Cancelled(Arc::new(job)))
 }
 
-/// The row an accepted job becomes, as a record; `None` only if the input is not JSON,
+/// The row a created job becomes, as a record; `None` only if the input is not JSON,
 /// which the API layer rules out (the job is then simply not cached).
 fn new_job_record(job: &NewJob, created_at_ms: i64) -> Option<JobRecord> {
     Some(JobRecord {
@@ -806,12 +681,11 @@ fn grant_in_tx(ctx: &WriteCtx<'_>, id: AccountId, amount: i64, note: Option<&str
         .prepare_cached("update account set credits = credits + ?1, updated_at = ?2 where account_id = ?3")
         .and_then(|mut s| s.execute(params![amount, ctx.now_ms, id.to_string()]))
         .map_err(map_err)?;
-    insert_ledger(ctx, id, LedgerKind::Grant, amount, None, note).map_err(map_err)
+    insert_ledger(ctx.conn, id, LedgerKind::Grant, amount, None, note, ctx.now_ms).map_err(map_err)
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
     use store::Store;
     use store_contract::support;
 
@@ -877,15 +751,14 @@ mod tests {
         store.close().await;
     }
 
-    /// The acceptor decides against snapshots while the writer commits accepted jobs
-    /// beside it (here forced often by reads that settle): a job the snapshot already
-    /// holds must not count twice, nor one it does not hold zero times.
+    /// Many submitters on one account while a reader reads: exactly what the balance
+    /// affords is accepted, each batch deciding against its own transaction's view.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn decisions_stay_exact_while_the_writer_writes_accepted_jobs_beside_them() {
+    async fn decisions_stay_exact_under_concurrent_submissions() {
         const AFFORDABLE: usize = 1000;
         let (dir, store, key) = store_with_account(AFFORDABLE as i64).await;
         let store = std::sync::Arc::new(store);
-        let submitting = std::sync::Arc::new(AtomicUsize::new(40));
+        let submitting = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(40));
         let reader = {
             let (store, submitting, account) = (store.clone(), submitting.clone(), key.account_id);
             tokio::spawn(async move {
@@ -931,158 +804,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn when_the_journal_cannot_be_written_submissions_become_durable_in_sqlite_instead() {
-        let (dir, store, key) = store_with_account(100).await;
-        store.fail_journal_writes(true);
-        let SubmitOutcome::Created { job_id, .. } = store.submit_job(job(&key, 5, None)).await.unwrap() else {
-            panic!("the job is accepted although the journal failed");
-        };
-        let refused = store.submit_job(job(&key, 1000, None)).await.unwrap();
-        assert!(matches!(refused, SubmitOutcome::InsufficientCredits { .. }), "{refused:?}");
-        // What a crash leaves: the journal holds nothing, so the job must be in SQLite.
-        store.simulate_crash().await;
+    async fn a_second_store_on_the_same_database_submits_too_but_a_second_server_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        assert!(!journal::holds_records(&journal::path_for(&path)), "the failed journal holds no record");
-        let raw = Connection::open(&path).unwrap();
-        let jobs: i64 =
-            raw.query_row("select count(*) from job where job_id = ?1", [job_id.to_string()], |r| r.get(0)).unwrap();
-        assert_eq!(jobs, 1);
-        let credits: i64 = raw
-            .query_row("select credits from account where account_id = ?1", [key.account_id.to_string()], |r| r.get(0))
-            .unwrap();
-        let ledger: i64 = raw
-            .query_row(
-                "select sum(amount) from ledger_entry where account_id = ?1",
-                [key.account_id.to_string()],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!((credits, ledger), (95, 95), "charged once");
-    }
-
-    #[tokio::test]
-    async fn accepted_jobs_the_writer_cannot_write_are_bounded_and_new_ones_refused_past_the_bound() {
-        let (dir, store, key) = store_with_account(10_000).await;
-        let path = dir.path().join("t.db");
-        // Another process holds the database's write lock, as a `sqlite3` shell with an
-        // open transaction would: the writer cannot write what the acceptor accepts.
-        let blocker = Connection::open(&path).unwrap();
-        blocker.execute_batch("begin immediate").unwrap();
-        const MIB: usize = 1 << 20;
-        let heavy = |n: usize| {
-            let mut heavy = job(&key, 1, Some((&format!("k{n}"), 0)));
-            heavy.input_json = json!({"prompt": "x".repeat(MIB)}).to_string();
-            heavy
-        };
-        let mut accepted = Vec::new();
-        let refusal = loop {
-            match store.submit_job(heavy(accepted.len())).await {
-                Ok(SubmitOutcome::Created { job_id, .. }) => accepted.push(job_id),
-                Ok(other) => panic!("only acceptances or a refusal expected, got {other:?}"),
-                Err(e) => break e,
-            }
-            assert!(accepted.len() <= 2 * accepted::MAX_UNWRITTEN_BYTES / MIB, "no bound on unwritten jobs");
-        };
-        assert!(matches!(refusal, StoreError::Unavailable(_)), "{refusal:?}");
-        let bound = accepted::MAX_UNWRITTEN_BYTES / MIB;
-        assert!(
-            (bound - 1..=bound + 1).contains(&accepted.len()),
-            "{} accepted for a bound of {bound} MiB",
-            accepted.len()
-        );
-        // A retry of an accepted job still learns its id while new work is refused.
-        let replay = store.submit_job(heavy(0)).await.unwrap();
-        assert!(matches!(replay, SubmitOutcome::Replayed { job_id, .. } if job_id == accepted[0]), "{replay:?}");
-
-        blocker.execute_batch("rollback").unwrap();
-        store.settle().await.unwrap();
-        let SubmitOutcome::Created { .. } = store.submit_job(job(&key, 1, None)).await.unwrap() else {
-            panic!("accepted again once the writer caught up")
-        };
-        store.settle().await.unwrap();
-        let jobs: i64 = blocker.query_row("select count(*) from job", [], |r| r.get(0)).unwrap();
-        assert_eq!(jobs as usize, accepted.len() + 1, "every accepted job reached SQLite, the refused one did not");
-        let spent = accepted.len() as i64 + 1;
-        assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 10_000 - spent);
-        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 10_000 - spent);
-    }
-
-    #[tokio::test]
-    async fn acknowledged_submissions_survive_a_crash_through_the_journal() {
-        let (dir, store, key) = store_with_account(100).await;
-        let path = dir.path().join("t.db");
-        // Accepted and acknowledged, then the process "dies" before writing them into SQLite.
-        let mut ids = Vec::new();
-        for i in 0..7 {
-            let idem = (i == 3).then_some(("once", 0));
-            let SubmitOutcome::Created { job_id, .. } = store.submit_job(job(&key, 5, idem)).await.unwrap() else {
-                panic!("accepted")
-            };
-            ids.push(job_id);
-        }
-        store.simulate_crash().await;
-        assert!(journal::holds_records(&journal::path_for(&path)), "the crash left records to replay");
-        {
-            // What SQLite holds before any replay: none of them.
-            let conn = Connection::open(&path).unwrap();
-            let jobs: i64 = conn.query_row("select count(*) from job", [], |r| r.get(0)).unwrap();
-            assert_eq!(jobs, 0, "the journal, not SQLite, held the accepted jobs");
-        }
-        drop(store);
-
-        let store = SqliteStore::open(&path).unwrap();
-        for id in &ids {
-            let job = store.get_job(key.account_id, *id).await.unwrap().expect("replayed");
-            assert_eq!(job.status, JobStatus::Queued);
-            assert_eq!(job.credit_cost, 5);
-        }
-        assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 100 - 35);
-        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 65);
-        // The replayed key still replays its job.
-        let again = store.submit_job(job(&key, 5, Some(("once", 0)))).await.unwrap();
-        assert_eq!(again, SubmitOutcome::Replayed { job_id: ids[3], status: JobStatus::Queued });
-        store.close().await;
-
-        // Replaying twice changes nothing: a clean close emptied the journal, and a
-        // record whose job exists is skipped.
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 65);
-        assert_eq!(store.ledger(key.account_id).await.unwrap().len(), 8, "one grant and seven charges");
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn a_second_store_on_the_same_database_sees_what_the_first_acknowledged() {
-        let (dir, store, key) = store_with_account(50).await;
-        // The first store owns the journal; the second writes straight into SQLite.
-        let other = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        assert!(store.writer.journaled() && !other.writer.journaled());
-        for _ in 0..4 {
-            assert!(matches!(store.submit_job(job(&key, 5, None)).await.unwrap(), SubmitOutcome::Created { .. }));
-        }
-        // Read at once from the other handle: it waits for the owner to write them.
-        assert_eq!(other.get_account(key.account_id).await.unwrap().unwrap().credits, 30);
-        assert_eq!(other.ledger_sum(key.account_id).await.unwrap(), 30);
-        // Only the owner lowers balances: the other handle refuses submissions, but its
-        // grants count for the owner's next decision.
-        assert!(matches!(other.submit_job(job(&key, 5, None)).await, Err(StoreError::Unavailable(_))));
-        other.grant_credits(key.account_id, 10, None).await.unwrap();
+        let store = SqliteStore::open_serving(&path).unwrap();
+        let key = support::account(&store, 50, 1).await;
+        // The admin CLI's store: it writes beside the server, submissions included.
+        let other = SqliteStore::open(&path).unwrap();
         let mut created = 0;
-        for _ in 0..10 {
-            if matches!(store.submit_job(job(&key, 5, None)).await.unwrap(), SubmitOutcome::Created { .. }) {
+        for i in 0..12 {
+            let by = if i % 2 == 0 { &store } else { &other };
+            if matches!(by.submit_job(job(&key, 5, None)).await.unwrap(), SubmitOutcome::Created { .. }) {
                 created += 1;
             }
         }
-        assert_eq!(created, 8, "30 left plus 10 granted pay for eight");
+        assert_eq!(created, 10, "50 credits pay for ten, whichever process submits");
+        // What one acknowledged, the other reads at once: both read SQLite.
         assert_eq!(other.get_account(key.account_id).await.unwrap().unwrap().credits, 0);
-        assert_eq!(other.ledger_sum(key.account_id).await.unwrap(), 0);
-        // A server cannot start beside the owner.
-        assert!(matches!(
-            SqliteStore::open_with(&dir.path().join("t.db"), Duration::from_millis(50)).map(|s| s.writer.journaled()),
-            Ok(false)
-        ));
+        assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 0);
+        // A key taken through one process replays through the other.
+        other.grant_credits(key.account_id, 5, None).await.unwrap();
+        let first = other.submit_job(job(&key, 5, Some(("once", 0)))).await.unwrap();
+        let SubmitOutcome::Created { job_id, .. } = first else { panic!("{first:?}") };
+        let again = store.submit_job(job(&key, 5, Some(("once", 0)))).await.unwrap();
+        assert_eq!(again, SubmitOutcome::Replayed { job_id, status: JobStatus::Queued });
+        // One server per data directory.
+        let refused = SqliteStore::open_serving(&path).map(|_| ()).unwrap_err();
+        assert!(refused.to_string().contains("another process is serving"), "{refused}");
         other.close().await;
         store.close().await;
+        drop(store);
+        // The lock goes with the store.
+        SqliteStore::open_serving(&path).unwrap().close().await;
     }
 
     #[tokio::test]

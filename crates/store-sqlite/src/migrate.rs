@@ -8,7 +8,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use store::Result;
 
-use crate::map_err;
+use crate::db::map_err;
 
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_front_door", include_str!("../../../migrations/sqlite/0001_front_door.sql")),
@@ -17,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_server_secret", include_str!("../../../migrations/sqlite/0004_server_secret.sql")),
     ("0005_accepted_write", include_str!("../../../migrations/sqlite/0005_accepted_write.sql")),
     ("0006_uploads", include_str!("../../../migrations/sqlite/0006_uploads.sql")),
+    ("0007_drop_accepted_write", include_str!("../../../migrations/sqlite/0007_drop_accepted_write.sql")),
 ];
 
 /// Applies pending migrations; returns the names applied now.
@@ -38,7 +39,7 @@ pub(crate) fn apply(conn: &mut Connection) -> Result<Vec<String>> {
             tx.execute_batch(sql).map_err(map_err)?;
             tx.execute(
                 "insert into schema_migration (name, applied_at) values (?1, ?2)",
-                params![name, crate::writer::wall_clock_ms()],
+                params![name, crate::db::wall_clock_ms()],
             )
             .map_err(map_err)?;
             applied_now.push(name.to_string());

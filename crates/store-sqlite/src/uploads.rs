@@ -6,7 +6,7 @@ use domain::UploadId;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use store::{Result, UploadOutcome, UploadRecord};
 
-use crate::map_err;
+use crate::db::map_err;
 use crate::writer::WriteCtx;
 
 const COLUMNS: &str = "upload_id, account_id, content_type, byte_size, sha256, idempotency_key, created_at, expires_at";

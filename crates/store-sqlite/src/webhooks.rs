@@ -7,7 +7,7 @@ use store::{
     AttemptOutcome, AttemptRecord, EngineJob, Result, StoreError, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
 };
 
-use crate::map_err;
+use crate::db::map_err;
 use crate::rows::job_columns;
 use crate::writer::WriteCtx;
 

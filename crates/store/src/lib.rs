@@ -24,7 +24,7 @@ pub use webhooks::{
 };
 
 /// What can go wrong in a backend, by what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The named row does not exist.
     #[error("not found: {0}")]
@@ -190,6 +190,22 @@ pub struct NewJob {
     pub idempotency: Option<IdempotencyClaim>,
 }
 
+impl NewJob {
+    /// The job as [`domain::submission::decide`] sees it.
+    pub fn submission(&self) -> domain::submission::Submission<'_> {
+        domain::submission::Submission {
+            job_id: self.id,
+            account_id: self.account_id,
+            cost: self.cost,
+            key: self.idempotency.as_ref().map(|c| domain::submission::KeyClaim {
+                key: &c.key,
+                fingerprint: &c.fingerprint,
+                not_before_ms: c.not_before_ms,
+            }),
+        }
+    }
+}
+
 /// How a submission ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubmitOutcome {
@@ -216,6 +232,21 @@ pub enum SubmitOutcome {
     },
     /// The idempotency key was used with a different body: nothing was written.
     IdempotencyMismatch,
+}
+
+impl SubmitOutcome {
+    /// The outcome a store reports for `decision` on `job`, once the accepted jobs are
+    /// written; an unknown account is `NotFound`.
+    pub fn decided(decision: domain::submission::Decision, job: &NewJob) -> Result<Self> {
+        use domain::submission::Decision;
+        Ok(match decision {
+            Decision::Accept => Self::Created { job_id: job.id, status: JobStatus::Queued },
+            Decision::Replay { job_id, status } => Self::Replayed { job_id, status },
+            Decision::Mismatch => Self::IdempotencyMismatch,
+            Decision::Insufficient { required, available } => Self::InsufficientCredits { required, available },
+            Decision::UnknownAccount => return Err(StoreError::NotFound(format!("account {}", job.account_id))),
+        })
+    }
 }
 
 /// How a cancel request ended.

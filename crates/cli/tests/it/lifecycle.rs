@@ -247,9 +247,9 @@ async fn acknowledged(clients: Vec<tokio::task::JoinHandle<Vec<Acked>>>) -> Vec<
     acked
 }
 
-/// On SQLite an accepted job is durable first as a record in the acceptance journal and
-/// reaches the database a little later; a kill -9 in between must lose nothing. The
-/// engine is off, so nothing but the writer's own schedule moves jobs into SQLite.
+/// A submission is answered only after the commit that holds it, so a kill -9 in the
+/// middle of a stream of submissions must lose nothing that was acknowledged. The
+/// engine is off, so the jobs stay as they were submitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_every_acknowledged_submission_is_there_and_charged_once() {
     let data = TestData::new();
@@ -267,22 +267,7 @@ async fn after_kill_9_every_acknowledged_submission_is_there_and_charged_once() 
     server.wait().unwrap();
     let acked = acknowledged(clients).await;
     assert!(acked.len() > 50, "load should have been acknowledged before the kill ({})", acked.len());
-    if data.database_url().is_none() {
-        // Each segment: a header (magic and generation); a first record of that
-        // generation means jobs were still waiting in the journal when the process died.
-        let waiting = ["reelgate.db.accepted", "reelgate.db.accepted.1"].iter().any(|name| {
-            let bytes = std::fs::read(data.dir().join(name))
-                .expect("the server keeps its acceptance journal beside the database");
-            bytes.len() > 32 && bytes[20..24] != [0; 4] && bytes[24..32] == bytes[8..16]
-        });
-        eprintln!(
-            "{} acknowledged; the journal {} records at the kill",
-            acked.len(),
-            if waiting { "held" } else { "held no" }
-        );
-    }
-
-    // The restarted server replays the journal: every acknowledged job is there, once.
+    // The restarted server has every acknowledged job, once.
     let _server = serve_plain(&data, port).await;
     for (id, keyed) in &acked {
         let r = http.get(format!("{base}/v2/jobs/{id}")).header("X-API-Key", &key).send().await.unwrap();
