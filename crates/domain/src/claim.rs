@@ -18,6 +18,11 @@ use crate::AccountId;
 /// The window over which an upstream account's create calls are counted (Unix ms).
 pub const UPSTREAM_WINDOW_MS: i64 = 60_000;
 
+/// The window a create call is reserved against just before it is sent: one second more
+/// than [`UPSTREAM_WINDOW_MS`], so that network delays between our count and MiniMax's
+/// cannot squeeze one call too many into MiniMax's own window.
+pub const RESERVATION_WINDOW_MS: i64 = UPSTREAM_WINDOW_MS + 1_000;
+
 /// Progress shown once the engine has taken a job (the first milestone).
 pub const CLAIMED_PROGRESS: i64 = 5;
 

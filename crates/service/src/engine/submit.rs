@@ -14,10 +14,8 @@ use super::policy::{self, Action, Step};
 use super::{inputs, progress, Engine, EngineError, Upstream};
 use crate::results::Object;
 
-/// The window MiniMax's per-minute budgets are counted over. One second more than a
-/// minute, so that network delays between our count and MiniMax's cannot squeeze one
-/// call too many into MiniMax's own window.
-const BUDGET_WINDOW_MS: i64 = 61_000;
+/// The window a create call is reserved against (defined with the claim plan's window).
+const BUDGET_WINDOW_MS: i64 = domain::claim::RESERVATION_WINDOW_MS;
 
 impl Engine {
     /// Builds the create call for a claimed job, reserves it against the upstream's
