@@ -128,7 +128,7 @@ async fn run_http(args: &HttpArgs, database_url: Option<&str>) -> anyhow::Result
         tempfile::Builder::new().prefix("reelgate-bench-").tempdir().context("cannot create a data directory")?;
     let mut config = service::Config::defaults();
     config.data_dir = data_dir.path().to_path_buf();
-    config.database_url = database_url.map(|url| service::config::DatabaseUrl(url.to_owned()));
+    config.database_url = database_url.map(|url| service::config::DatabaseUrl::from(url.to_owned()));
     // This measures the API alone: the engine (and its in-process sandbox rendering
     // videos) would compete for the same two cores. `bench engine` measures the engine.
     config.engine.enabled = false;

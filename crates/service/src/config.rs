@@ -142,32 +142,48 @@ pub struct S3Config {
 /// The longest validity S3 accepts for a presigned URL (SigV4: 7 days).
 pub const MAX_PRESIGNED_URL_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// A PostgreSQL connection URL. Printed without its password.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+/// A PostgreSQL connection URL: a secret (it may carry a password), printed with the
+/// password left out so logs still show which database is meant.
+#[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct DatabaseUrl(pub String);
+pub struct DatabaseUrl(SecretString);
 
 impl DatabaseUrl {
     /// The URL, password included, for connecting.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        Self(SecretString::from(url))
+    }
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for DatabaseUrl {}
 
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // postgres://user:password@host/... → postgres://user:<redacted>@host/...
-        let redacted = match (self.0.find("://"), self.0.rfind('@')) {
+        let url = self.as_str();
+        let redacted = match (url.find("://"), url.rfind('@')) {
             (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let credentials = &self.0[scheme_end + 3..at];
+                let credentials = &url[scheme_end + 3..at];
                 match credentials.find(':') {
                     Some(colon) => {
-                        format!("{}{}:<redacted>{}", &self.0[..scheme_end + 3], &credentials[..colon], &self.0[at..])
+                        format!("{}{}:<redacted>{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..])
                     }
-                    None => self.0.clone(),
+                    None => url.to_owned(),
                 }
             }
-            _ => self.0.clone(),
+            _ => url.to_owned(),
         };
         write!(f, "{redacted:?}")
     }
@@ -382,7 +398,7 @@ pub struct EgressConfig {
 impl std::fmt::Debug for EgressConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A proxy URL may carry credentials; print it the way database URLs are printed.
-        f.debug_struct("EgressConfig").field("proxy_url", &self.proxy_url.clone().map(DatabaseUrl)).finish()
+        f.debug_struct("EgressConfig").field("proxy_url", &self.proxy_url.clone().map(DatabaseUrl::from)).finish()
     }
 }
 
@@ -467,7 +483,7 @@ impl Config {
     /// Checks rules that span fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.database_url {
-            if !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://")) {
+            if !(url.as_str().starts_with("postgres://") || url.as_str().starts_with("postgresql://")) {
                 return Err(ConfigError::Invalid(
                     "database_url must be a postgres:// or postgresql:// URL (unset it to use SQLite)".into(),
                 ));

@@ -274,7 +274,7 @@ async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node
     // The ledger, through the store the nodes share.
     let mut c = service::Config::defaults();
     c.data_dir = dir.path().join("checker");
-    c.database_url = Some(service::config::DatabaseUrl(database_url.clone()));
+    c.database_url = Some(service::config::DatabaseUrl::from(database_url.clone()));
     let store = service::open_store(&c).await.unwrap();
     let mut accounts: HashMap<usize, Vec<&String>> = HashMap::new();
     for (account, id, _) in &jobs {
@@ -358,7 +358,7 @@ async fn a_node_that_loses_its_database_refuses_jobs_and_recovers_by_itself() {
     let partition = Partition::in_front_of(&host_port).await;
     let proxied = database_url.replacen(&host_port, &partition.addr.to_string(), 1);
     let app = crate::helpers::TestApp::spawn_with(|c| {
-        c.database_url = Some(service::config::DatabaseUrl(proxied.clone()));
+        c.database_url = Some(service::config::DatabaseUrl::from(proxied.clone()));
     })
     .await;
     let key = app.create_key(100).await;
@@ -391,7 +391,7 @@ async fn revoking_a_key_on_one_node_reaches_every_node_within_two_seconds() {
     let test = "revoking_a_key_on_one_node_reaches_every_node_within_two_seconds";
     let Some(db) = TestDb::fresh_on_postgres(test) else { return };
     let database_url = db.url().to_owned();
-    let url = service::config::DatabaseUrl(database_url.clone());
+    let url = service::config::DatabaseUrl::from(database_url.clone());
     let mut nodes = Vec::new();
     for _ in 0..3 {
         let url = url.clone();
@@ -564,7 +564,7 @@ async fn a_node_that_loses_its_database_takes_the_built_in_sandbox_lock_again() 
     let partition = Partition::in_front_of(&host_port).await;
     let proxied = db.url().replacen(&host_port, &partition.addr.to_string(), 1);
     let app = crate::helpers::TestApp::spawn_engine(|c, _| {
-        c.database_url = Some(service::config::DatabaseUrl(proxied.clone()));
+        c.database_url = Some(service::config::DatabaseUrl::from(proxied.clone()));
     })
     .await;
     let ready = |app: &crate::helpers::TestApp| {

@@ -235,7 +235,7 @@ impl TestData {
     /// Points `config` at this state.
     pub fn apply(&self, config: &mut Config) {
         config.data_dir = self.dir().to_path_buf();
-        config.database_url = self.database_url().map(|url| DatabaseUrl(url.to_string()));
+        config.database_url = self.database_url().map(|url| DatabaseUrl::from(url.to_string()));
     }
 
     /// The built-in defaults pointed at this state: what an admin command would open.
