@@ -56,10 +56,11 @@ const BENCH_CREDITS: i64 = 1_000_000_000_000;
 /// request (and every job's stored input) the same size.
 const COUNTER_DIGITS: usize = 10;
 
-/// The issue's goal for `POST /v2/videos/generate`: this share of the bare POST's req/s…
-const GENERATE_MIN_RATIO: f64 = 0.4;
+/// The floor for `POST /v2/videos/generate` on SQLite (issue 16, which withdrew the
+/// earlier 0.4x target): this share of the bare POST's req/s…
+const GENERATE_MIN_RATIO: f64 = 0.15;
 /// …with a p99 latency below this.
-const GENERATE_MAX_P99_MS: f64 = 10.0;
+const GENERATE_MAX_P99_MS: f64 = 15.0;
 /// The issue's goal for `GET /v2/jobs/{id}`: this share of the bare GET's req/s.
 const JOB_READ_MIN_RATIO: f64 = 0.6;
 /// The issue's goal for generate on PostgreSQL: this share of the statement baseline's
