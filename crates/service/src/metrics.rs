@@ -140,6 +140,11 @@ impl Metrics {
     pub fn add_upstream(&self, upstream: &str) {
         self.touch("submissions_total", &[("upstream", upstream)]);
         self.touch("upstream_accounts_benched_total", &[("upstream", upstream)]);
+        // MiniMax's numeric codes are only known once one comes back; these two are
+        // ours (see `UpstreamError::code_label`), so they can be listed up front.
+        for code in ["network", "unknown_outcome"] {
+            self.touch("upstream_errors_total", &[("upstream", upstream), ("code", code)]);
+        }
     }
 
     /// Adds one to `name{labels}`.
