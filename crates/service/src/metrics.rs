@@ -25,7 +25,9 @@ use store::QueueDepth;
 /// A label set, in the order the caller gave it (which is the order rendered).
 type Labels = Vec<(String, String)>;
 /// A histogram family; each family's buckets come from its constructor.
-type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+type Histograms = Family<Labels, Histogram, Buckets>;
+/// Makes an empty histogram with a family's buckets.
+type Buckets = fn() -> Histogram;
 
 /// Counters without labels: `(name, help)`. Names keep the `_total` they had before
 /// `prometheus-client`, which adds `_total` itself, so registration strips it.
@@ -67,7 +69,7 @@ fn http_request() -> Histogram {
 }
 
 /// Histograms: `(name, help, buckets)`.
-const HISTOGRAMS: &[(&str, &str, fn() -> Histogram)] = &[
+const HISTOGRAMS: &[(&str, &str, Buckets)] = &[
     ("job_duration_seconds", "Time from a job's acceptance to its end, by model and outcome.", job_duration),
     ("upstream_request_duration_seconds", "MiniMax call latency, by call and outcome.", outbound_call),
     ("http_request_duration_seconds", "HTTP request duration, by route template and status class.", http_request),
