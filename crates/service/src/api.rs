@@ -20,7 +20,7 @@ mod videos;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("No such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(state.clone(), time_request))
         .layer(middleware::from_fn_with_state(state.clone(), unread_body::discard_unread_body))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
@@ -72,6 +73,29 @@ async fn get_readyz(State(state): State<AppState>) -> Response {
 
 async fn get_openapi(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.openapi.as_str().to_owned()).into_response()
+}
+
+/// Records each request's duration by route template and status class. The template
+/// (`/v2/jobs/{job_id}`), never the raw path, so the label's values stay as few as the
+/// routes; anything no route matched shares one value.
+async fn time_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let route = route.as_deref().unwrap_or("unmatched");
+    state.metrics.observe(
+        "http_request_duration_seconds",
+        &[("route", route), ("status_class", class)],
+        started.elapsed(),
+    );
+    response
 }
 
 /// A panic is a bug; the client still gets our 500 envelope, and the request-id

@@ -52,6 +52,17 @@ pub struct Config {
     pub uploads: UploadsConfig,
     /// Job event streams (`GET /v2/jobs/{id}/events`, `GET /v2/jobs/events`).
     pub events: EventsConfig,
+    /// The Prometheus endpoint, `GET /metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint, `GET /metrics`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A token scrapers must send as `Authorization: Bearer <token>`; empty leaves
+    /// `/metrics` open to anyone who can reach the port.
+    pub bearer_token: SecretString,
 }
 
 /// Job event streams.

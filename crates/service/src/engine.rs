@@ -195,6 +195,11 @@ impl Engine {
     /// Builds the engine.
     pub fn new(parts: EngineParts) -> Arc<Self> {
         let allow_private_urls = parts.allow_private_urls;
+        let mut upstreams = parts.upstreams;
+        for upstream in &mut upstreams {
+            parts.metrics.add_upstream(&upstream.budget.name);
+            upstream.client.record_calls_in(parts.metrics.clone());
+        }
         let c = &parts.config;
         Arc::new(Self {
             images: crate::guard::guarded_client(image_timeout(c), allow_private_urls, 3, parts.proxy_url.as_deref()),
@@ -202,7 +207,7 @@ impl Engine {
             polls: Arc::new(Semaphore::new(c.max_concurrent_polls)),
             downloads: Arc::new(Semaphore::new(c.max_concurrent_downloads)),
             store: parts.store,
-            upstreams: parts.upstreams,
+            upstreams,
             results: parts.results,
             links: parts.links,
             callbacks: parts.callbacks,
@@ -308,6 +313,7 @@ impl Engine {
         match self.apply(t).await {
             Ok(Some(done)) => {
                 self.metrics.inc("jobs_failed_total", &[("reason", reason)]);
+                self.record_job_end(job, "failed");
                 if matches!(from, Stage::Queued | Stage::Submitting) {
                     self.drop_job_inputs(&job.record).await;
                 }
@@ -325,6 +331,25 @@ impl Engine {
                 tracing::error!(job.id = %job.record.id, error = %e, "could not fail the job; it will be retried")
             }
         }
+    }
+
+    /// Records how long `job` took from its acceptance to its end. Wall clock, like the
+    /// `created_at` it starts from: the job may have been accepted by another node.
+    fn record_job_end(&self, job: &EngineJob, outcome: &str) {
+        let took_ms = (Self::now_ms() - job.record.created_at_ms).max(0) as u64;
+        self.metrics.observe(
+            "job_duration_seconds",
+            &[("model", &job.record.model), ("outcome", outcome)],
+            Duration::from_millis(took_ms),
+        );
+    }
+
+    /// Create calls each upstream account may make now, for the `upstream_creates_left` gauge.
+    pub fn creates_left(&self) -> Vec<(String, u32)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.budget.name.clone(), u.creates.lock().unwrap_or_else(|p| p.into_inner()).available()))
+            .collect()
     }
 
     /// Whether the job has run longer than `engine.job_deadline_ms` since it started.

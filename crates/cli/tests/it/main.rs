@@ -22,6 +22,7 @@ mod generate;
 mod hostile;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod multinode;
 mod playback;
 mod ratelimit;

@@ -117,6 +117,12 @@ async fn a_completed_job_is_delivered_signed_both_ways() {
     assert_eq!(webhook_status(&app, &key, &id).await, "pending");
     assert_eq!(app.wait_terminal(&key, &id, WITHIN).await["status"], "COMPLETED");
     crate::helpers::eventually(WITHIN, || async { webhook_status(&app, &key, &id).await == "delivered" }).await;
+    // The attempt's latency is recorded before the attempt is: the status implies it.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("reelgate_webhook_delivery_duration_seconds_count{outcome=\"delivered\"} 1\n"),
+        "{metrics}"
+    );
     let got = hook.received();
     assert_eq!(got.len(), 1, "only the completed event by default");
     let r = &got[0];

@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+
 use crate::api::extract::{read_limited, Path};
 use crate::engine::callback::{self, CallbackReply};
 use crate::state::AppState;
@@ -43,8 +46,24 @@ async fn minimax_callback(
     (status, Json(reply.body())).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !scraper_allowed(state.config.metrics.bearer_token.expose_secret(), &headers) {
+        let body = Json(serde_json::json!({"error": "Missing or wrong bearer token"}));
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+    }
     let depth = state.store.queue_depth().await.ok();
-    let text = state.metrics.render(depth);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let creates_left = state.engine.as_ref().map(|e| e.creates_left()).unwrap_or_default();
+    let text = state.metrics.render(depth, &creates_left);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// Whether the request may read `/metrics`: always when no token is configured.
+fn scraper_allowed(token: &str, headers: &HeaderMap) -> bool {
+    if token.is_empty() {
+        return true;
+    }
+    let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Digests compared, not the strings: the time a mismatch takes then says nothing
+    // about how much of the token was right.
+    sent.is_some_and(|sent| Sha256::digest(sent.as_bytes()) == Sha256::digest(token.as_bytes()))
 }

@@ -6,10 +6,13 @@
 //! one [`UpstreamError`] whose variant tells the engine what to do. This module never
 //! retries: retry policy belongs to the engine.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
 
 /// One configured MiniMax account's client.
 pub struct MiniMaxClient {
@@ -18,6 +21,8 @@ pub struct MiniMaxClient {
     api_key: SecretString,
     submit_timeout: Duration,
     query_timeout: Duration,
+    /// Where each call's latency goes; set by the engine (`record_calls_in`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What a create call asks for, in MiniMax's vocabulary.
@@ -127,6 +132,17 @@ impl UpstreamError {
             Self::Transient { code: Some(code), .. } => code.to_string(),
             Self::Transient { code: None, .. } => "network".into(),
             Self::Ambiguous { .. } => "unknown_outcome".into(),
+        }
+    }
+
+    /// The error's kind, a label of few values for latency histograms.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Transient { .. } => "transient",
+            Self::Account { .. } => "account",
+            Self::Rejected { .. } => "rejected",
+            Self::Ambiguous { .. } => "ambiguous",
         }
     }
 
@@ -328,11 +344,42 @@ impl MiniMaxClient {
             .user_agent(concat!("reelgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a client with these settings always builds");
-        Self { http, base_url: base_url.trim_end_matches('/').to_string(), api_key, submit_timeout, query_timeout }
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            submit_timeout,
+            query_timeout,
+            metrics: None,
+        }
+    }
+
+    /// Records the latency of every call from now on in `metrics`.
+    pub(super) fn record_calls_in(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Records one call's latency by call and outcome (`ok` or the error's kind).
+    fn record<T>(&self, call: &str, started: Instant, result: &Result<T, UpstreamError>) {
+        if let Some(metrics) = &self.metrics {
+            let outcome = result.as_ref().map_or_else(UpstreamError::kind_label, |_| "ok");
+            metrics.observe(
+                "upstream_request_duration_seconds",
+                &[("call", call), ("outcome", outcome)],
+                started.elapsed(),
+            );
+        }
     }
 
     /// `POST /v1/video_generation`; the task id on success.
     pub async fn create(&self, task: &CreateTask) -> Result<String, UpstreamError> {
+        let started = Instant::now();
+        let result = self.create_call(task).await;
+        self.record("create", started, &result);
+        result
+    }
+
+    async fn create_call(&self, task: &CreateTask) -> Result<String, UpstreamError> {
         let sent = self
             .http
             .post(format!("{}/v1/video_generation", self.base_url))
@@ -365,12 +412,18 @@ impl MiniMaxClient {
 
     /// `GET /v1/query/video_generation`.
     pub async fn query(&self, task_id: &str) -> Result<TaskState, UpstreamError> {
-        parse_query(&self.get_body(QUERY_PATH, &[("task_id", task_id)]).await?)
+        let started = Instant::now();
+        let result = self.get_body(QUERY_PATH, &[("task_id", task_id)]).await.and_then(|body| parse_query(&body));
+        self.record("query", started, &result);
+        result
     }
 
     /// `GET /v1/files/retrieve`: fresh download links for a file.
     pub async fn retrieve(&self, file_id: &str) -> Result<FileLinks, UpstreamError> {
-        parse_retrieve(&self.get_body(RETRIEVE_PATH, &[("file_id", file_id)]).await?)
+        let started = Instant::now();
+        let result = self.get_body(RETRIEVE_PATH, &[("file_id", file_id)]).await.and_then(|body| parse_retrieve(&body));
+        self.record("retrieve", started, &result);
+        result
     }
 
     async fn get_body(&self, path: &str, query: &[(&str, &str)]) -> Result<bytes::Bytes, UpstreamError> {

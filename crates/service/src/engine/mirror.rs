@@ -79,6 +79,7 @@ impl Engine {
                     Ok(Some(_)) => {
                         self.download_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                         self.metrics.inc("jobs_completed_total", &[]);
+                        self.record_job_end(&job, "completed");
                         tracing::info!(job.id = %id, upstream.task_id = %task_id, bytes, "job completed");
                         self.notify();
                     }

@@ -278,6 +278,7 @@ impl Deliverer {
             AttemptOutcome::GaveUp => "gave_up",
         };
         self.metrics.inc("webhook_attempts_total", &[("outcome", label)]);
+        self.metrics.observe("webhook_delivery_duration_seconds", &[("outcome", label)], started.elapsed());
         tracing::info!(
             job.id = %d.job_id, webhook.id = %d.event_id, webhook.event = d.event.as_str(), attempt = made,
             status = status_code.unwrap_or(0), error = error.as_deref().unwrap_or(""), outcome = label,
