@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::engine::{free_loopback_port, ChildProcess, Usage};
+use super::engine::{ChildProcess, Usage};
 
 /// Options of `bench edge`.
 #[derive(clap::Args)]
@@ -51,22 +51,17 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let data_dir = dir.path().display().to_string();
     let key = create_key(&data_dir, 1000)?;
-    let addr = free_loopback_port()?;
-    let log = dir.path().join("serve.log");
-    let serve_args: Vec<String> =
-        ["serve", "--listen", &addr.to_string(), "--data-dir", &data_dir].iter().map(|s| s.to_string()).collect();
-    let mut server = ChildProcess::spawn_with_env(
-        "serve",
-        &serve_args,
-        &log,
+    let (mut server, addr) = ChildProcess::serve(
+        &data_dir,
+        &dir.path().join("serve.log"),
         &[
             ("REELGATE_ENGINE__ENABLED", "false"),
             // Every hostile request comes from one key: measure the refusals, not the 429s.
             ("REELGATE_RATE_LIMITS__GENERATE_PER_SEC", "0"),
             ("REELGATE_RATE_LIMITS__READ_PER_SEC", "0"),
         ],
-    )?;
-    server.wait_ready(addr, "/healthz").await?;
+    )
+    .await?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("bench edge: reelgate serve (engine off, default [server] settings) on {addr}, {cpus} CPUs");
 

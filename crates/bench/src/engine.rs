@@ -291,6 +291,17 @@ pub(super) struct ChildProcess {
 }
 
 impl ChildProcess {
+    /// Starts `reelgate serve` on `data_dir` at a free loopback port, logging to `log`,
+    /// with `env` added to its environment, and waits until it answers `/healthz`.
+    pub(super) async fn serve(data_dir: &str, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<(Self, SocketAddr)> {
+        let addr = free_loopback_port()?;
+        let args: Vec<String> =
+            ["serve", "--listen", &addr.to_string(), "--data-dir", data_dir].iter().map(|s| s.to_string()).collect();
+        let mut server = Self::spawn_with_env("serve", &args, log, env)?;
+        server.wait_ready(addr, "/healthz").await?;
+        Ok((server, addr))
+    }
+
     fn spawn(name: &'static str, args: &[String], log: &Path) -> anyhow::Result<Self> {
         Self::spawn_with_env(name, args, log, &[])
     }

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::engine::{free_loopback_port, ChildProcess, Usage};
+use super::engine::{ChildProcess, Usage};
 
 /// Options of `bench events`.
 #[derive(clap::Args)]
@@ -48,23 +48,18 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     let data_dir = dir.path().join("data").display().to_string();
     std::fs::create_dir_all(&data_dir)?;
     let key = super::edge::create_key(&data_dir, i64::try_from(args.jobs).unwrap_or(i64::MAX) * 100)?;
-    let addr = free_loopback_port()?;
-    let log = dir.path().join("serve.log");
-    let serve_args: Vec<String> =
-        ["serve", "--listen", &addr.to_string(), "--data-dir", &data_dir].iter().map(|s| s.to_string()).collect();
     let max_connections = (args.streams + 1000).to_string();
-    let mut server = ChildProcess::spawn_with_env(
-        "serve",
-        &serve_args,
-        &log,
+    let (mut server, addr) = ChildProcess::serve(
+        &data_dir,
+        &dir.path().join("serve.log"),
         &[
             ("REELGATE_ENGINE__ENABLED", "false"),
             ("REELGATE_RATE_LIMITS__GENERATE_PER_SEC", "0"),
             ("REELGATE_RATE_LIMITS__READ_PER_SEC", "0"),
             ("REELGATE_SERVER__MAX_CONNECTIONS", &max_connections),
         ],
-    )?;
-    server.wait_ready(addr, "/healthz").await?;
+    )
+    .await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
     let base = format!("http://{addr}");
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use rand::RngCore;
 
-use super::engine::{free_loopback_port, ChildProcess, Usage};
+use super::engine::{ChildProcess, Usage};
 
 /// Options of `bench uploads`.
 #[derive(clap::Args)]
@@ -37,18 +37,13 @@ pub async fn run(args: UploadsArgs) -> anyhow::Result<()> {
     let key = super::edge::create_key(&data_dir, 1000)?;
     let image = dir.path().join("noise.png");
     let bytes = write_noise_png(&image, args.side)?;
-    let addr = free_loopback_port()?;
-    let log = dir.path().join("serve.log");
-    let serve_args: Vec<String> =
-        ["serve", "--listen", &addr.to_string(), "--data-dir", &data_dir].iter().map(|s| s.to_string()).collect();
-    let mut server = ChildProcess::spawn_with_env(
-        "serve",
-        &serve_args,
-        &log,
+    let (mut server, addr) = ChildProcess::serve(
+        &data_dir,
+        &dir.path().join("serve.log"),
         // The engine stays on: uploads live in its result store. No job is submitted.
         &[("REELGATE_RATE_LIMITS__GENERATE_PER_SEC", "0")],
-    )?;
-    server.wait_ready(addr, "/healthz").await?;
+    )
+    .await?;
     let client = Uploader { http: reqwest::Client::new(), url: format!("http://{addr}/v2/uploads"), key };
 
     // One upload first, reported apart: the server's first upload grows it by more than
