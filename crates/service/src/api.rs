@@ -1,11 +1,13 @@
 //! The HTTP API: one router per resource, merged here, plus request ids, fallbacks,
-//! `/healthz`, the OpenAPI document and the Studio's files.
+//! `/healthz`, the OpenAPI document and the files of the Studio and the operator console.
 
 pub mod dto;
 pub mod error;
 pub mod extract;
 
 mod account;
+mod console;
+mod embedded;
 mod engine_routes;
 mod events;
 mod jobs;
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(engine_routes::router())
         .merge(server_info::router())
         .merge(studio::router(&state.config))
+        .merge(console::router())
         .route("/v2/openapi.json", get(get_openapi))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(get_readyz))

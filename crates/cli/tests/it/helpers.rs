@@ -4,6 +4,7 @@
 //! Each app keeps its state in a [`TestData`]: SQLite in a temporary directory, or a fresh
 //! PostgreSQL schema when `REELGATE_TEST_DATABASE_URL` is set (see [`data`]).
 
+pub mod browser;
 pub mod data;
 pub mod spec_check;
 

@@ -12,6 +12,7 @@ mod account;
 mod auth;
 mod cancel;
 mod client;
+mod console;
 mod docs;
 mod edge;
 mod egress;
