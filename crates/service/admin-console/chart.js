@@ -155,10 +155,12 @@ function drawSvg({ id, title, summary, points, series, ticks, empty, width }) {
   const labelled = ticks ?? (last > 1 ? [0, Math.round(last / 2), last] : [0, last]);
   for (const i of new Set(labelled)) {
     if (!points[i]) continue;
+    const text = String(points[i].tick ?? points[i].label);
+    // Centred under its bar, but kept inside the drawing (about 6.5 px per character at 11 px).
+    const half = (text.length * 6.5) / 2;
     const cx = MARGIN.left + i * band + band / 2;
-    const anchor = i === 0 && last > 0 ? 'start' : i === last && last > 0 ? 'end' : 'middle';
-    const tx = anchor === 'start' ? MARGIN.left : anchor === 'end' ? width - MARGIN.right : cx;
-    axis.append(svg('text', { x: tx.toFixed(1), y: HEIGHT - 8, 'text-anchor': anchor }, points[i].tick ?? points[i].label));
+    const tx = Math.min(Math.max(cx, MARGIN.left + half), width - MARGIN.right - half);
+    axis.append(svg('text', { x: tx.toFixed(1), y: HEIGHT - 8, 'text-anchor': 'middle' }, text));
   }
   root.append(axis);
 

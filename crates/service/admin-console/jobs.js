@@ -223,14 +223,23 @@ function jobActions(ctx, job) {
 function offset(at, created) {
   const ms = Date.parse(at) - Date.parse(created);
   if (Number.isNaN(ms)) return '';
-  return ms < 1000 ? `+${ms} ms` : ms < 120_000 ? `+${(ms / 1000).toFixed(1)} s` : `+${Math.round(ms / 60000)} min`;
+  const sign = ms < 0 ? '−' : '+';
+  const a = Math.abs(ms);
+  return a < 1000 ? `${sign}${a} ms` : a < 120_000 ? `${sign}${(a / 1000).toFixed(1)} s` : `${sign}${Math.round(a / 60000)} min`;
+}
+
+/** A stage change's time of day to the millisecond (stages can follow each other within one second). */
+function clock(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  return `${d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })}.${String(d.getMilliseconds()).padStart(3, '0')}`;
 }
 
 function timelinePanel(job) {
   const steps = job.timeline || [];
   const list = el('ol', { id: 'timeline', class: 'timeline', 'aria-label': 'Stage changes, oldest first' },
     steps.map((s) => el('li', { class: `step step-${String(s.to).toLowerCase()}`, 'data-stage': s.to },
-      el('div', { class: 'step-when' }, el('time', { datetime: s.at, text: formatTime(s.at) }), el('span', { class: 'muted small', text: offset(s.at, job.createdAt) })),
+      el('div', { class: 'step-when' }, el('time', { datetime: s.at, title: formatTime(s.at), text: clock(s.at) }), el('span', { class: 'muted small', text: offset(s.at, job.createdAt) })),
       el('div', { class: 'step-what' },
         s.from ? el('span', { class: 'stage', text: s.from }) : el('span', { class: 'muted', text: 'new' }),
         el('span', { class: 'arrow', 'aria-label': 'to', text: ' → ' }),

@@ -47,8 +47,8 @@ export function facts(pairs, className = 'facts') {
 }
 
 /**
- * A table in a horizontally scrolling wrapper (wide tables scroll on their own at 375 px
- * instead of widening the page). `columns`: [{ label, cell: (row) => node | string, className }].
+ * A table in a horizontally scrolling wrapper (a wide table scrolls on its own instead of
+ * widening the page); at phone widths its rows become cards, each cell under its label. `columns`: [{ label, cell: (row) => node | string, className }].
  */
 export function table(caption, columns, rows = [], { id, rowAttrs } = {}) {
   const body = el('tbody');
@@ -62,12 +62,13 @@ export function table(caption, columns, rows = [], { id, rowAttrs } = {}) {
   const add = (items) => {
     for (const row of items) {
       body.append(
-        el('tr', rowAttrs ? rowAttrs(row) : {}, columns.map((c) => el('td', { class: c.className }, c.cell(row) ?? '—'))),
+        el('tr', rowAttrs ? rowAttrs(row) : {}, columns.map((c) => el('td', { class: c.className, 'data-label': c.label }, c.cell(row) ?? '—'))),
       );
     }
   };
   add(rows);
-  const wrap = el('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': caption }, t);
+  // `stack`: on a phone each row is shown as a card of label: value lines (console.css).
+  const wrap = el('div', { class: 'table-wrap stack', tabindex: '0', role: 'region', 'aria-label': caption }, t);
   return { wrap, table: t, body, add, clear: () => body.replaceChildren() };
 }
 
