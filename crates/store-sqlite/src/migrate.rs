@@ -18,6 +18,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_accepted_write", include_str!("../../../migrations/sqlite/0005_accepted_write.sql")),
     ("0006_uploads", include_str!("../../../migrations/sqlite/0006_uploads.sql")),
     ("0007_drop_accepted_write", include_str!("../../../migrations/sqlite/0007_drop_accepted_write.sql")),
+    ("0008_operating", include_str!("../../../migrations/sqlite/0008_operating.sql")),
 ];
 
 /// Applies pending migrations; returns the names applied now.
