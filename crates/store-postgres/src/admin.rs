@@ -471,8 +471,9 @@ pub(crate) async fn list_accounts(client: &Object, q: &AccountQuery) -> Result<V
     }
     const FIRST_PAGE: &str = accounts_sql!("and $3::bigint is null and $4::uuid is null");
     const NEXT_PAGE: &str = accounts_sql!("and (created_at, account_id) < ($3::bigint, $4::uuid)");
-    let search = q.search.as_deref();
-    let exact = search.and_then(|s| Uuid::parse_str(s.trim()).ok());
+    // Surrounding blanks are not part of a search, and a blank search is none (as on SQLite).
+    let search = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let exact = search.and_then(|s| Uuid::parse_str(s).ok());
     let text = if exact.is_some() { None } else { search };
     let stmt = client.prepare_cached(if q.after.is_some() { NEXT_PAGE } else { FIRST_PAGE }).await.map_err(db_err)?;
     let params: [Param<'_>; 5] =
@@ -481,8 +482,9 @@ pub(crate) async fn list_accounts(client: &Object, q: &AccountQuery) -> Result<V
 }
 
 pub(crate) async fn admin_jobs(client: &Object, q: &AdminJobQuery) -> Result<Vec<JobRecord>> {
-    // As list_jobs, across accounts: a NULL parameter disables its filter, and the
-    // keyset condition is a row comparison that seeks `job_created` backwards.
+    // As list_jobs, across accounts: a NULL parameter disables its filter. The time range
+    // is always bounded (an open end is the widest bigint) and the keyset condition is a
+    // row comparison, so both bound a backward range scan of `job_created`.
     macro_rules! jobs_sql {
         ($keyset:literal) => {
             concat!(
@@ -493,8 +495,7 @@ pub(crate) async fn admin_jobs(client: &Object, q: &AdminJobQuery) -> Result<Vec
                    and ($2::uuid is null or api_key_id = $2::uuid)
                    and ($3::text is null or status = $3::text)
                    and ($4::text is null or model = $4::text)
-                   and ($5::bigint is null or created_at >= $5::bigint)
-                   and ($6::bigint is null or created_at < $6::bigint) ",
+                   and created_at >= $5::bigint and created_at < $6::bigint ",
                 $keyset,
                 " order by created_at desc, job_id desc limit $9::bigint"
             )
@@ -508,8 +509,8 @@ pub(crate) async fn admin_jobs(client: &Object, q: &AdminJobQuery) -> Result<Vec
         &q.api_key_id.map(|k| k.0),
         &q.status.map(|s| s.as_str()),
         &q.model,
-        &q.from_ms,
-        &q.to_ms,
+        &q.from_ms.unwrap_or(i64::MIN),
+        &q.to_ms.unwrap_or(i64::MAX),
         &q.after.map(|a| a.created_at_ms),
         &q.after.map(|a| a.id.0),
         &page_size(q.limit),
