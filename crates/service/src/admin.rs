@@ -138,7 +138,8 @@ pub async fn list_tokens(store: &dyn Store) -> Result<Vec<AdminToken>> {
 /// Revokes the token with this id or public prefix.
 pub async fn revoke_token(store: &dyn Store, id_or_prefix: &str, audit: AuditContext) -> Result<AdminToken> {
     let tokens = store.list_admin_tokens().await?;
-    let matches: Vec<&AdminToken> = tokens.iter().filter(|t| t.id == id_or_prefix || t.prefix == id_or_prefix).collect();
+    let matches: Vec<&AdminToken> =
+        tokens.iter().filter(|t| t.id == id_or_prefix || t.prefix == id_or_prefix).collect();
     let id = match matches.as_slice() {
         [one] => one.id.clone(),
         [] => return Err(AdminError::NotFound(format!("No admin token with id or prefix {id_or_prefix:?}"))),
@@ -187,7 +188,9 @@ pub async fn create_account(
         name: check_name("name", &input.name)?,
         email: input.email.as_deref().map(check_email).transpose()?,
         plan: check_name("plan", input.plan.as_deref().unwrap_or(&defaults.default_plan))?,
-        max_concurrent_jobs: check_concurrency(input.max_concurrent_jobs.unwrap_or(defaults.default_max_concurrent_jobs))?,
+        max_concurrent_jobs: check_concurrency(
+            input.max_concurrent_jobs.unwrap_or(defaults.default_max_concurrent_jobs),
+        )?,
         initial_credits: check_initial_credits(input.credits)?,
     };
     match store.admin_write(AdminWrite::CreateAccount(new), audit).await? {
@@ -332,7 +335,10 @@ pub async fn adjust_credits(
     audit: AuditContext,
 ) -> Result<CreditsAdjusted> {
     if amount == 0 || amount.abs() > MAX_CREDITS {
-        return Err(invalid("amount", format!("must be a non-zero whole number between -{MAX_CREDITS} and {MAX_CREDITS}")));
+        return Err(invalid(
+            "amount",
+            format!("must be a non-zero whole number between -{MAX_CREDITS} and {MAX_CREDITS}"),
+        ));
     }
     let note = note.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     if let Some(n) = &note {
@@ -398,7 +404,8 @@ pub async fn hold_upstream(
     if !(1..=MAX_HOLD_MINUTES).contains(&minutes) {
         return Err(invalid("minutes", format!("must be between 1 and {MAX_HOLD_MINUTES}")));
     }
-    let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).unwrap_or_else(|| "held by an operator".into());
+    let reason =
+        reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).unwrap_or_else(|| "held by an operator".into());
     check_text("reason", &reason)?;
     let now = crate::now_ms();
     let hold = UpstreamHold { name: name.to_owned(), until_ms: now + minutes * 60_000, reason, created_at_ms: now };

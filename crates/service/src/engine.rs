@@ -106,7 +106,7 @@ pub struct UpstreamState {
     pub budget: UpstreamBudget,
     /// Create calls the pacer would allow right now.
     pub creates_left: u32,
-    /// Out of rotation: the engine's own bench, or else an operator's hold.
+    /// Out of rotation by the engine's own bench (operator holds are in the store).
     pub out_of_rotation: Option<health::OutOfRotation>,
     /// Errors answered over the last hour, by code.
     pub errors_last_hour: std::collections::BTreeMap<String, u64>,
@@ -327,9 +327,7 @@ impl Engine {
             .map(|u| UpstreamState {
                 budget: u.budget.clone(),
                 creates_left: u.creates.lock().unwrap_or_else(|p| p.into_inner()).available(),
-                out_of_rotation: u.health.benched().or_else(|| {
-                    self.holds.on(&u.budget.name).map(|h| health::OutOfRotation { until_ms: h.until_ms, reason: h.reason })
-                }),
+                out_of_rotation: u.health.benched(),
                 errors_last_hour: u.health.errors_last_hour(),
             })
             .collect()

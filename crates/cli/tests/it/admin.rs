@@ -136,7 +136,7 @@ async fn the_admin_api_refuses_missing_unknown_revoked_and_customer_credentials(
     }
     // Nothing was written by the refused requests, and the good token gets in.
     assert_eq!(app.balance_and_ledger(account).await, (10, 10));
-    assert_eq!(app.store.get_account(account).await.unwrap().unwrap().disabled, false);
+    assert!(!app.store.get_account(account).await.unwrap().unwrap().disabled);
     let session = admin.get("/session").await;
     assert_eq!(session["token"]["name"], "ops");
     // The document is public and names every route above.
@@ -156,7 +156,10 @@ async fn accounts_keys_and_credits_are_managed_with_an_audit_row_for_every_write
 
     // An account, found by search, read, and changed.
     let made = admin
-        .post("/accounts", &json!({"name": "Acme Video", "email": "ops@acme.test", "credits": 100, "maxConcurrentJobs": 3}))
+        .post(
+            "/accounts",
+            &json!({"name": "Acme Video", "email": "ops@acme.test", "credits": 100, "maxConcurrentJobs": 3}),
+        )
         .await;
     assert_eq!(made.status, 201, "{}", made.text);
     let id = made.body["id"].as_str().unwrap().to_owned();
@@ -167,7 +170,8 @@ async fn accounts_keys_and_credits_are_managed_with_an_audit_row_for_every_write
     assert_eq!(found["data"].as_array().unwrap().len(), 1);
     assert_eq!(found["data"][0]["id"], id.as_str());
     assert!(admin.get("/accounts?search=nobody").await["data"].as_array().unwrap().is_empty());
-    let patched = admin.send(Method::PATCH, &format!("/accounts/{id}"), Some(&json!({"plan": "pro", "email": null})), &[]).await;
+    let patched =
+        admin.send(Method::PATCH, &format!("/accounts/{id}"), Some(&json!({"plan": "pro", "email": null})), &[]).await;
     assert_eq!(patched.status, 200, "{}", patched.text);
     assert_eq!((patched.body["plan"].as_str(), patched.body["email"].is_null()), (Some("pro"), true));
 
@@ -233,7 +237,8 @@ async fn accounts_keys_and_credits_are_managed_with_an_audit_row_for_every_write
     // One audit row per change, none for refused or replayed writes, each with its token
     // and request id.
     let audit = admin.audit().await;
-    let actions: Vec<&str> = audit[..audit.len() - writes_before].iter().map(|r| r["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> =
+        audit[..audit.len() - writes_before].iter().map(|r| r["action"].as_str().unwrap()).collect();
     assert_eq!(
         actions,
         [
@@ -275,7 +280,9 @@ async fn usage_matches_a_scripted_set_of_jobs_and_the_csv_reads_back_the_same() 
     jobs.push(app.submit(&b, &video("hailuo-02", "b0")).await);
     let cancelled = app.submit(&b, &video("hailuo-02", "b1")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = app.call(Method::POST, "/v2/jobs/{id}/cancel", &format!("/v2/jobs/{cancelled}/cancel"), Some(&b.key), None, &[]).await;
+    let r = app
+        .call(Method::POST, "/v2/jobs/{id}/cancel", &format!("/v2/jobs/{cancelled}/cancel"), Some(&b.key), None, &[])
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let released = admin.post("/upstreams/sandbox/unbench", &json!({})).await;
     assert_eq!(released.body["inRotation"], true);
@@ -297,10 +304,16 @@ async fn usage_matches_a_scripted_set_of_jobs_and_the_csv_reads_back_the_same() 
         let mut by_group: BTreeMap<String, [i64; 6]> = BTreeMap::new();
         for r in rows {
             let sums = by_group.entry(r["group"].as_str().unwrap().to_owned()).or_default();
-            for (i, f) in ["submitted", "completed", "failed", "cancelled", "creditsCharged", "creditsRefunded"].iter().enumerate() {
+            for (i, f) in ["submitted", "completed", "failed", "cancelled", "creditsCharged", "creditsRefunded"]
+                .iter()
+                .enumerate()
+            {
                 sums[i] += r[*f].as_i64().unwrap();
             }
-            assert_eq!(r["netCredits"].as_i64().unwrap(), r["creditsCharged"].as_i64().unwrap() - r["creditsRefunded"].as_i64().unwrap());
+            assert_eq!(
+                r["netCredits"].as_i64().unwrap(),
+                r["creditsCharged"].as_i64().unwrap() - r["creditsRefunded"].as_i64().unwrap()
+            );
         }
         by_group
     };
@@ -319,7 +332,8 @@ async fn usage_matches_a_scripted_set_of_jobs_and_the_csv_reads_back_the_same() 
     assert_eq!(wrong.status, 400);
 
     // The same report as CSV parses back to the same figures.
-    let csv_answer = admin.send(Method::GET, "/usage?group_by=account&bucket=hour", None, &[("Accept", "text/csv")]).await;
+    let csv_answer =
+        admin.send(Method::GET, "/usage?group_by=account&bucket=hour", None, &[("Accept", "text/csv")]).await;
     assert!(csv_answer.headers["content-type"].to_str().unwrap().starts_with("text/csv"));
     let mut reader = csv::Reader::from_reader(csv_answer.text.as_bytes());
     let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
@@ -338,7 +352,10 @@ async fn usage_matches_a_scripted_set_of_jobs_and_the_csv_reads_back_the_same() 
     // The account view sums this month.
     let detail = admin.get(&format!("/accounts/{}", a.account_id)).await;
     assert_eq!(detail["usageThisMonth"]["submitted"], 4);
-    assert_eq!(detail["usageThisMonth"]["netCredits"], expected[&a.account_id.to_string()][4] - expected[&a.account_id.to_string()][5]);
+    assert_eq!(
+        detail["usageThisMonth"]["netCredits"],
+        expected[&a.account_id.to_string()][4] - expected[&a.account_id.to_string()][5]
+    );
     // Both holds are in the audit log.
     let audit = admin.audit().await;
     let holds: Vec<&str> =
@@ -434,7 +451,10 @@ async fn the_upstream_view_shows_a_rate_limit_answer_and_a_hold() {
 
     // Held by hand: no job is taken until it is released.
     let held = admin.post("/upstreams/sandbox/bench", &json!({"minutes": 10, "reason": "maintenance"})).await;
-    assert_eq!((held.body["inRotation"].as_bool(), held.body["outOfRotationReason"].as_str()), (Some(false), Some("maintenance")));
+    assert_eq!(
+        (held.body["inRotation"].as_bool(), held.body["outOfRotationReason"].as_str()),
+        (Some(false), Some("maintenance"))
+    );
     let waiting = app.submit(&key, &video("hailuo-2.3", "waits")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.get_job(&key, &waiting).await.body["status"], "QUEUED");

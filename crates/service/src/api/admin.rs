@@ -83,8 +83,7 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let presented = bearer(&parts.headers).ok_or(ApiError::InvalidAdminToken)?;
-        let token =
-            crate::admin::authenticate(state.store.as_ref(), presented).await.map_err(ApiError::from)?;
+        let token = crate::admin::authenticate(state.store.as_ref(), presented).await.map_err(ApiError::from)?;
         let token = token.ok_or(ApiError::InvalidAdminToken)?;
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
         Ok(Operator { token, request_id })
@@ -156,10 +155,8 @@ fn decode_cursor(kind: &str, raw: &str) -> Result<String> {
 
 /// A keyset cursor on a row id (ledger, audit log).
 fn id_cursor(kind: &str, raw: Option<&str>) -> Result<Option<i64>> {
-    raw.map(|raw| {
-        decode_cursor(kind, raw)?.parse::<i64>().map_err(|_| invalid("cursor", "pass nextCursor unchanged"))
-    })
-    .transpose()
+    raw.map(|raw| decode_cursor(kind, raw)?.parse::<i64>().map_err(|_| invalid("cursor", "pass nextCursor unchanged")))
+        .transpose()
 }
 
 /// A time given as RFC 3339 (`2026-12-01T00:00:00Z`) or a UTC date (`2026-12-01`).

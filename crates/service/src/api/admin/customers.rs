@@ -109,7 +109,11 @@ struct NewAccountBody {
     credits: i64,
 }
 
-async fn create_account(State(state): State<AppState>, operator: Operator, JsonBody(body): JsonBody) -> Result<Response> {
+async fn create_account(
+    State(state): State<AppState>,
+    operator: Operator,
+    JsonBody(body): JsonBody,
+) -> Result<Response> {
     let body: NewAccountBody = body_as(body)?;
     let input = AccountInput {
         name: body.name,
@@ -123,7 +127,11 @@ async fn create_account(State(state): State<AppState>, operator: Operator, JsonB
 }
 
 /// An account with its keys and this month's usage.
-async fn get_account(State(state): State<AppState>, _operator: Operator, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn get_account(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let id = parse_account_id(&id)?;
     let account = existing_account(&state, id).await?;
     let keys = state.store.list_api_keys(Some(id)).await?;
@@ -172,7 +180,8 @@ async fn update_account(
             ("disabled", Value::Bool(b)) => patch.disabled = Some(b),
             ("maxConcurrentJobs", Value::Number(n)) => {
                 let n = n.as_u64().and_then(|n| u32::try_from(n).ok());
-                patch.max_concurrent_jobs = Some(n.ok_or_else(|| invalid("maxConcurrentJobs", "must be a whole number"))?);
+                patch.max_concurrent_jobs =
+                    Some(n.ok_or_else(|| invalid("maxConcurrentJobs", "must be a whole number"))?);
             }
             ("name" | "plan" | "email" | "disabled" | "maxConcurrentJobs", _) => {
                 return Err(invalid(&field, "has the wrong type"));

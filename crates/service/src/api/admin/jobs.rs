@@ -45,9 +45,8 @@ async fn list_jobs(
                 .ok_or_else(|| invalid("status", "must be QUEUED, PROCESSING, COMPLETED, FAILED or CANCELLED"))
         })
         .transpose()?;
-    let api_key_id = param("key")
-        .map(|k| k.parse::<ApiKeyId>().map_err(|_| invalid("key", "must be an API key id")))
-        .transpose()?;
+    let api_key_id =
+        param("key").map(|k| k.parse::<ApiKeyId>().map_err(|_| invalid("key", "must be an API key id"))).transpose()?;
     let after = param("cursor")
         .map(|c| decode_cursor(c).ok_or_else(|| invalid("cursor", "pass nextCursor from a previous page unchanged")))
         .transpose()?;

@@ -122,7 +122,10 @@ async fn usage(
         return Err(invalid("from", "must be before to"));
     }
     if (to_ms - from_ms) / bucket.millis() > MAX_BUCKETS {
-        return Err(invalid("to", format!("the range holds more than {MAX_BUCKETS} buckets; narrow it or use bigger buckets")));
+        return Err(invalid(
+            "to",
+            format!("the range holds more than {MAX_BUCKETS} buckets; narrow it or use bigger buckets"),
+        ));
     }
     let account_id = param("account").map(parse_account_id).transpose()?;
     let rows = state.store.usage(&UsageQuery { group_by, bucket, from_ms, to_ms, account_id }).await?;
@@ -225,7 +228,11 @@ async fn upstream_views(state: &AppState) -> Result<Vec<Value>> {
 /// the configured ones, or the built-in sandbox's.
 fn configured_upstreams(state: &AppState) -> Vec<(String, u32, u32)> {
     if let Some(engine) = &state.engine {
-        return engine.upstream_states().into_iter().map(|s| (s.budget.name, s.budget.create_rpm, s.budget.max_in_flight)).collect();
+        return engine
+            .upstream_states()
+            .into_iter()
+            .map(|s| (s.budget.name, s.budget.create_rpm, s.budget.max_in_flight))
+            .collect();
     }
     state.config.minimax.accounts.iter().map(|a| (a.name.clone(), a.create_rpm, a.max_in_flight)).collect()
 }
