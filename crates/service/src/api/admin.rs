@@ -170,6 +170,25 @@ fn parse_time(field: &str, raw: &str) -> Result<i64> {
         .ok_or_else(|| invalid(field, "must be an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01)"))
 }
 
+/// An account id from a path or query.
+fn parse_account_id(raw: &str) -> Result<domain::AccountId> {
+    raw.parse().map_err(|_| ApiError::BadRequest("Invalid account id: expected a UUID".into()))
+}
+
+/// The sums of usage rows (an account's "this month").
+fn usage_totals(rows: &[store::UsageRow]) -> Value {
+    let sum = |f: fn(&store::UsageRow) -> i64| rows.iter().map(f).sum::<i64>();
+    json!({
+        "submitted": sum(|r| r.submitted),
+        "completed": sum(|r| r.completed),
+        "failed": sum(|r| r.failed),
+        "cancelled": sum(|r| r.cancelled),
+        "creditsCharged": sum(|r| r.credits_charged),
+        "creditsRefunded": sum(|r| r.credits_refunded),
+        "netCredits": sum(store::UsageRow::net_credits),
+    })
+}
+
 /// A JSON body as `T`, refused with a 400 naming the problem.
 fn body_as<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
     if !value.is_object() {

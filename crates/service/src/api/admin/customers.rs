@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use store::{Account, AccountPatch, AccountQuery, ApiKeyRecord, LedgerEntry, UsageBucket, UsageGroup, UsageQuery};
 
-use super::{body_as, decode_cursor, encode_cursor, id_cursor, invalid, page, page_limit, Operator, Result};
+use super::{
+    body_as, decode_cursor, encode_cursor, id_cursor, invalid, page, page_limit, parse_account_id, usage_totals,
+    Operator, Result,
+};
 use crate::admin::{self, AccountInput, KeyInput};
 use crate::api::dto::timestamp;
 use crate::api::error::ApiError;
@@ -64,10 +67,6 @@ fn ledger_json(e: &LedgerEntry) -> Value {
         "idempotencyKey": e.idempotency_key,
         "createdAt": timestamp(e.created_at_ms),
     })
-}
-
-pub(super) fn parse_account_id(raw: &str) -> Result<AccountId> {
-    raw.parse().map_err(|_| ApiError::BadRequest("Invalid account id: expected a UUID".into()))
 }
 
 async fn existing_account(state: &AppState, id: AccountId) -> Result<Account> {
@@ -147,7 +146,7 @@ async fn get_account(
     let rows = state.store.usage(&query).await?;
     let mut body = account_json(&account);
     body["keys"] = keys.iter().map(key_json).collect();
-    body["usageThisMonth"] = super::reports::usage_totals(&rows);
+    body["usageThisMonth"] = usage_totals(&rows);
     body["usageThisMonth"]["from"] = json!(timestamp(month_start));
     Ok(Json(body))
 }

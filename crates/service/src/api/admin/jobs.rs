@@ -8,8 +8,7 @@ use domain::{ApiKeyId, JobStatus};
 use serde_json::{json, Value};
 use store::{AdminJobQuery, JobRecord};
 
-use super::customers::parse_account_id;
-use super::{invalid, page_limit, parse_time, Operator, Result};
+use super::{invalid, page_limit, parse_account_id, parse_time, Operator, Result};
 use crate::admin;
 use crate::api::dto::timestamp;
 use crate::api::extract::{query_param, Path, Query};

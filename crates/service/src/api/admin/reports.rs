@@ -11,8 +11,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use store::{AuditRecord, UsageBucket, UsageGroup, UsageQuery, UsageRow};
 
-use super::customers::parse_account_id;
-use super::{body_as, encode_cursor, id_cursor, invalid, page, page_limit, parse_time, Operator, Result};
+use super::{
+    body_as, encode_cursor, id_cursor, invalid, page, page_limit, parse_account_id, parse_time, Operator, Result,
+};
 use crate::admin;
 use crate::api::dto::timestamp;
 use crate::api::error::ApiError;
@@ -76,20 +77,6 @@ fn usage_json(r: &UsageRow) -> Value {
         "creditsCharged": r.credits_charged,
         "creditsRefunded": r.credits_refunded,
         "netCredits": r.net_credits(),
-    })
-}
-
-/// The sums of `rows`, for an account's "this month".
-pub(super) fn usage_totals(rows: &[UsageRow]) -> Value {
-    let sum = |f: fn(&UsageRow) -> i64| rows.iter().map(f).sum::<i64>();
-    json!({
-        "submitted": sum(|r| r.submitted),
-        "completed": sum(|r| r.completed),
-        "failed": sum(|r| r.failed),
-        "cancelled": sum(|r| r.cancelled),
-        "creditsCharged": sum(|r| r.credits_charged),
-        "creditsRefunded": sum(|r| r.credits_refunded),
-        "netCredits": sum(UsageRow::net_credits),
     })
 }
 
