@@ -1,14 +1,49 @@
-//! The admin commands: `keys create|list|disable|revoke`, `credits grant|show`, `migrate`.
+//! The admin commands: `admin tokens create|list|revoke`, `keys create|list|disable|revoke`,
+//! `credits grant|show`, `webhooks replay`, `migrate`, `config check`.
 //!
-//! They write through the same store code as the server (one SQLite transaction per
-//! change, ledger row included), so they are safe while `reelgate serve` runs; the
-//! server notices key changes within its key-cache TTL.
+//! Every change goes through the same functions as the admin API (`service::admin`), so
+//! it is checked the same way and lands in the audit log (as `cli:<user>`) in the same
+//! transaction. They open the store themselves, so they work with or without a running
+//! server, and are safe while one runs; the server notices key changes within its
+//! key-cache TTL.
 
 use anyhow::{bail, Context};
-use domain::{AccountId, ApiKeyId, ApiKeySecret, ApiKeyStatus};
-use store::{NewApiKey, Store};
+use domain::{AccountId, ApiKeyStatus};
+use service::admin::{self as actions, KeyInput};
+use store::{AuditContext, Store};
 
 use crate::DataArgs;
+
+#[derive(clap::Subcommand)]
+pub enum AdminCommand {
+    /// Admin tokens for the admin API and the console.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokensCommand {
+    /// Make an admin token; prints it once, alone on the last line (only its digest is kept).
+    Create {
+        /// A label saying who or what uses the token (shown in the audit log).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List admin tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Revoke an admin token for good.
+    Revoke {
+        /// Token id or its public prefix (rga_xxxxxxxx).
+        id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
 
 #[derive(clap::Subcommand)]
 pub enum KeysCommand {
@@ -123,36 +158,19 @@ async fn open(data: &DataArgs) -> anyhow::Result<(service::Config, std::sync::Ar
 pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Create { name, credits, account, email, data } => {
-            if credits < 0 {
-                bail!("--credits must not be negative");
-            }
-            if account.is_some() && credits > 0 {
-                bail!("--credits applies to a new account; use `reelgate credits grant` for an existing one");
-            }
             let (config, store) = open(&data).await?;
-            let secret = ApiKeySecret::generate();
-            let email = email.unwrap_or_else(|| format!("{}@reelgate.local", slug(&name)));
-            let (acct, key) = store
-                .create_api_key(NewApiKey {
-                    account_id: account,
-                    name,
-                    email,
-                    prefix: secret.prefix.clone(),
-                    digest: secret.digest,
-                    initial_credits: credits,
-                    plan: config.accounts.default_plan.clone(),
-                    max_concurrent_jobs: config.accounts.default_max_concurrent_jobs,
-                })
-                .await?;
+            let input = KeyInput { account_id: account, name, email, credits };
+            let made = actions::create_key(store.as_ref(), &config.accounts, input, cli_actor()).await;
             store.close().await;
-            println!("account: {} ({}, {} credits)", acct.id, acct.name, acct.credits);
-            println!("key id:  {} ({})", key.id, key.prefix);
+            let made = made?;
+            println!("account: {} ({}, {} credits)", made.account.id, made.account.name, made.account.credits);
+            println!("key id:  {} ({})", made.key.id, made.key.prefix);
             println!("Store this key now; reelgate keeps only its SHA-256 digest:");
-            println!("{}", secret.plaintext);
+            println!("{}", made.secret);
         }
         KeysCommand::List { data } => {
             let (_, store) = open(&data).await?;
-            let keys = store.list_api_keys().await?;
+            let keys = store.list_api_keys(None).await?;
             store.close().await;
             println!("{:<36}  {:<12}  {:<8}  {:<36}  name", "id", "prefix", "status", "account");
             for k in keys {
@@ -168,20 +186,53 @@ pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
 
 async fn set_status(data: &DataArgs, id: &str, status: ApiKeyStatus) -> anyhow::Result<()> {
     let (_, store) = open(data).await?;
-    let key_id = match id.parse::<ApiKeyId>() {
-        Ok(k) => k,
-        Err(_) => {
-            let matches: Vec<_> = store.list_api_keys().await?.into_iter().filter(|k| k.prefix == id).collect();
-            match matches.as_slice() {
-                [one] => one.id,
-                [] => bail!("no API key with id or prefix {id:?}"),
-                _ => bail!("prefix {id:?} is ambiguous; use the key id"),
+    let changed = async {
+        let key_id = actions::resolve_key(store.as_ref(), id).await?;
+        actions::set_key_status(store.as_ref(), key_id, status, cli_actor()).await
+    }
+    .await;
+    store.close().await;
+    let key = changed?;
+    println!("key {} ({}) is now {}", key.id, key.prefix, key.status.as_str());
+    Ok(())
+}
+
+/// Who the audit log says made a change from the command line.
+fn cli_actor() -> AuditContext {
+    AuditContext::cli(std::env::var("USER").ok().as_deref())
+}
+
+pub async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
+    let AdminCommand::Tokens(cmd) = cmd;
+    match cmd {
+        TokensCommand::Create { name, data } => {
+            let (_, store) = open(&data).await?;
+            let made = actions::create_token(store.as_ref(), &name, cli_actor()).await;
+            store.close().await;
+            let made = made?;
+            println!("admin token id: {} ({}, {})", made.token.id, made.token.prefix, made.token.name);
+            println!("Store this token now; reelgate keeps only its SHA-256 digest:");
+            println!("{}", made.secret);
+        }
+        TokensCommand::List { data } => {
+            let (_, store) = open(&data).await?;
+            let tokens = actions::list_tokens(store.as_ref()).await;
+            store.close().await;
+            println!("{:<36}  {:<12}  {:<8}  {:<24}  name", "id", "prefix", "status", "created");
+            for t in tokens? {
+                let status = if t.revoked_at_ms.is_some() { "revoked" } else { "active" };
+                let created = service::api::dto::timestamp(t.created_at_ms);
+                println!("{:<36}  {:<12}  {:<8}  {:<24}  {}", t.id, t.prefix, status, created, t.name);
             }
         }
-    };
-    let key = store.set_api_key_status(key_id, status).await?;
-    store.close().await;
-    println!("key {} ({}) is now {}", key.id, key.prefix, key.status.as_str());
+        TokensCommand::Revoke { id, data } => {
+            let (_, store) = open(&data).await?;
+            let revoked = actions::revoke_token(store.as_ref(), &id, cli_actor()).await;
+            store.close().await;
+            let token = revoked?;
+            println!("admin token {} ({}) is revoked", token.id, token.prefix);
+        }
+    }
     Ok(())
 }
 
@@ -189,12 +240,9 @@ pub async fn webhooks(cmd: WebhooksCommand) -> anyhow::Result<()> {
     match cmd {
         WebhooksCommand::Replay { job, data } => {
             let (_, store) = open(&data).await?;
-            let n = store.replay_webhooks(job).await;
+            let n = actions::replay_webhooks(store.as_ref(), job, cli_actor()).await;
             store.close().await;
-            match n? {
-                0 => bail!("job {job} has no completed or failed webhook event to replay"),
-                n => println!("{n} webhook event(s) of job {job} scheduled for delivery now"),
-            }
+            println!("{} webhook event(s) of job {job} scheduled for delivery now", n?);
         }
     }
     Ok(())
@@ -207,9 +255,10 @@ pub async fn credits(cmd: CreditsCommand) -> anyhow::Result<()> {
                 bail!("--amount must be a positive number of credits");
             }
             let (_, store) = open(&data).await?;
-            let acct = store.grant_credits(account, amount, note).await?;
+            let granted = actions::adjust_credits(store.as_ref(), account, amount, note, None, cli_actor()).await;
             store.close().await;
-            println!("account {} now has {} credits", acct.id, acct.credits);
+            let granted = granted?;
+            println!("account {} now has {} credits", granted.account.id, granted.account.credits);
         }
         CreditsCommand::Show { account, data } => {
             let (_, store) = open(&data).await?;
@@ -245,15 +294,4 @@ pub async fn migrate(data: DataArgs) -> anyhow::Result<()> {
         println!("applied {name}");
     }
     Ok(())
-}
-
-fn slug(name: &str) -> String {
-    let s: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
-    let s = s.trim_matches('-').to_string();
-    if s.is_empty() {
-        "key".into()
-    } else {
-        s
-    }
 }

@@ -50,6 +50,9 @@ impl DataArgs {
 enum Command {
     /// Run the HTTP API.
     Serve(serve::ServeArgs),
+    /// Operator tools: admin tokens for the admin API and console.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
@@ -124,6 +127,7 @@ fn main() -> anyhow::Result<ExitCode> {
         let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.command {
             Command::Serve(args) => done(serve::run(args).await),
+            Command::Admin(cmd) => done(admin::admin(cmd).await),
             Command::Keys(cmd) => done(admin::keys(cmd).await),
             Command::Credits(cmd) => done(admin::credits(cmd).await),
             Command::Webhooks(cmd) => done(admin::webhooks(cmd).await),

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 /// Every key starts with this, as Apiframe's do.
 pub const KEY_PREFIX: &str = "afk_";
+/// Every admin token starts with this, so neither kind of secret passes for the other.
+pub const ADMIN_TOKEN_PREFIX: &str = "rga_";
 /// Random characters after the prefix (base62, about 238 bits of entropy).
 pub const KEY_RANDOM_LEN: usize = 40;
 /// Characters of the key kept in clear as its public `prefix` (`afk_` plus 8).
@@ -58,9 +60,18 @@ pub struct ApiKeySecret {
 impl ApiKeySecret {
     /// Generates a key from the operating system's CSPRNG.
     pub fn generate() -> Self {
+        Self::generate_with(KEY_PREFIX)
+    }
+
+    /// Generates an admin token (`rga_` + 40 base62 characters) the same way.
+    pub fn generate_admin_token() -> Self {
+        Self::generate_with(ADMIN_TOKEN_PREFIX)
+    }
+
+    fn generate_with(kind_prefix: &str) -> Self {
         let mut rng = rand::rng();
-        let mut plaintext = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_LEN);
-        plaintext.push_str(KEY_PREFIX);
+        let mut plaintext = String::with_capacity(kind_prefix.len() + KEY_RANDOM_LEN);
+        plaintext.push_str(kind_prefix);
         for _ in 0..KEY_RANDOM_LEN {
             plaintext.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
         }
@@ -73,6 +84,11 @@ impl ApiKeySecret {
 /// Cheap shape check run before hashing, so garbage headers are refused uniformly.
 pub fn looks_like_key(candidate: &str) -> bool {
     candidate.len() <= 256 && candidate.starts_with(KEY_PREFIX)
+}
+
+/// The same check for admin tokens.
+pub fn looks_like_admin_token(candidate: &str) -> bool {
+    candidate.len() <= 256 && candidate.starts_with(ADMIN_TOKEN_PREFIX)
 }
 
 #[cfg(test)]
@@ -89,6 +105,9 @@ mod tests {
         assert_ne!(a.plaintext, b.plaintext);
         assert_eq!(a.digest, KeyDigest::of(&a.plaintext));
         assert!(a.plaintext.starts_with(&a.prefix));
+        let t = ApiKeySecret::generate_admin_token();
+        assert!(t.plaintext.starts_with("rga_") && t.plaintext.len() == 44 && looks_like_admin_token(&t.plaintext));
+        assert!(!looks_like_key(&t.plaintext) && !looks_like_admin_token(&a.plaintext));
     }
 
     #[test]

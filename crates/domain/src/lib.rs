@@ -20,6 +20,6 @@ pub mod webhook;
 
 pub use catalog::{Catalog, CatalogError, ModelSpec, PriceOverrides};
 pub use job::{JobStatus, Stage, WebhookEvent, WebhookStatus};
-pub use keys::{ApiKeySecret, KeyDigest};
+pub use keys::{ApiKeySecret, KeyDigest, ADMIN_TOKEN_PREFIX};
 pub use model::{AccountId, ApiKeyId, ApiKeyStatus, Duration, JobId, ModelId, Resolution, UploadId};
 pub use validation::{GenerateRequest, ImageRef, ValidationErrors};

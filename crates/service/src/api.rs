@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 
 mod account;
+mod admin;
 mod console;
 mod embedded;
 mod engine_routes;
@@ -35,9 +36,10 @@ pub use models::catalog_entries;
 use crate::api::error::{ApiError, ErrorCause};
 use crate::state::AppState;
 
-/// The whole API.
+/// The whole API; the admin API too, unless `admin.listen` gives it an address of its
+/// own (see [`admin_router`]).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .merge(videos::router())
         .merge(events::router())
         .merge(jobs::router())
@@ -48,10 +50,30 @@ pub fn router(state: AppState) -> Router {
         .merge(engine_routes::router())
         .merge(server_info::router())
         .merge(studio::router(&state.config))
-        .merge(console::router())
         .route("/v2/openapi.json", get(get_openapi))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-        .route("/readyz", get(get_readyz))
+        .route("/readyz", get(get_readyz));
+    if state.config.admin.listen.is_none() {
+        routes = routes.merge(operator_routes());
+    }
+    with_edge(routes, state)
+}
+
+/// The admin API and console alone, for the address `admin.listen` names.
+pub fn admin_router(state: AppState) -> Router {
+    let routes = operator_routes().route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }));
+    with_edge(routes, state)
+}
+
+/// What only operators use.
+fn operator_routes() -> Router<AppState> {
+    Router::new().nest("/admin/v1", admin::router()).merge(console::router())
+}
+
+/// The fallbacks and layers every listener's routes get: our 404 and 405, panics as
+/// 500s, request timing, unread bodies drained, and request ids.
+fn with_edge(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(|| async { ApiError::NotFound("No such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(panic_response))
@@ -114,12 +136,14 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Gives every response an `x-request-id` (the client's, if it sent a sane one) and
 /// logs server errors once, with that id.
-async fn request_id(req: Request, next: Next) -> Response {
+async fn request_id(mut req: Request, next: Next) -> Response {
     let incoming =
         req.headers().get("x-request-id").filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok()).cloned();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let id = incoming.unwrap_or_else(next_request_id);
+    // Handlers that record who did what (the admin audit log) read it from here.
+    req.extensions_mut().insert(RequestId(id.to_str().unwrap_or_default().to_owned()));
     let mut response = next.run(req).await;
     if let Some(ErrorCause(cause)) = response.extensions_mut().remove::<ErrorCause>() {
         tracing::error!(
@@ -134,6 +158,10 @@ async fn request_id(req: Request, next: Next) -> Response {
     response.headers_mut().insert("x-request-id", id);
     response
 }
+
+/// The request's id, as the `x-request-id` response header gives it.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
 
 /// A process-unique id: a random per-process prefix and a counter. Cheaper than a UUID
 /// per request and just as good for correlating logs.

@@ -54,6 +54,19 @@ pub struct Config {
     pub events: EventsConfig,
     /// The Prometheus endpoint, `GET /metrics`.
     pub metrics: MetricsConfig,
+    /// The operator's admin API and console.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The operator's admin API (`/admin/v1`) and console (`/admin`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API and console only on this address (e.g. a private interface),
+    /// and not on `listen`; unset serves them on `listen` with the public API.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// The Prometheus endpoint, `GET /metrics`.

@@ -30,6 +30,7 @@
 pub mod callback;
 mod dispatch;
 pub mod error;
+pub mod health;
 pub mod inputs;
 pub mod minimax;
 mod mirror;
@@ -41,7 +42,7 @@ mod submit;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use domain::{AccountId, JobId, Stage};
 use store::{EngineJob, Store, Transition, UpstreamBudget};
@@ -81,8 +82,8 @@ pub struct Upstream {
     pacer: Pacer,
     /// Spreads create calls over the minute instead of spending the budget at once.
     creates: Mutex<TokenBucket>,
-    /// Out of rotation until then, after an account problem.
-    benched_until: Mutex<Option<Instant>>,
+    /// Out of rotation after an account problem, and recent errors.
+    health: health::Health,
 }
 
 impl Upstream {
@@ -93,23 +94,22 @@ impl Upstream {
             budget,
             client,
             pacer: Pacer::per_minute(query_rpm),
-            benched_until: Mutex::new(None),
+            health: health::Health::default(),
         }
     }
+}
 
-    /// Whether the account may take work now (brings it back once its time out is over).
-    fn in_rotation(&self) -> bool {
-        let mut benched = self.benched_until.lock().unwrap_or_else(|p| p.into_inner());
-        match *benched {
-            Some(until) if until > Instant::now() => false,
-            Some(_) => {
-                *benched = None;
-                tracing::info!(upstream = %self.budget.name, "MiniMax account back in rotation");
-                true
-            }
-            None => true,
-        }
-    }
+/// One MiniMax account's state as this node's engine sees it, for the admin view.
+#[derive(Clone, Debug)]
+pub struct UpstreamState {
+    /// Name, create budget and in-flight cap, as configured.
+    pub budget: UpstreamBudget,
+    /// Create calls the pacer would allow right now.
+    pub creates_left: u32,
+    /// Out of rotation by the engine's own bench (operator holds are in the store).
+    pub out_of_rotation: Option<health::OutOfRotation>,
+    /// Errors answered over the last hour, by code.
+    pub errors_last_hour: std::collections::BTreeMap<String, u64>,
 }
 
 /// Everything the engine needs, shared by its loops and steps.
@@ -137,6 +137,8 @@ pub struct Engine {
     poll_wake: Notify,
     /// Wakes the webhook worker (a transition may have raised an event).
     webhook_wake: Arc<Notify>,
+    /// MiniMax accounts held out of rotation by operators, as last read.
+    holds: health::Holds,
     /// Round-robin position across customer accounts.
     last_served: Mutex<Option<AccountId>>,
     /// Jobs with a step running in this process, so the poller does not start a second.
@@ -219,6 +221,7 @@ impl Engine {
             webhook_wake: parts.webhook_wake,
             readiness: parts.readiness,
             upload_reap_interval: parts.upload_reap_interval,
+            holds: health::Holds::default(),
             last_served: Mutex::new(None),
             busy: Mutex::new(HashSet::new()),
             download_failures: Mutex::new(HashMap::new()),
@@ -291,11 +294,43 @@ impl Engine {
         }
     }
 
-    /// Takes `upstream` out of rotation for `engine.account_cooloff_ms`.
-    fn bench(&self, upstream: &Upstream) {
-        *upstream.benched_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + Duration::from_millis(self.config.account_cooloff_ms));
+    /// Takes `upstream` out of rotation for `engine.account_cooloff_ms`, saying why.
+    fn bench(&self, upstream: &Upstream, why: &dyn std::fmt::Display) {
+        upstream.health.bench(Duration::from_millis(self.config.account_cooloff_ms), &why.to_string());
         self.metrics.inc("upstream_accounts_benched_total", &[("upstream", &upstream.budget.name)]);
+    }
+
+    /// Counts an error MiniMax answered, in the metrics and in the account's health.
+    fn count_upstream_error(&self, upstream: &str, code: &str) {
+        self.metrics.inc("upstream_errors_total", &[("upstream", upstream), ("code", code)]);
+        if let Some(u) = self.upstream(Some(upstream)) {
+            u.health.record_error(code);
+        }
+    }
+
+    /// Whether `upstream` may take work now: neither benched by the engine nor held by
+    /// an operator (as of the last read of the holds).
+    fn in_rotation(&self, upstream: &Upstream) -> bool {
+        upstream.health.benched().is_none() && self.holds.on(&upstream.budget.name).is_none()
+    }
+
+    /// Makes the engine read the operator holds again before its next claim.
+    pub fn holds_changed(&self) {
+        self.holds.forget();
+        self.wake.notify_one();
+    }
+
+    /// Every configured MiniMax account's state on this node.
+    pub fn upstream_states(&self) -> Vec<UpstreamState> {
+        self.upstreams
+            .iter()
+            .map(|u| UpstreamState {
+                budget: u.budget.clone(),
+                creates_left: u.creates.lock().unwrap_or_else(|p| p.into_inner()).available(),
+                out_of_rotation: u.health.benched(),
+                errors_last_hour: u.health.errors_last_hour(),
+            })
+            .collect()
     }
 
     async fn requeue(&self, job: &EngineJob, lease: Option<i64>, not_before_ms: i64, why: &str) {

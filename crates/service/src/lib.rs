@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod background;
@@ -261,7 +262,24 @@ pub async fn run(
 
     tracing::info!(listen.addr = %addr, data_dir = %state.config.data_dir.display(), "reelgate listening on http://{addr}");
     let server_settings = state.config.server.clone();
+    // The admin API on an address of its own, when configured; it stops with the rest.
+    let admin_server = match state.config.admin.listen {
+        Some(admin_addr) => {
+            let admin_listener = TcpListener::bind(admin_addr).await?;
+            tracing::info!(listen.addr = %admin_listener.local_addr()?, "admin API and console listening");
+            let (router, settings) = (api::admin_router(state.clone()), server_settings.clone());
+            let stopped = stop_streams.clone().cancelled_owned();
+            Some(tokio::spawn(async move { server::serve(admin_listener, router, &settings, stopped).await }))
+        }
+        None => None,
+    };
     let served = server::serve(listener, api::router(state), &server_settings, shutdown).await;
+    if let Some(admin_server) = admin_server {
+        stop_streams.cancel();
+        if let Ok(Err(e)) = admin_server.await {
+            tracing::error!(error = %e, "the admin listener failed");
+        }
+    }
     housekeeping.abort();
     stop_streams.cancel();
     let _ = events_task.await;

@@ -80,6 +80,7 @@ const HISTOGRAMS: &[(&str, &str, Buckets)] = &[
 const GAUGES: &[(&str, &str)] = &[
     ("jobs_queued", "Jobs waiting in the queue."),
     ("jobs_active", "Jobs the engine is working on."),
+    ("oldest_queued_job_age_seconds", "Whole seconds the oldest queued job has waited; 0 when none waits."),
     ("upstream_creates_left", "Create calls each upstream account may make now within its per-minute budget."),
     ("build_info", "Always 1; the labels say which build is running."),
 ];
@@ -185,6 +186,8 @@ impl Metrics {
         if let Some(depth) = depth {
             self.set_gauge("jobs_queued", &[], depth.queued as i64);
             self.set_gauge("jobs_active", &[], depth.active as i64);
+            let waited_ms = depth.oldest_queued_at_ms.map_or(0, |at| (crate::now_ms() - at).max(0));
+            self.set_gauge("oldest_queued_job_age_seconds", &[], waited_ms / 1000);
         }
         for (upstream, left) in creates_left {
             self.set_gauge("upstream_creates_left", &[("upstream", upstream)], i64::from(*left));
@@ -233,8 +236,11 @@ mod tests {
     fn gauges_and_histograms_render() {
         let m = Metrics::new();
         m.observe("job_duration_seconds", &[("model", "m"), ("outcome", "completed")], Duration::from_secs(3));
-        let text = m.render(Some(QueueDepth { queued: 4, active: 2 }), &[("sandbox".into(), 7)]);
+        let oldest = crate::now_ms() - 90_500;
+        let depth = QueueDepth { queued: 4, active: 2, oldest_queued_at_ms: Some(oldest) };
+        let text = m.render(Some(depth), &[("sandbox".into(), 7)]);
         assert!(text.contains("reelgate_jobs_queued 4\n"), "{text}");
+        assert!(text.contains("reelgate_oldest_queued_job_age_seconds 90\n"), "{text}");
         assert!(text.contains("reelgate_upstream_creates_left{upstream=\"sandbox\"} 7\n"), "{text}");
         assert!(text.contains("reelgate_job_duration_seconds_count{model=\"m\",outcome=\"completed\"} 1\n"), "{text}");
         assert!(text.contains("reelgate_build_info{version=\""), "{text}");

@@ -2,6 +2,7 @@
 //! is listed once in [`crate::contract_tests!`].
 
 mod accounts;
+mod admin;
 mod cancel;
 mod changes;
 mod claims;
@@ -13,6 +14,7 @@ mod uploads;
 mod webhooks;
 
 pub use accounts::*;
+pub use admin::*;
 pub use cancel::*;
 pub use changes::*;
 pub use claims::*;

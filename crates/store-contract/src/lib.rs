@@ -100,6 +100,19 @@ macro_rules! contract_tests {
             uploads_read_back_and_keys_replay_per_account,
             racing_uploads_with_one_key_record_one,
             expired_uploads_are_listed_and_deleted,
+            admin_tokens_are_created_found_and_revoked_with_audit_rows,
+            accounts_are_created_and_updated_with_audit_rows,
+            keys_are_created_and_switched_with_audit_rows,
+            credit_adjustments_grant_deduct_and_replay_once,
+            racing_keyed_grants_apply_once_and_deductions_never_overdraw,
+            admin_cancels_and_webhook_replays_write_audit_rows,
+            upstream_holds_are_made_listed_and_released,
+            a_jobs_timeline_follows_its_stage_changes,
+            account_pages_cover_every_account_once_and_search_finds_them,
+            ledger_and_audit_pages_cover_every_row_once,
+            admin_job_lists_page_across_accounts_with_filters,
+            usage_figures_match_a_scripted_set_of_jobs,
+            upstream_activity_and_the_overview_count_what_the_engine_does,
         );
     };
     (@cases $open:path; $($case:ident),* $(,)?) => {

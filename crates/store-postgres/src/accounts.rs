@@ -8,7 +8,7 @@ use deadpool_postgres::{GenericClient, Object};
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, KeyDigest};
 use store::{Account, ApiKeyRecord, LedgerEntry, NewApiKey, Result, StoreError};
 
-use crate::rows::{self, account_columns, key_columns, ledger_columns};
+use crate::rows::{self, account_columns, key_columns, key_from, key_join, ledger_columns};
 use crate::{db_err, Param};
 
 /// Adds `amount` credits with a `grant` ledger row; `None` if the account does not exist.
@@ -43,6 +43,18 @@ pub(crate) async fn create_api_key(
     now_ms: i64,
 ) -> Result<(Account, ApiKeyRecord)> {
     let tx = client.transaction().await.map_err(db_err)?;
+    let created = create_api_key_in(&tx, new, now_ms).await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(created)
+}
+
+/// Creates a key (and its account when `new.account_id` is `None`) inside the caller's
+/// transaction `tx`, which commits it.
+pub(crate) async fn create_api_key_in(
+    tx: &impl GenericClient,
+    new: NewApiKey,
+    now_ms: i64,
+) -> Result<(Account, ApiKeyRecord)> {
     let account_id = match new.account_id {
         Some(id) => {
             // `for share` keeps the account from disappearing before the key row is in
@@ -72,13 +84,21 @@ pub(crate) async fn create_api_key(
     };
     // As on SQLite, initial credits are granted whether the account is new or not.
     if new.initial_credits > 0 {
-        grant(&tx, account_id, new.initial_credits, Some("initial credits"), now_ms).await?;
+        grant(tx, account_id, new.initial_credits, Some("initial credits"), now_ms).await?;
     }
+    // The account row was written (or locked) by an earlier statement of this
+    // transaction, so the join finds it.
     const INSERT_KEY: &str = concat!(
-        "insert into api_key (api_key_id, account_id, name, email, prefix, key_digest, status, created_at, updated_at)
-         values ($1, $2, $3, $4, $5, $6, 'active', $7, $7)
-         returning ",
-        key_columns!()
+        "with k as (
+             insert into api_key (api_key_id, account_id, name, email, prefix, key_digest, status, created_at,
+                                  updated_at)
+             values ($1, $2, $3, $4, $5, $6, 'active', $7, $7)
+             returning *
+         )
+         select ",
+        key_columns!(),
+        " from k",
+        key_join!()
     );
     let stmt = tx.prepare_cached(INSERT_KEY).await.map_err(db_err)?;
     let digest: &[u8] = &new.digest.0;
@@ -86,19 +106,35 @@ pub(crate) async fn create_api_key(
         [&ApiKeyId::new().0, &account_id.0, &new.name, &new.email, &new.prefix, &digest, &now_ms];
     let key = rows::api_key(&tx.query_one(&stmt, &params).await.map_err(db_err)?)?;
     let account =
-        load_account(&tx, account_id).await?.ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
-    tx.commit().await.map_err(db_err)?;
+        load_account(tx, account_id).await?.ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
     Ok((account, key))
 }
 
-pub(crate) async fn list_api_keys(client: &Object) -> Result<Vec<ApiKeyRecord>> {
-    const SQL: &str = concat!("select ", key_columns!(), " from api_key order by created_at, api_key_id");
+pub(crate) async fn list_api_keys(client: &Object, account_id: Option<AccountId>) -> Result<Vec<ApiKeyRecord>> {
+    const SQL: &str = concat!(
+        "select ",
+        key_columns!(),
+        key_from!(),
+        " where $1::uuid is null or k.account_id = $1::uuid order by k.created_at, k.api_key_id"
+    );
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
-    client.query(&stmt, &[]).await.map_err(db_err)?.iter().map(rows::api_key).collect()
+    client.query(&stmt, &[&account_id.map(|a| a.0)]).await.map_err(db_err)?.iter().map(rows::api_key).collect()
+}
+
+/// A key by id, with its account's flag; `lock` takes the key row `for update`.
+pub(crate) async fn load_api_key(
+    client: &impl GenericClient,
+    id: ApiKeyId,
+    lock: bool,
+) -> Result<Option<ApiKeyRecord>> {
+    const SQL: &str = concat!("select ", key_columns!(), key_from!(), " where k.api_key_id = $1");
+    const LOCKED: &str = concat!("select ", key_columns!(), key_from!(), " where k.api_key_id = $1 for update of k");
+    let stmt = client.prepare_cached(if lock { LOCKED } else { SQL }).await.map_err(db_err)?;
+    client.query_opt(&stmt, &[&id.0]).await.map_err(db_err)?.as_ref().map(rows::api_key).transpose()
 }
 
 pub(crate) async fn set_api_key_status(
-    client: &Object,
+    client: &impl GenericClient,
     id: ApiKeyId,
     status: ApiKeyStatus,
     now_ms: i64,
@@ -106,10 +142,15 @@ pub(crate) async fn set_api_key_status(
     // One conditional update: the rule "revoked is final" is part of its WHERE, so two
     // nodes changing the same key cannot both pass a check made beforehand.
     const SQL: &str = concat!(
-        "update api_key set status = $2, updated_at = $3
-         where api_key_id = $1 and (status <> 'revoked' or $2 = 'revoked')
-         returning ",
-        key_columns!()
+        "with k as (
+             update api_key set status = $2, updated_at = $3
+             where api_key_id = $1 and (status <> 'revoked' or $2 = 'revoked')
+             returning *
+         )
+         select ",
+        key_columns!(),
+        " from k",
+        key_join!()
     );
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
     let params: [Param<'_>; 3] = [&id.0, &status.as_str(), &now_ms];
@@ -125,7 +166,7 @@ pub(crate) async fn set_api_key_status(
 }
 
 pub(crate) async fn find_api_key(client: &Object, digest: &KeyDigest) -> Result<Option<ApiKeyRecord>> {
-    const SQL: &str = concat!("select ", key_columns!(), " from api_key where key_digest = $1");
+    const SQL: &str = concat!("select ", key_columns!(), key_from!(), " where k.key_digest = $1");
     let stmt = client.prepare_cached(SQL).await.map_err(db_err)?;
     let bytes: &[u8] = &digest.0;
     let found = client.query_opt(&stmt, &[&bytes]).await.map_err(db_err)?.as_ref().map(rows::api_key).transpose()?;

@@ -17,29 +17,58 @@ pub(crate) async fn cancel_job(
     now_ms: i64,
 ) -> Result<CancelOutcome> {
     let tx = client.transaction().await.map_err(db_err)?;
+    let (outcome, _) = cancel_in(&tx, Some(account_id), id, now_ms).await?;
+    // Only a cancel wrote anything; otherwise the transaction is dropped, rolled back.
+    if let CancelOutcome::Cancelled(_) = &outcome {
+        tx.commit().await.map_err(db_err)?;
+    }
+    Ok(outcome)
+}
+
+/// Cancels a queued job inside the caller's transaction `tx` (which commits it when the
+/// outcome is `Cancelled`): of `account_id`, or of any account when `None` (an
+/// operator's cancel). Also returns the credits the job carried before.
+pub(crate) async fn cancel_in(
+    tx: &impl GenericClient,
+    account_id: Option<AccountId>,
+    id: JobId,
+    now_ms: i64,
+) -> Result<(CancelOutcome, i64)> {
     // The row lock makes concurrent cancels (and a racing claim or transition) take
     // turns: the second one reads the row as the first left it.
     let stmt = tx
-        .prepare_cached("select status, credit_cost from job where job_id = $1 and account_id = $2 for update")
+        .prepare_cached(
+            "select status, credit_cost, account_id from job
+             where job_id = $1 and ($2::uuid is null or account_id = $2::uuid) for update",
+        )
         .await
         .map_err(db_err)?;
-    let Some(row) = tx.query_opt(&stmt, &[&id.0, &account_id.0]).await.map_err(db_err)? else {
-        return Ok(CancelOutcome::NotFound);
+    let Some(row) = tx.query_opt(&stmt, &[&id.0, &account_id.map(|a| a.0)]).await.map_err(db_err)? else {
+        return Ok((CancelOutcome::NotFound, 0));
     };
     let status: &str = rows::get(&row, 0)?;
     let status = JobStatus::parse(status).ok_or_else(|| StoreError::Internal(format!("bad status {status}")))?;
     let cost: i64 = rows::get(&row, 1)?;
+    let owner = AccountId(rows::get(&row, 2)?);
     if status != JobStatus::Queued {
-        return Ok(CancelOutcome::NotCancellable(status));
+        return Ok((CancelOutcome::NotCancellable(status), cost));
     }
     // QUEUED is only ever shown for stage `queued`, so this job has not reached MiniMax.
-    // No webhook event exists for cancellation, so the job stops waiting for one.
+    // No webhook event exists for cancellation, so the job stops waiting for one. The
+    // stage change is logged for the admin timeline by the same statement.
     const CANCEL: &str = concat!(
-        "update job set status = 'CANCELLED', stage = 'cancelled', credit_cost = 0, completed_at = $2,
-                        updated_at = $2, webhook_status = null, due_at = null
-         where job_id = $1 and stage = 'queued'
-         returning ",
-        job_columns!()
+        "with cancelled as (
+             update job set status = 'CANCELLED', stage = 'cancelled', credit_cost = 0, completed_at = $2,
+                            updated_at = $2, webhook_status = null, due_at = null
+             where job_id = $1 and stage = 'queued'
+             returning *
+         ), logged as (
+             insert into job_stage_change (job_id, from_stage, to_stage, at)
+             select job_id, 'queued', 'cancelled', $2 from cancelled
+         )
+         select ",
+        job_columns!(),
+        " from cancelled"
     );
     let stmt = tx.prepare_cached(CANCEL).await.map_err(db_err)?;
     let Some(row) = tx.query_opt(&stmt, &[&id.0, &now_ms]).await.map_err(db_err)? else {
@@ -47,10 +76,9 @@ pub(crate) async fn cancel_job(
     };
     let job = rows::job(&row)?;
     if cost > 0 {
-        crate::accounts::refund(&tx, account_id, id, cost, "cancelled", now_ms).await?;
+        crate::accounts::refund(tx, owner, id, cost, "cancelled", now_ms).await?;
     }
-    tx.commit().await.map_err(db_err)?;
-    Ok(CancelOutcome::Cancelled(std::sync::Arc::new(job)))
+    Ok((CancelOutcome::Cancelled(std::sync::Arc::new(job)), cost))
 }
 
 pub(crate) async fn get_job(

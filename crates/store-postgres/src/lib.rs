@@ -15,7 +15,8 @@
 //! trusted private network. Times are unix milliseconds from this process's clock, as on
 //! SQLite; nodes are assumed to be NTP-synchronised.
 //!
-//! Modules: [`accounts`] (keys, accounts, ledger), [`submit`] (submissions, written in
+//! Modules: [`accounts`] (keys, accounts, ledger), [`admin`] (the operator's writes with
+//! their audit rows, and the console's reads), [`submit`] (submissions, written in
 //! batches by one collector task), [`jobs`] (cancellation and the job reads), [`engine`] (claims, budgets, transitions, schedule), [`webhooks`]
 //! (the outbox), [`wakeups`] (LISTEN/NOTIFY), [`session_lock`] (locks a process holds while it
 //! runs), [`migrate`] and [`rows`] (decoding).
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod admin;
 mod engine;
 mod jobs;
 mod migrate;
@@ -41,9 +43,10 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, KeyDigest};
 use store::{
-    Account, ApiKeyRecord, CallReservation, CancelOutcome, ClaimRequest, ClaimedJob, EngineJob, JobQuery, JobRecord,
-    LedgerEntry, NewApiKey, NewJob, QueueDepth, Result, StoreError, SubmitOutcome, Transition, WebhookAttempt,
-    WebhookDelivery, WebhookEventRecord,
+    Account, AccountQuery, AdminJobQuery, AdminToken, AdminWrite, AdminWritten, ApiKeyRecord, AuditContext,
+    AuditRecord, CallReservation, CancelOutcome, ClaimRequest, ClaimedJob, EngineJob, JobQuery, JobRecord, LedgerEntry,
+    NewApiKey, NewJob, Overview, QueueDepth, Result, StageChange, StoreError, SubmitOutcome, Transition,
+    UpstreamActivity, UpstreamHold, UsageQuery, UsageRow, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
 };
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
@@ -238,8 +241,8 @@ impl store::Store for PgStore {
         accounts::create_api_key(&mut self.client().await?, new, self.clock.now_ms()).await
     }
 
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
-        accounts::list_api_keys(&self.client().await?).await
+    async fn list_api_keys(&self, account_id: Option<AccountId>) -> Result<Vec<ApiKeyRecord>> {
+        accounts::list_api_keys(&self.client().await?, account_id).await
     }
 
     async fn set_api_key_status(&self, id: ApiKeyId, status: ApiKeyStatus) -> Result<ApiKeyRecord> {
@@ -263,6 +266,62 @@ impl store::Store for PgStore {
 
     async fn ledger(&self, id: AccountId) -> Result<Vec<LedgerEntry>> {
         accounts::ledger(&self.client().await?, id).await
+    }
+
+    async fn ledger_page(&self, id: AccountId, before_id: Option<i64>, limit: u32) -> Result<Vec<LedgerEntry>> {
+        admin::ledger_page(&self.client().await?, id, before_id, limit).await
+    }
+
+    async fn admin_write(&self, write: AdminWrite, audit: AuditContext) -> Result<AdminWritten> {
+        let written = admin::write(&mut self.client().await?, write, &audit, self.clock.now_ms()).await?;
+        // After the commit, as every announcement (see `wakeups`): a cancel as cancel_job
+        // announces it, replayed events as replay_webhooks does.
+        match &written {
+            AdminWritten::Cancel(CancelOutcome::Cancelled(job)) => self.announcer.job_changed([change_of(job)]),
+            AdminWritten::Replayed(events) if *events > 0 => self.announcer.announce(Work::Webhooks),
+            _ => {}
+        }
+        Ok(written)
+    }
+
+    async fn find_admin_token(&self, digest: &KeyDigest) -> Result<Option<AdminToken>> {
+        admin::find_admin_token(&self.client().await?, digest).await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        admin::list_admin_tokens(&self.client().await?).await
+    }
+
+    async fn audit_log(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>> {
+        admin::audit_log(&self.client().await?, before_id, limit).await
+    }
+
+    async fn list_accounts(&self, query: &AccountQuery) -> Result<Vec<Account>> {
+        admin::list_accounts(&self.client().await?, query).await
+    }
+
+    async fn admin_jobs(&self, query: &AdminJobQuery) -> Result<Vec<JobRecord>> {
+        admin::admin_jobs(&self.client().await?, query).await
+    }
+
+    async fn job_timeline(&self, id: JobId) -> Result<Vec<StageChange>> {
+        admin::job_timeline(&self.client().await?, id).await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>> {
+        admin::usage(&self.client().await?, query).await
+    }
+
+    async fn upstream_activity(&self, now_ms: i64, window_ms: i64) -> Result<Vec<UpstreamActivity>> {
+        admin::upstream_activity(&self.client().await?, now_ms, window_ms).await
+    }
+
+    async fn upstream_holds(&self, now_ms: i64) -> Result<Vec<UpstreamHold>> {
+        admin::upstream_holds(&self.client().await?, now_ms).await
+    }
+
+    async fn overview(&self, now_ms: i64) -> Result<Overview> {
+        admin::overview(&self.client().await?, now_ms).await
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {

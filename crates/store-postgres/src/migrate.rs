@@ -22,6 +22,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_server_secret", include_str!("../../../migrations/postgres/0004_server_secret.sql")),
     ("0006_uploads", include_str!("../../../migrations/postgres/0006_uploads.sql")),
     ("0007_drop_accepted_write", include_str!("../../../migrations/postgres/0007_drop_accepted_write.sql")),
+    ("0008_operating", include_str!("../../../migrations/postgres/0008_operating.sql")),
 ];
 
 /// Applies pending migrations; returns the names applied now.

@@ -214,6 +214,16 @@ pub(crate) async fn events(client: &Object, job: JobId) -> Result<Vec<WebhookEve
 }
 
 pub(crate) async fn replay(client: &Object, job: JobId, now_ms: i64, announcer: &Announcer) -> Result<usize> {
+    let replayed = replay_in(client, job, now_ms).await?;
+    if replayed > 0 {
+        announcer.announce(Work::Webhooks);
+    }
+    Ok(replayed)
+}
+
+/// Schedules the job's final events again on `client` (a connection or the caller's
+/// transaction); returns how many. The caller announces them once they are committed.
+pub(crate) async fn replay_in(client: &impl GenericClient, job: JobId, now_ms: i64) -> Result<usize> {
     let stmt = client
         .prepare_cached(
             "update webhook_event set status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2
@@ -222,8 +232,5 @@ pub(crate) async fn replay(client: &Object, job: JobId, now_ms: i64, announcer: 
         .await
         .map_err(db_err)?;
     let replayed = client.execute(&stmt, &[&job.0, &now_ms]).await.map_err(db_err)?;
-    if replayed > 0 {
-        announcer.announce(Work::Webhooks);
-    }
     Ok(replayed as usize)
 }

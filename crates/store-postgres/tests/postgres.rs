@@ -1,6 +1,6 @@
 //! What only PostgreSQL has to prove, beyond the shared contract: migrations racing at
-//! startup, the schema's own guards, several nodes on one database, wake-ups, and
-//! readiness. Each test works in a fresh schema (see `support/schema.rs`).
+//! startup, the schema's own guards, several nodes on one database (admin writes among
+//! them), wake-ups, and readiness. Each test works in a fresh schema (see `support/schema.rs`).
 
 #[path = "support/schema.rs"]
 mod schema;
@@ -12,7 +12,8 @@ use std::time::Duration;
 use domain::{ApiKeyStatus, JobId, JobStatus, Stage};
 use schema::TestSchema;
 use store::{
-    CancelOutcome, ClaimRequest, IdempotencyClaim, NewJob, Store, StoreError, SubmitOutcome, Transition, UpstreamBudget,
+    AdminWrite, AdminWritten, AuditContext, CancelOutcome, ClaimRequest, CreditAdjustment, CreditOutcome,
+    IdempotencyClaim, NewJob, Store, StoreError, SubmitOutcome, Transition, UpstreamBudget,
 };
 use store_contract::support::{account, submit, with_webhook};
 use store_postgres::PgStore;
@@ -369,5 +370,117 @@ async fn a_submission_waits_at_most_five_seconds_for_a_locked_account_and_writes
     assert_eq!(store.get_account(key.account_id).await.unwrap().unwrap().credits, 95);
     assert_eq!(store.ledger_sum(key.account_id).await.unwrap(), 95);
     store.close().await;
+    schema.drop_schema().await;
+}
+
+/// An operator's credit adjustment, as `reelgate credits` makes it.
+fn adjustment(account_id: domain::AccountId, amount: i64, key: Option<&str>) -> AdminWrite {
+    AdminWrite::AdjustCredits(CreditAdjustment {
+        account_id,
+        amount,
+        note: Some("invoice".into()),
+        idempotency_key: key.map(str::to_owned),
+    })
+}
+
+/// Credit adjustments from several nodes at once: one billing key applies once whichever
+/// node each retry reaches, deductions never take a balance below zero, and each applied
+/// change has exactly one audit row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_adjustments_from_several_nodes_apply_once_and_never_overdraw() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(PgStore::connect(&schema.url).await.unwrap()));
+    }
+    let key = account(&*nodes[0], 10, 1).await;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let node = nodes[i % 3].clone();
+            let write = if i % 2 == 0 {
+                adjustment(key.account_id, 7, Some("inv-9"))
+            } else {
+                adjustment(key.account_id, -2, None)
+            };
+            tokio::spawn(async move { node.admin_write(write, AuditContext::cli(Some("ops"))).await.unwrap() })
+        })
+        .collect();
+    let (mut granted, mut replayed, mut deducted, mut refused) = (0, 0, 0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            AdminWritten::Credits(CreditOutcome::Applied(_, entry)) if entry.amount > 0 => granted += 1,
+            AdminWritten::Credits(CreditOutcome::Applied(..)) => deducted += 1,
+            AdminWritten::Credits(CreditOutcome::Replayed(_, entry)) => {
+                assert_eq!(entry.idempotency_key.as_deref(), Some("inv-9"));
+                replayed += 1;
+            }
+            AdminWritten::Credits(CreditOutcome::Insufficient { .. }) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((granted, replayed), (1, 5), "one key, one grant");
+    // 10 + 7 credits cover eight deductions of 2 at most; six were asked for.
+    assert_eq!(deducted + refused, 6);
+    let balance = nodes[1].get_account(key.account_id).await.unwrap().unwrap().credits;
+    assert_eq!(balance, 17 - 2 * deducted);
+    assert!(balance >= 0);
+    assert_eq!(nodes[2].ledger_sum(key.account_id).await.unwrap(), balance);
+    let audit = nodes[0].audit_log(None, 100).await.unwrap();
+    assert_eq!(audit.len(), (granted + deducted) as usize, "one audit row per applied change, none for the others");
+    assert!(audit.iter().all(|a| a.action == "credits.adjust" && a.actor == "cli:ops"));
+    for node in nodes {
+        node.close().await;
+    }
+    schema.drop_schema().await;
+}
+
+/// An admin cancel is announced to other nodes' event streams like the account's own
+/// cancel; the audit log cannot be changed afterwards; migration 0008's ledger rules hold
+/// in the schema itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cancels_reach_other_nodes_and_the_audit_log_is_append_only() {
+    let Some(schema) = TestSchema::create().await else { return };
+    let listener = PgStore::connect(&schema.url).await.unwrap();
+    let writer = PgStore::connect(&schema.url).await.unwrap();
+    let wakeups = listener.subscribe_wakeups();
+    assert!(woken(wakeups.jobs()).await, "listener connected");
+    let mut changes = listener.job_changes();
+    let key = account(&writer, 10, 1).await;
+    let id = submit(&writer, job(&key, 4)).await;
+    let AdminWritten::Cancel(CancelOutcome::Cancelled(cancelled)) =
+        writer.admin_write(AdminWrite::CancelJob { id }, AuditContext::cli(None)).await.unwrap()
+    else {
+        panic!("the queued job is cancelled");
+    };
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    // The submission is announced first; the cancel after it.
+    let mut announced = 0;
+    while announced < 2 {
+        let change = tokio::time::timeout(WAKE_WITHIN, changes.recv()).await.expect("announced").unwrap();
+        assert_eq!(change, store::JobChange { account_id: key.account_id, job_id: id });
+        announced += 1;
+    }
+    assert_eq!(listener.get_job(key.account_id, id).await.unwrap().unwrap().status, JobStatus::Cancelled);
+    assert_eq!(listener.get_account(key.account_id).await.unwrap().unwrap().credits, 10);
+
+    let raw = schema.raw().await;
+    let append_only = SqlState::INTEGRITY_CONSTRAINT_VIOLATION;
+    assert_eq!(sqlstate(raw.execute("update audit_log set actor = 'someone else'", &[]).await), append_only);
+    assert_eq!(sqlstate(raw.execute("delete from audit_log", &[]).await), append_only);
+    assert_eq!(sqlstate(raw.execute("truncate audit_log", &[]).await), append_only);
+    let insert = "insert into ledger_entry (account_id, kind, amount, job_id, idempotency_key, created_at)
+                  values ($1, $2, $3, $4, $5, 0)";
+    let none: Option<uuid::Uuid> = None;
+    let deduct_up = raw.execute(insert, &[&key.account_id.0, &"deduct", &5i64, &none, &None::<&str>]).await;
+    assert_eq!(sqlstate(deduct_up), SqlState::CHECK_VIOLATION, "a deduction is never positive");
+    let deduct_job = raw.execute(insert, &[&key.account_id.0, &"deduct", &-1i64, &Some(id.0), &None::<&str>]).await;
+    assert_eq!(sqlstate(deduct_job), SqlState::CHECK_VIOLATION, "a deduction belongs to no job");
+    raw.execute(insert, &[&key.account_id.0, &"grant", &0i64, &none, &Some("k")]).await.unwrap();
+    let twice = raw.execute(insert, &[&key.account_id.0, &"grant", &0i64, &none, &Some("k")]).await;
+    assert_eq!(sqlstate(twice), SqlState::UNIQUE_VIOLATION, "an idempotency key applies once per account");
+    assert_eq!(writer.audit_log(None, 10).await.unwrap().len(), 1);
+    drop(wakeups);
+    listener.close().await;
+    writer.close().await;
     schema.drop_schema().await;
 }

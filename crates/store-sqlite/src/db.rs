@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use domain::{AccountId, JobId};
+use domain::{AccountId, JobId, Stage};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 use store::{LedgerKind, Result, StoreError};
 
@@ -70,4 +70,21 @@ pub(crate) fn insert_ledger(
 /// Unix ms by the wall clock.
 pub(crate) fn wall_clock_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Records one stage change of a job for the admin timeline, in the transaction that
+/// makes it. One insert and no reads: it sits on the claim and transition paths.
+pub(crate) fn insert_stage_change(
+    conn: &Connection,
+    job: &str,
+    from: Stage,
+    to: Stage,
+    note: Option<&str>,
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "insert into job_stage_change (job_id, from_stage, to_stage, note, at) values (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![job, from.as_str(), to.as_str(), note, at_ms])?;
+    Ok(())
 }

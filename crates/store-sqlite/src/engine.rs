@@ -6,9 +6,11 @@
 
 use domain::{claim, AccountId, JobId, Stage};
 use rusqlite::{params, Connection, OptionalExtension};
-use store::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, LedgerKind, Result, StoreError, Transition};
+use store::{
+    CallReservation, ClaimRequest, ClaimedJob, EngineJob, LedgerKind, QueueDepth, Result, StoreError, Transition,
+};
 
-use crate::db::{insert_ledger, map_err};
+use crate::db::{insert_ledger, insert_stage_change, map_err};
 use crate::rows::{engine_job_columns, engine_job_from_row, job_columns};
 use crate::writer::WriteCtx;
 
@@ -57,6 +59,8 @@ pub(crate) fn claim_in_tx(ctx: &WriteCtx<'_>, req: &ClaimRequest) -> Result<Vec<
         if moved != 1 {
             return Err(StoreError::Internal(format!("queued job {job_id} vanished during a claim")));
         }
+        let note = format!("upstream {upstream}");
+        insert_stage_change(conn, &job_id, Stage::Queued, Stage::Submitting, Some(&note), now).map_err(map_err)?;
         let id: JobId = job_id.parse().map_err(|_| StoreError::Internal(format!("bad job id {job_id}")))?;
         let job = load_engine_job(conn, id).map_err(map_err)?.expect("updated above");
         claimed.push(ClaimedJob { job, upstream: upstream.clone() });
@@ -230,6 +234,12 @@ pub(crate) fn transition_in_tx(ctx: &WriteCtx<'_>, t: &Transition) -> Result<Opt
         ])
     })
     .map_err(map_err)?;
+    // A poll (same stage) is not a change the timeline shows.
+    if t.from != t.to {
+        let task = t.upstream_task_id.as_ref().map(|task| format!("MiniMax task {task}"));
+        let note = t.error.as_deref().or(task.as_deref());
+        insert_stage_change(conn, &job_id, t.from, t.to, note, ctx.now_ms).map_err(map_err)?;
+    }
     if refund {
         let account_id: AccountId = account.parse().map_err(|_| StoreError::Internal("bad account id".into()))?;
         conn.prepare_cached("update account set credits = credits + ?1, updated_at = ?2 where account_id = ?3")
@@ -265,15 +275,16 @@ pub(crate) fn next_due_at(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     .query_row([], |r| r.get(0))
 }
 
-pub(crate) fn queue_depth(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
-    let queued: i64 =
-        conn.prepare_cached("select count(*) from job where stage = 'queued'")?.query_row([], |r| r.get(0))?;
+pub(crate) fn queue_depth(conn: &Connection) -> rusqlite::Result<QueueDepth> {
+    let (queued, oldest_queued_at_ms): (i64, Option<i64>) = conn
+        .prepare_cached("select count(*), min(created_at) from job where stage = 'queued'")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let active: i64 = conn
         .prepare_cached(
             "select count(*) from job where (stage = 'submitting' or stage = 'running' or stage = 'downloading')",
         )?
         .query_row([], |r| r.get(0))?;
-    Ok((queued as u64, active as u64))
+    Ok(QueueDepth { queued: queued as u64, active: active as u64, oldest_queued_at_ms })
 }
 
 pub(crate) fn results_to_expire(conn: &Connection, before_ms: i64, limit: usize) -> rusqlite::Result<Vec<String>> {

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cache;
 mod checkpoint;
 mod db;
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest};
+use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, Stage};
 use rusqlite::{params, Connection, OptionalExtension};
 use store::{
     Account, ApiKeyRecord, CallReservation, CancelOutcome, ClaimRequest, ClaimedJob, EngineJob, JobQuery, JobRecord,
@@ -42,8 +43,10 @@ use store::{
 };
 
 use crate::cache::JobCache;
-use crate::db::{insert_ledger, map_err, open_connection};
-use crate::rows::{account_columns, account_from_row, job_columns, job_from_row, key_columns, key_from_row};
+use crate::db::{insert_ledger, insert_stage_change, map_err, open_connection};
+use crate::rows::{
+    account_columns, account_from_row, job_columns, job_from_row, key_columns, key_from_row, key_source, ledger_columns,
+};
 use crate::writer::{WriteCtx, Writer};
 
 /// Idle read connections kept open; more are opened on demand under load.
@@ -198,94 +201,105 @@ fn load_account(conn: &Connection, id: AccountId) -> rusqlite::Result<Option<Acc
 }
 
 fn load_key(conn: &Connection, id: ApiKeyId) -> rusqlite::Result<Option<ApiKeyRecord>> {
-    conn.prepare_cached(concat!("select ", key_columns!(), " from api_key where api_key_id = ?1"))?
+    conn.prepare_cached(concat!("select ", key_columns!(), " from ", key_source!(), " where k.api_key_id = ?1"))?
         .query_row([id.to_string()], key_from_row)
         .optional()
+}
+
+/// Creates a key, and its account when `new.account_id` is `None`, inside the writer's
+/// transaction (for `create_api_key` and the admin interface alike).
+fn create_key_in_tx(ctx: &WriteCtx<'_>, new: &NewApiKey) -> Result<(Account, ApiKeyRecord)> {
+    let conn = ctx.conn;
+    let account_id = match new.account_id {
+        Some(id) => {
+            load_account(conn, id).map_err(map_err)?.ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+            id
+        }
+        None => {
+            let id = AccountId::new();
+            conn.prepare_cached(
+                "insert into account (account_id, name, credits, plan, max_concurrent_jobs, created_at, updated_at)
+                 values (?1, ?2, 0, ?3, ?4, ?5, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![id.to_string(), new.name, new.plan, new.max_concurrent_jobs, ctx.now_ms])
+            })
+            .map_err(map_err)?;
+            id
+        }
+    };
+    if new.initial_credits > 0 {
+        grant_in_tx(ctx, account_id, new.initial_credits, Some("initial credits"))?;
+    }
+    let key_id = ApiKeyId::new();
+    conn.prepare_cached(
+        "insert into api_key (api_key_id, account_id, name, email, prefix, key_digest, status, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            key_id.to_string(),
+            account_id.to_string(),
+            new.name,
+            new.email,
+            new.prefix,
+            &new.digest.0[..],
+            ctx.now_ms
+        ])
+    })
+    .map_err(map_err)?;
+    let account = load_account(conn, account_id).map_err(map_err)?.expect("inserted or checked above");
+    let key = load_key(conn, key_id).map_err(map_err)?.expect("inserted above");
+    Ok((account, key))
+}
+
+/// Changes a key's status inside the writer's transaction; returns the key before and
+/// after. Revoked keys cannot come back.
+fn set_key_status_in_tx(
+    ctx: &WriteCtx<'_>,
+    id: ApiKeyId,
+    status: ApiKeyStatus,
+) -> Result<(ApiKeyRecord, ApiKeyRecord)> {
+    let key = load_key(ctx.conn, id).map_err(map_err)?.ok_or_else(|| StoreError::NotFound(format!("API key {id}")))?;
+    if key.status == ApiKeyStatus::Revoked && status != ApiKeyStatus::Revoked {
+        return Err(StoreError::Conflict(format!("API key {id} is revoked for good")));
+    }
+    ctx.conn
+        .prepare_cached("update api_key set status = ?1, updated_at = ?2 where api_key_id = ?3")
+        .and_then(|mut s| s.execute(params![status.as_str(), ctx.now_ms, id.to_string()]))
+        .map_err(map_err)?;
+    Ok((key.clone(), ApiKeyRecord { status, ..key }))
 }
 
 #[async_trait]
 impl store::Store for SqliteStore {
     async fn create_api_key(&self, new: NewApiKey) -> Result<(Account, ApiKeyRecord)> {
-        self.writer
-            .write(move |ctx| {
-                let conn = ctx.conn;
-                let account_id = match new.account_id {
-                    Some(id) => {
-                        load_account(conn, id).map_err(map_err)?.ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
-                        id
-                    }
-                    None => {
-                        let id = AccountId::new();
-                        conn.prepare_cached(
-                            "insert into account (account_id, name, credits, plan, max_concurrent_jobs, created_at, updated_at)
-                             values (?1, ?2, 0, ?3, ?4, ?5, ?5)",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![id.to_string(), new.name, new.plan, new.max_concurrent_jobs, ctx.now_ms])
-                        })
-                        .map_err(map_err)?;
-                        id
-                    }
-                };
-                if new.initial_credits > 0 {
-                    grant_in_tx(ctx, account_id, new.initial_credits, Some("initial credits"))?;
-                }
-                let key_id = ApiKeyId::new();
-                conn.prepare_cached(
-                    "insert into api_key (api_key_id, account_id, name, email, prefix, key_digest, status, created_at, updated_at)
-                     values (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7, ?7)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        key_id.to_string(),
-                        account_id.to_string(),
-                        new.name,
-                        new.email,
-                        new.prefix,
-                        &new.digest.0[..],
-                        ctx.now_ms
-                    ])
-                })
-                .map_err(map_err)?;
-                let account = load_account(conn, account_id).map_err(map_err)?.expect("inserted or checked above");
-                let key = load_key(conn, key_id).map_err(map_err)?.expect("inserted above");
-                Ok((account, key))
-            })
-            .await
+        self.writer.write(move |ctx| create_key_in_tx(ctx, &new)).await
     }
 
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+    async fn list_api_keys(&self, account_id: Option<AccountId>) -> Result<Vec<ApiKeyRecord>> {
         self.read(|c| {
-            let mut s =
-                c.prepare_cached(concat!("select ", key_columns!(), " from api_key order by created_at, api_key_id"))?;
-            let rows = s.query_map([], key_from_row)?;
+            let mut s = c.prepare_cached(concat!(
+                "select ",
+                key_columns!(),
+                " from ",
+                key_source!(),
+                " where ?1 is null or k.account_id = ?1 order by k.created_at, k.api_key_id"
+            ))?;
+            let rows = s.query_map([account_id.map(|a| a.to_string())], key_from_row)?;
             rows.collect()
         })
         .await
     }
 
     async fn set_api_key_status(&self, id: ApiKeyId, status: ApiKeyStatus) -> Result<ApiKeyRecord> {
-        self.writer
-            .write(move |ctx| {
-                let key = load_key(ctx.conn, id)
-                    .map_err(map_err)?
-                    .ok_or_else(|| StoreError::NotFound(format!("API key {id}")))?;
-                if key.status == ApiKeyStatus::Revoked && status != ApiKeyStatus::Revoked {
-                    return Err(StoreError::Conflict(format!("API key {id} is revoked for good")));
-                }
-                ctx.conn
-                    .prepare_cached("update api_key set status = ?1, updated_at = ?2 where api_key_id = ?3")
-                    .and_then(|mut s| s.execute(params![status.as_str(), ctx.now_ms, id.to_string()]))
-                    .map_err(map_err)?;
-                Ok(ApiKeyRecord { status, ..key })
-            })
-            .await
+        self.writer.write(move |ctx| set_key_status_in_tx(ctx, id, status).map(|(_, key)| key)).await
     }
 
     async fn find_api_key(&self, digest: &KeyDigest) -> Result<Option<ApiKeyRecord>> {
         let digest = *digest;
         self.read(|c| {
-            c.prepare_cached(concat!("select ", key_columns!(), " from api_key where key_digest = ?1"))?
+            c.prepare_cached(concat!("select ", key_columns!(), " from ", key_source!(), " where k.key_digest = ?1"))?
                 .query_row([&digest.0[..]], key_from_row)
                 .optional()
         })
@@ -315,14 +329,75 @@ impl store::Store for SqliteStore {
 
     async fn ledger(&self, id: AccountId) -> Result<Vec<LedgerEntry>> {
         self.read(|c| {
-            let mut s = c.prepare_cached(
-                "select ledger_entry_id, account_id, kind, amount, job_id, note, created_at
-                 from ledger_entry where account_id = ?1 order by ledger_entry_id",
-            )?;
+            let mut s = c.prepare_cached(concat!(
+                "select ",
+                ledger_columns!(),
+                " from ledger_entry where account_id = ?1 order by ledger_entry_id"
+            ))?;
             let rows = s.query_map([id.to_string()], rows::ledger_from_row)?;
             rows.collect()
         })
         .await
+    }
+
+    async fn ledger_page(&self, id: AccountId, before_id: Option<i64>, limit: u32) -> Result<Vec<LedgerEntry>> {
+        self.read(|c| admin::ledger_page(c, id, before_id, limit)).await
+    }
+
+    async fn admin_write(&self, write: store::AdminWrite, audit: store::AuditContext) -> Result<store::AdminWritten> {
+        let (written, version) = self
+            .writer
+            .write(move |ctx| admin::write_in_tx(ctx, &write, &audit).map(|w| (w, ctx.next_version())))
+            .await?;
+        if let store::AdminWritten::Cancel(CancelOutcome::Cancelled(job)) = &written {
+            // Committed: replace the cached QUEUED version, as `cancel_job` does.
+            self.committed(job.clone(), version);
+        }
+        Ok(written)
+    }
+
+    async fn find_admin_token(&self, digest: &KeyDigest) -> Result<Option<store::AdminToken>> {
+        let digest = *digest;
+        self.read(|c| admin::find_token(c, &digest))
+            .await
+            // The index found the row by digest; confirm in constant time before trusting it.
+            .map(|found| found.filter(|t| t.digest.ct_eq(&digest)))
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<store::AdminToken>> {
+        self.read(admin::list_tokens).await
+    }
+
+    async fn audit_log(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<store::AuditRecord>> {
+        self.read(|c| admin::audit_log(c, before_id, limit)).await
+    }
+
+    async fn list_accounts(&self, query: &store::AccountQuery) -> Result<Vec<Account>> {
+        self.read(|c| admin::list_accounts(c, query)).await
+    }
+
+    async fn admin_jobs(&self, query: &store::AdminJobQuery) -> Result<Vec<JobRecord>> {
+        self.read(|c| admin::admin_jobs(c, query)).await
+    }
+
+    async fn job_timeline(&self, id: JobId) -> Result<Vec<store::StageChange>> {
+        self.read(|c| admin::job_timeline(c, id)).await
+    }
+
+    async fn usage(&self, query: &store::UsageQuery) -> Result<Vec<store::UsageRow>> {
+        self.read(|c| admin::usage(c, query)).await
+    }
+
+    async fn upstream_activity(&self, now_ms: i64, window_ms: i64) -> Result<Vec<store::UpstreamActivity>> {
+        self.read(|c| admin::upstream_activity(c, now_ms, window_ms)).await
+    }
+
+    async fn upstream_holds(&self, now_ms: i64) -> Result<Vec<store::UpstreamHold>> {
+        self.read(|c| admin::upstream_holds(c, now_ms)).await
+    }
+
+    async fn overview(&self, now_ms: i64) -> Result<store::Overview> {
+        self.read(|c| admin::overview(c, now_ms)).await
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome> {
@@ -497,7 +572,7 @@ impl store::Store for SqliteStore {
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth> {
-        self.read(engine::queue_depth).await.map(|(queued, active)| QueueDepth { queued, active })
+        self.read(engine::queue_depth).await
     }
 
     async fn results_to_expire(&self, before_ms: i64, limit: usize) -> Result<Vec<JobId>> {
@@ -639,6 +714,7 @@ fn cancel_in_tx(ctx: &WriteCtx<'_>, account_id: AccountId, id: JobId) -> Result<
     if moved != 1 {
         return Err(StoreError::Conflict(format!("job {id} changed state during cancel")));
     }
+    insert_stage_change(conn, &job_id, Stage::Queued, Stage::Cancelled, None, ctx.now_ms).map_err(map_err)?;
     if cost > 0 {
         conn.prepare_cached("update account set credits = credits + ?1, updated_at = ?2 where account_id = ?3")
             .and_then(|mut s| s.execute(params![cost, ctx.now_ms, account]))

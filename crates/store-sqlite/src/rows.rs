@@ -11,12 +11,25 @@ use store::{Account, ApiKeyRecord, EngineJob, JobRecord, LedgerEntry, LedgerKind
 // hot read paths then hand SQLite's statement cache a static string, with no formatting.
 macro_rules! account_columns {
     () => {
-        "account_id, name, credits, plan, max_concurrent_jobs, created_at"
+        "account_id, name, credits, plan, max_concurrent_jobs, created_at, email, disabled"
     };
 }
+/// A key's columns with its account's `disabled`, read from [`key_source`].
 macro_rules! key_columns {
     () => {
-        "api_key_id, account_id, name, email, prefix, key_digest, status, created_at"
+        "k.api_key_id, k.account_id, k.name, k.email, k.prefix, k.key_digest, k.status, k.created_at, a.disabled"
+    };
+}
+/// Keys joined to their accounts: a disabled account refuses its keys, so every key read
+/// carries the flag.
+macro_rules! key_source {
+    () => {
+        "api_key k join account a on a.account_id = k.account_id"
+    };
+}
+macro_rules! ledger_columns {
+    () => {
+        "ledger_entry_id, account_id, kind, amount, job_id, note, created_at, idempotency_key"
     };
 }
 macro_rules! job_columns {
@@ -34,7 +47,7 @@ macro_rules! engine_job_columns {
         )
     };
 }
-pub(crate) use {account_columns, engine_job_columns, job_columns, key_columns};
+pub(crate) use {account_columns, engine_job_columns, job_columns, key_columns, key_source, ledger_columns};
 
 fn bad(col: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, format!("invalid {what}").into())
@@ -53,6 +66,8 @@ pub(crate) fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         plan: row.get(3)?,
         max_concurrent_jobs: row.get(4)?,
         created_at_ms: row.get(5)?,
+        email: row.get(6)?,
+        disabled: row.get(7)?,
     })
 }
 
@@ -68,6 +83,7 @@ pub(crate) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
         digest: KeyDigest(digest.try_into().map_err(|_| bad(5, "digest"))?),
         status: ApiKeyStatus::parse(&status).ok_or_else(|| bad(6, "key status"))?,
         created_at_ms: row.get(7)?,
+        account_disabled: row.get(8)?,
     })
 }
 
@@ -82,6 +98,7 @@ pub(crate) fn ledger_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         job_id: job.map(|j| j.parse().map_err(|_| bad(4, "job id"))).transpose()?,
         note: row.get(5)?,
         created_at_ms: row.get(6)?,
+        idempotency_key: row.get(7)?,
     })
 }
 

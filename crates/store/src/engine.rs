@@ -155,4 +155,6 @@ pub struct QueueDepth {
     pub queued: u64,
     /// Jobs the engine is working on.
     pub active: u64,
+    /// Submission time of the oldest queued job (unix ms), if any is queued.
+    pub oldest_queued_at_ms: Option<i64>,
 }

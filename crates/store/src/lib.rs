@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod engine;
 mod webhooks;
 
@@ -18,6 +19,11 @@ use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, Mod
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+pub use admin::{
+    snapshot, AccountPatch, AccountQuery, AdminJobQuery, AdminToken, AdminWrite, AdminWritten, AuditContext,
+    AuditRecord, CreditAdjustment, CreditOutcome, NewAccount, Overview, StageChange, UpstreamActivity, UpstreamHold,
+    UsageBucket, UsageGroup, UsageQuery, UsageRow,
+};
 pub use engine::{CallReservation, ClaimRequest, ClaimedJob, EngineJob, QueueDepth, Transition, UpstreamBudget};
 pub use webhooks::{
     raised_event, AttemptOutcome, AttemptRecord, RaisedEvent, WebhookAttempt, WebhookDelivery, WebhookEventRecord,
@@ -56,6 +62,10 @@ pub struct Account {
     pub plan: String,
     /// Jobs allowed in PROCESSING at once.
     pub max_concurrent_jobs: u32,
+    /// Contact e-mail set by the operator, if any.
+    pub email: Option<String>,
+    /// A disabled account's keys are refused with 403; its queued jobs still run.
+    pub disabled: bool,
     /// Creation time, unix milliseconds.
     pub created_at_ms: i64,
 }
@@ -77,6 +87,8 @@ pub struct ApiKeyRecord {
     pub digest: KeyDigest,
     /// Active, disabled or revoked.
     pub status: ApiKeyStatus,
+    /// Whether the key's account is disabled (which refuses the key like a disabled one).
+    pub account_disabled: bool,
     /// Creation time, unix milliseconds.
     pub created_at_ms: i64,
 }
@@ -113,6 +125,8 @@ pub enum LedgerKind {
     Charge,
     /// A failed or cancelled job's cost given back.
     Refund,
+    /// Credits taken away by an operator (negative amount).
+    Deduct,
 }
 
 impl LedgerKind {
@@ -122,6 +136,7 @@ impl LedgerKind {
             Self::Grant => "grant",
             Self::Charge => "charge",
             Self::Refund => "refund",
+            Self::Deduct => "deduct",
         }
     }
 
@@ -131,6 +146,7 @@ impl LedgerKind {
             "grant" => Self::Grant,
             "charge" => Self::Charge,
             "refund" => Self::Refund,
+            "deduct" => Self::Deduct,
             _ => return None,
         })
     }
@@ -151,6 +167,8 @@ pub struct LedgerEntry {
     pub job_id: Option<JobId>,
     /// Free text (grant reason).
     pub note: Option<String>,
+    /// The `Idempotency-Key` of an operator's adjustment.
+    pub idempotency_key: Option<String>,
     /// Time, unix milliseconds.
     pub created_at_ms: i64,
 }
@@ -379,8 +397,8 @@ pub enum UploadOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Creates an API key, and its account when `account_id` is `None`.
     async fn create_api_key(&self, new: NewApiKey) -> Result<(Account, ApiKeyRecord)>;
-    /// Every key, oldest first.
-    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// Every key, or one account's keys, oldest first.
+    async fn list_api_keys(&self, account_id: Option<AccountId>) -> Result<Vec<ApiKeyRecord>>;
     /// Changes a key's status. Revoked keys cannot come back.
     async fn set_api_key_status(&self, id: ApiKeyId, status: ApiKeyStatus) -> Result<ApiKeyRecord>;
     /// Looks a key up by digest.
@@ -392,6 +410,34 @@ pub trait Store: Send + Sync + 'static {
     async fn grant_credits(&self, id: AccountId, amount: i64, note: Option<String>) -> Result<Account>;
     /// The account's ledger, oldest first.
     async fn ledger(&self, id: AccountId) -> Result<Vec<LedgerEntry>>;
+    /// One page of the account's ledger, newest first: rows with an id below `before_id`
+    /// (all when `None`), at most `limit + 1` so the caller can tell whether more exist.
+    async fn ledger_page(&self, id: AccountId, before_id: Option<i64>, limit: u32) -> Result<Vec<LedgerEntry>>;
+
+    /// Applies an operator's change and writes its audit row, in one transaction.
+    async fn admin_write(&self, write: AdminWrite, audit: AuditContext) -> Result<AdminWritten>;
+    /// An admin token by digest, revoked or not (the caller refuses revoked ones).
+    async fn find_admin_token(&self, digest: &KeyDigest) -> Result<Option<AdminToken>>;
+    /// Every admin token, oldest first.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>>;
+    /// One page of the audit log, newest first: rows with an id below `before_id`, at most
+    /// `limit + 1`.
+    async fn audit_log(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>>;
+    /// One page of accounts, newest first, at most `limit + 1`.
+    async fn list_accounts(&self, query: &AccountQuery) -> Result<Vec<Account>>;
+    /// One page of jobs across accounts, newest first, at most `limit + 1`.
+    async fn admin_jobs(&self, query: &AdminJobQuery) -> Result<Vec<JobRecord>>;
+    /// A job's stage changes, oldest first, starting with its creation.
+    async fn job_timeline(&self, id: JobId) -> Result<Vec<StageChange>>;
+    /// Usage figures per group and bucket, ordered by bucket then group.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
+    /// Create calls in the `window_ms` before `now_ms` and jobs in flight, per upstream
+    /// account that has either (others are left out).
+    async fn upstream_activity(&self, now_ms: i64, window_ms: i64) -> Result<Vec<UpstreamActivity>>;
+    /// Upstream accounts held out of rotation by hand, whose hold lasts beyond `now_ms`.
+    async fn upstream_holds(&self, now_ms: i64) -> Result<Vec<UpstreamHold>>;
+    /// The console overview's figures as of `now_ms`.
+    async fn overview(&self, now_ms: i64) -> Result<Overview>;
 
     /// Charges and inserts a job in one durable transaction, honouring idempotency.
     async fn submit_job(&self, job: NewJob) -> Result<SubmitOutcome>;

@@ -338,7 +338,7 @@ async fn sigterm_drops_half_sent_requests_after_the_grace_period_and_keeps_ackno
     drop((half_headers, half_body));
 
     let store = service::open_store(&data.config()).await.unwrap();
-    let account = store.list_api_keys().await.unwrap()[0].account_id;
+    let account = store.list_api_keys(None).await.unwrap()[0].account_id;
     assert!(store.get_job(account, job_id.parse().unwrap()).await.unwrap().is_some(), "acknowledged job kept");
     store.close().await;
 }

@@ -152,7 +152,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_no_acknowledged_job() {
 
     // Reopen the database: every acknowledged job is there and paid for exactly once.
     let store = service::open_store(&data.config()).await.unwrap();
-    let keys = store.list_api_keys().await.unwrap();
+    let keys = store.list_api_keys(None).await.unwrap();
     let account = keys[0].account_id;
     for id in &acked {
         let job = store.get_job(account, id.parse().unwrap()).await.unwrap();
@@ -287,7 +287,7 @@ async fn after_kill_9_every_acknowledged_submission_is_there_and_charged_once() 
         }
     }
     let store = service::open_store(&data.config()).await.unwrap();
-    let account = store.list_api_keys().await.unwrap()[0].account_id;
+    let account = store.list_api_keys(None).await.unwrap()[0].account_id;
     assert_every_job_charged_once(&*store, account, acked.len(), 100_000, 5).await;
     store.close().await;
 }
@@ -496,7 +496,7 @@ async fn after_kill_9_and_a_restart_every_job_ends_charged_once_and_refunded_at_
     server.wait().unwrap();
 
     let store = service::open_store(&data.config()).await.unwrap();
-    let account = store.list_api_keys().await.unwrap()[0].account_id;
+    let account = store.list_api_keys(None).await.unwrap()[0].account_id;
     let ledger = store.ledger(account).await.unwrap();
     for id in &ids {
         let job = store.engine_job(id.parse().unwrap()).await.unwrap().unwrap();
@@ -649,7 +649,7 @@ async fn after_kill_9_the_built_in_sandbox_still_knows_its_tasks_and_every_job_c
     server.wait().unwrap();
 
     let store = service::open_store(&data.config()).await.unwrap();
-    let account = store.list_api_keys().await.unwrap()[0].account_id;
+    let account = store.list_api_keys(None).await.unwrap()[0].account_id;
     assert_every_job_charged_once(&*store, account, JOBS, 100, 5).await;
     let refunds = store.ledger(account).await.unwrap().iter().filter(|e| e.kind == store::LedgerKind::Refund).count();
     assert_eq!(refunds, 0, "no job failed, so none was refunded");

@@ -9,6 +9,7 @@ mod helpers;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod account;
+mod admin;
 mod auth;
 mod cancel;
 mod client;

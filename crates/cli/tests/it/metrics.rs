@@ -72,7 +72,12 @@ async fn build_info_and_the_gauges_are_present() {
     let build = samples(&scrape, "reelgate_build_info").next().expect("build info");
     assert_eq!(build.value, Value::Gauge(1.0));
     assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
-    for gauge in ["reelgate_jobs_queued", "reelgate_jobs_active", "reelgate_upstream_creates_left"] {
+    for gauge in [
+        "reelgate_jobs_queued",
+        "reelgate_jobs_active",
+        "reelgate_oldest_queued_job_age_seconds",
+        "reelgate_upstream_creates_left",
+    ] {
         assert!(samples(&scrape, gauge).any(|s| matches!(s.value, Value::Gauge(_))), "{gauge}");
     }
     let left = samples(&scrape, "reelgate_upstream_creates_left").next().unwrap();

@@ -280,7 +280,7 @@ async fn three_nodes_share_one_database_one_bucket_and_one_budget_through_a_node
     for (account, id, _) in &jobs {
         accounts.entry(*account).or_default().push(id);
     }
-    let all_keys = store.list_api_keys().await.unwrap();
+    let all_keys = store.list_api_keys(None).await.unwrap();
     for (account, ids) in accounts {
         let digest = domain::KeyDigest::of(&keys[account]);
         let account_id = all_keys.iter().find(|k| k.digest == digest).unwrap().account_id;

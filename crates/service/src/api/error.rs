@@ -62,6 +62,17 @@ pub enum ApiError {
     /// An event-stream token that is malformed, forged or expired.
     #[error("Invalid or expired event token: get a new one from POST /v2/jobs/events/token")]
     InvalidToken,
+    /// The admin API without a valid admin token (a customer's key included).
+    #[error("Invalid or missing admin token")]
+    InvalidAdminToken,
+    /// An operator's deduction larger than the balance: 409 with the balance.
+    #[error("Deducting {requested} credits would take the balance of {available} below zero")]
+    DeductionTooLarge {
+        /// Credits asked to deduct.
+        requested: i64,
+        /// The balance.
+        available: i64,
+    },
     /// Missing, or owned by another account.
     #[error("{0}")]
     NotFound(String),
@@ -168,6 +179,10 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNAUTHORIZED, json!({"error": message}))
             }
             Self::InactiveKey => (StatusCode::FORBIDDEN, json!({"error": message})),
+            Self::InvalidAdminToken => (StatusCode::UNAUTHORIZED, json!({"error": message})),
+            Self::DeductionTooLarge { available, .. } => {
+                (StatusCode::CONFLICT, json!({"error": message, "creditsAvailable": available}))
+            }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, json!({"error": message})),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, json!({"error": message})),
             Self::Conflict(_) => (StatusCode::CONFLICT, json!({"error": message})),
@@ -183,6 +198,9 @@ impl IntoResponse for ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": message})),
         };
         let mut response = (status, Json(body)).into_response();
+        if let Self::InvalidAdminToken = self {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Self::TooManyRequests { retry_after_secs } = self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }

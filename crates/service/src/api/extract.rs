@@ -74,8 +74,9 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Arc<ApiKeyRecor
     }
     let key = state.keys.lookup(&KeyDigest::of(presented)).await?;
     match key {
-        Some(k) if k.status == ApiKeyStatus::Active => Ok(k),
-        Some(k) if k.status == ApiKeyStatus::Disabled => Err(ApiError::InactiveKey),
+        // A disabled account's keys are switched off with it; a revoked key stays unknown.
+        Some(k) if k.status == ApiKeyStatus::Active && !k.account_disabled => Ok(k),
+        Some(k) if k.status != ApiKeyStatus::Revoked => Err(ApiError::InactiveKey),
         _ => Err(ApiError::InvalidKey),
     }
 }

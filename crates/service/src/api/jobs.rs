@@ -42,9 +42,20 @@ async fn get_job_webhooks(
 ) -> Result<Response> {
     let id = parse_job_id(&id)?;
     let job = state.store.get_job(key.account_id, id).await?.ok_or_else(job_not_found)?;
-    let events = state.store.webhook_events(id).await?;
+    let events = webhook_events_json(&state.store.webhook_events(id).await?);
+    Ok(Json(serde_json::json!({
+        "jobId": id.to_string(),
+        "webhookStatus": job.webhook_status.map(|w| w.as_str()),
+        "events": events,
+    }))
+    .into_response())
+}
+
+/// A job's webhook events with their attempts, as `GET /v2/jobs/{id}/webhooks` (and the
+/// admin job view) show them.
+pub(crate) fn webhook_events_json(events: &[store::WebhookEventRecord]) -> Vec<serde_json::Value> {
     let ts = crate::api::dto::timestamp;
-    let events: Vec<serde_json::Value> = events
+    events
         .iter()
         .map(|e| {
             serde_json::json!({
@@ -63,13 +74,7 @@ async fn get_job_webhooks(
                 })).collect::<Vec<_>>(),
             })
         })
-        .collect();
-    Ok(Json(serde_json::json!({
-        "jobId": id.to_string(),
-        "webhookStatus": job.webhook_status.map(|w| w.as_str()),
-        "events": events,
-    }))
-    .into_response())
+        .collect()
 }
 
 async fn get_job(State(state): State<AppState>, Caller(key): Caller, Path(id): Path<String>) -> Result<Response> {
@@ -238,11 +243,11 @@ struct JobListView<'a> {
     models: Option<Vec<String>>,
 }
 
-fn encode_cursor(created_at_ms: i64, id: JobId) -> String {
+pub(crate) fn encode_cursor(created_at_ms: i64, id: JobId) -> String {
     URL_SAFE_NO_PAD.encode(format!("{CURSOR_VERSION}:{created_at_ms}:{id}"))
 }
 
-fn decode_cursor(raw: &str) -> Option<JobCursor> {
+pub(crate) fn decode_cursor(raw: &str) -> Option<JobCursor> {
     let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let mut parts = text.splitn(3, ':');

@@ -45,12 +45,13 @@ impl Engine {
     /// Claims as many queued jobs as there are free submit slots and budget, and starts
     /// their submission; repeats until nothing more can be claimed.
     async fn dispatch_once(self: &Arc<Self>, stop: &CancellationToken, tasks: &TaskTracker) -> store::Result<()> {
+        self.holds.refresh(self.store.as_ref()).await;
         loop {
             let free = self.submits.available_permits();
             let upstreams: Vec<UpstreamBudget> = self
                 .upstreams
                 .iter()
-                .filter(|u| u.in_rotation())
+                .filter(|u| self.in_rotation(u))
                 .map(|u| UpstreamBudget {
                     claimable_now: u.creates.lock().unwrap_or_else(|p| p.into_inner()).available(),
                     ..u.budget.clone()

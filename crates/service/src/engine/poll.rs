@@ -58,19 +58,17 @@ impl Engine {
                 return;
             }
             Ok(TaskState::Fail(err)) => {
-                self.metrics
-                    .inc("upstream_errors_total", &[("upstream", &upstream.budget.name), ("code", &err.code_label())]);
+                self.count_upstream_error(&upstream.budget.name, &err.code_label());
                 tracing::info!(job.id = %id, upstream.task_id = %task_id, error = %err, "MiniMax task failed");
                 self.act_on_task_failure(&job, Some(lease), &err).await;
                 return;
             }
             Err(err) => {
-                self.metrics
-                    .inc("upstream_errors_total", &[("upstream", &upstream.budget.name), ("code", &err.code_label())]);
+                self.count_upstream_error(&upstream.budget.name, &err.code_label());
                 tracing::warn!(job.id = %id, upstream.task_id = %task_id, error = %err, "poll failed; polling again later");
                 let decision = policy::decide(Step::Poll { interval_ms: interval }, &err);
                 if decision.bench {
-                    self.bench(upstream);
+                    self.bench(upstream, &err);
                 }
                 match decision.action {
                     Action::RetryAt { after } | Action::Requeue { after, .. } => {
@@ -105,10 +103,7 @@ impl Engine {
 
     /// Fails a running job on MiniMax's word (callback).
     pub(crate) async fn fail_running(&self, job: &EngineJob, err: UpstreamError) {
-        self.metrics.inc(
-            "upstream_errors_total",
-            &[("upstream", job.upstream_account.as_deref().unwrap_or("")), ("code", &err.code_label())],
-        );
+        self.count_upstream_error(job.upstream_account.as_deref().unwrap_or(""), &err.code_label());
         self.act_on_task_failure(job, None, &err).await;
     }
 

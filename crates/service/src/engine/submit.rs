@@ -35,7 +35,7 @@ impl Engine {
         };
         // Jobs claimed in the same round as one that found this account broken must not
         // be sent to it as well.
-        if !upstream.in_rotation() {
+        if !self.in_rotation(upstream) {
             self.requeue(&job, lease, Self::now_ms(), "upstream account out of rotation").await;
             return;
         }
@@ -90,7 +90,7 @@ impl Engine {
     ) {
         let id = job.record.id;
         let name = &upstream.budget.name;
-        self.metrics.inc("upstream_errors_total", &[("upstream", name), ("code", &err.code_label())]);
+        self.count_upstream_error(name, &err.code_label());
         match &err {
             UpstreamError::RateLimited { .. } => {
                 tracing::warn!(job.id = %id, upstream = %name, error = %err, "MiniMax rate limit; the job stays queued")
@@ -112,7 +112,7 @@ impl Engine {
         }
         let decision = policy::decide(Step::Submit { attempts, max_attempts: self.config.max_submit_attempts }, &err);
         if decision.bench {
-            self.bench(upstream);
+            self.bench(upstream, &err);
         }
         match decision.action {
             Action::Requeue { after, why } => {
@@ -128,10 +128,7 @@ impl Engine {
     /// mid-call, so whether MiniMax created the task is unknown. Retry it.
     pub(super) async fn recover_submit(&self, job: EngineJob) {
         let id = job.record.id;
-        self.metrics.inc(
-            "upstream_errors_total",
-            &[("upstream", job.upstream_account.as_deref().unwrap_or("")), ("code", "unknown_outcome")],
-        );
+        self.count_upstream_error(job.upstream_account.as_deref().unwrap_or(""), "unknown_outcome");
         if job.attempts >= self.config.max_submit_attempts {
             let message = "MiniMax did not answer the create call; the job was given up.".to_string();
             self.fail(&job, Stage::Submitting, job.due_at_ms, message, "upstream_unavailable").await;

@@ -62,7 +62,7 @@ pub async fn api_keys_are_created_found_and_listed(db: Db) {
     assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{duplicate:?}");
 
     // Oldest first; the refused requests left no key behind.
-    let listed = db.list_api_keys().await.unwrap();
+    let listed = db.list_api_keys(None).await.unwrap();
     let mut expected = vec![key.clone(), second.clone(), third.clone()];
     expected.sort_by_key(|k| (k.created_at_ms, k.id));
     assert_eq!(listed, expected);

@@ -30,7 +30,8 @@ pub async fn claims_go_round_robin_and_fifo_within_an_account(db: Db) {
     // Later claims continue first-in first-out within the remaining account.
     let next = db.claim_jobs(claim(vec![budget("a", 100, 100)], 3, None)).await.unwrap();
     assert_eq!(ids(&next), big_jobs[1..4].to_vec());
-    assert_eq!(db.queue_depth().await.unwrap(), QueueDepth { queued: 26, active: 5 });
+    let oldest = Some(engine_job(&db, big_jobs[4]).await.record.created_at_ms);
+    assert_eq!(db.queue_depth().await.unwrap(), QueueDepth { queued: 26, active: 5, oldest_queued_at_ms: oldest });
 }
 
 /// A claim starts after the account served last and wraps around.
@@ -137,7 +138,7 @@ pub async fn concurrent_claims_never_take_a_job_twice(db: Db) {
 pub async fn concurrent_claims_respect_the_caps(db: Db) {
     // One account allowing 3 jobs at once; eight dispatchers race for its 20 jobs.
     let capped = account(&*db, 100, 3).await;
-    submit_n(&db, &capped, 20).await;
+    let capped_jobs = submit_n(&db, &capped, 20).await;
     let taken: usize = concurrently(8, |_| {
         let db = db.clone();
         async move { claim_some(&db, 5).await.len() }
@@ -146,7 +147,9 @@ pub async fn concurrent_claims_respect_the_caps(db: Db) {
     .into_iter()
     .sum();
     assert_eq!(taken, 3, "maxConcurrentJobs holds across concurrent claims");
-    assert_eq!(db.queue_depth().await.unwrap(), QueueDepth { queued: 17, active: 3 });
+    // Claims go oldest first, so the fourth job is now the oldest queued.
+    let oldest = Some(engine_job(&db, capped_jobs[3]).await.record.created_at_ms);
+    assert_eq!(db.queue_depth().await.unwrap(), QueueDepth { queued: 17, active: 3, oldest_queued_at_ms: oldest });
 
     // Roomy accounts, but an upstream with 7 in-flight slots.
     for _ in 0..3 {

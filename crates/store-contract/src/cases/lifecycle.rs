@@ -16,7 +16,7 @@ pub async fn a_closed_store_is_unavailable(db: Db) {
     assert!(matches!(submitted, Err(StoreError::Unavailable(_))), "{submitted:?}");
     let read = db.get_job(key.account_id, id).await;
     assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
-    let listed = db.list_api_keys().await;
+    let listed = db.list_api_keys(None).await;
     assert!(matches!(listed, Err(StoreError::Unavailable(_))), "{listed:?}");
     let ping = db.ping().await;
     assert!(matches!(ping, Err(StoreError::Unavailable(_))), "{ping:?}");

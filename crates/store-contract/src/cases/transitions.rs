@@ -173,7 +173,9 @@ pub async fn due_jobs_come_soonest_first_and_requeued_jobs_return(db: Db) {
     let now = now_ms();
     assert!(db.due_jobs(now, 10).await.unwrap().is_empty(), "the leases are not over");
     assert_eq!(db.next_due_at().await.unwrap(), got.iter().filter_map(|c| c.job.due_at_ms).min());
-    assert_eq!(db.queue_depth().await.unwrap(), QueueDepth { queued: 1, active: 2 });
+    let third_created = engine_job(&db, ids[2]).await.record.created_at_ms;
+    let depth = QueueDepth { queued: 1, active: 2, oldest_queued_at_ms: Some(third_created) };
+    assert_eq!(db.queue_depth().await.unwrap(), depth);
 
     // The second job's next look comes first.
     let lease = got[1].job.due_at_ms;
@@ -192,7 +194,9 @@ pub async fn due_jobs_come_soonest_first_and_requeued_jobs_return(db: Db) {
         (Stage::Queued, JobStatus::Queued, None)
     );
     assert_eq!(requeued.attempts, 1);
-    assert_eq!(db.queue_depth().await.unwrap(), QueueDepth { queued: 2, active: 1 });
+    // A requeued job keeps its submission time: it is the oldest queued again.
+    let depth = QueueDepth { queued: 2, active: 1, oldest_queued_at_ms: Some(requeued.record.created_at_ms) };
+    assert_eq!(db.queue_depth().await.unwrap(), depth);
     assert!(
         !db.due_jobs(now + 120_000, 10).await.unwrap().iter().any(|j| j.record.id == ids[0]),
         "queued jobs are the dispatcher's"
