@@ -8,7 +8,8 @@
 import { el } from './util.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
-const HEIGHT = 200;
+/** Drawing height: 200 px, or 160 on a phone-wide plot. */
+const heightFor = (width) => (width < 500 ? 160 : 200);
 const MARGIN = { top: 12, right: 10, bottom: 26, left: 40 };
 
 function svg(tag, attrs = {}, ...children) {
@@ -87,6 +88,7 @@ export function barChart(container, { id, title, summary, points, series, ticks,
 }
 
 function drawSvg({ id, title, summary, points, series, ticks, empty, width }) {
+  const HEIGHT = heightFor(width);
   const plotW = width - MARGIN.left - MARGIN.right;
   const plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
   const totals = points.map((p) => series.reduce((sum, s) => sum + (Number(p.values[s.key]) || 0), 0));
@@ -113,7 +115,8 @@ function drawSvg({ id, title, summary, points, series, ticks, empty, width }) {
 
   // Horizontal grid lines and their values: 0, half, top.
   const grid = svg('g', { class: 'grid', 'aria-hidden': 'true' });
-  for (const v of top >= 2 ? [0, top / 2, top] : [0, top]) {
+  // Counts: a middle line only where it is a whole number.
+  for (const v of top % 2 === 0 ? [0, top / 2, top] : [0, top]) {
     const yy = Math.round(y(v)) + 0.5;
     grid.append(
       svg('line', { x1: MARGIN.left, x2: width - MARGIN.right, y1: yy, y2: yy }),

@@ -344,23 +344,28 @@ function usagePanel(ctx, account) {
   const error = errorLine('usage-error');
   const totals = el('div', { id: 'usage-totals' });
   const section = el('section', { class: 'panel', id: 'usage', 'aria-labelledby': 'usage-title' },
-    el('h2', { id: 'usage-title', text: 'Usage this month' }), error, totals, box);
+    el('h2', { id: 'usage-title', text: 'Usage' }), el('h3', { text: 'This month' }), totals,
+    el('h3', { text: 'Net credits charged per day, last 30 days' }), error, box);
   let chart = null;
   ctx.onLeave(() => chart?.stop());
   const load = async () => {
     const m = account.usageThisMonth || {};
-    totals.replaceChildren(facts([
-      ['Jobs submitted', num(m.submitted)],
-      ['Completed', num(m.completed)],
-      ['Failed', num(m.failed)],
-      ['Cancelled', num(m.cancelled)],
-      ['Credits charged', num(m.creditsCharged)],
-      ['Credits refunded', num(m.creditsRefunded)],
-      ['Net credits', num(m.netCredits)],
-    ], 'facts facts-wide'));
+    const tiles = [
+      ['Jobs submitted', m.submitted],
+      ['Completed', m.completed],
+      ['Failed', m.failed],
+      ['Cancelled', m.cancelled],
+      ['Credits charged', m.creditsCharged],
+      ['Credits refunded', m.creditsRefunded],
+      ['Net credits', m.netCredits],
+    ];
+    totals.replaceChildren(el('ul', { class: 'tiles tiles-small', 'aria-label': 'Usage this month' },
+      tiles.map(([label, n]) => el('li', { class: 'tile' }, el('span', { class: 'tile-value', text: num(n) }), el('span', { class: 'tile-label', text: label })))));
     let usage;
     try {
-      usage = await ctx.api.get(withQuery('/usage', { group_by: 'account', bucket: 'day', account: account.id }));
+      // 30 whole UTC days, today included: a month's trend even early in a month.
+      const from = new Date(Date.now() - 29 * 86_400_000).toISOString().slice(0, 10);
+      usage = await ctx.api.get(withQuery('/usage', { group_by: 'account', bucket: 'day', account: account.id, from }));
     } catch (e) {
       if (ctx.isCurrent()) error.textContent = explain(e, 'Could not read the usage');
       return;
@@ -377,11 +382,11 @@ function usagePanel(ctx, account) {
     chart?.stop();
     chart = barChart(box, {
       id: 'usage-chart',
-      title: `Net credits charged per day, ${account.name}`,
+      title: `Net credits charged per day over the last 30 days, ${account.name}`,
       summary: `${total} net credits over ${points.length} days.`,
       points,
       series: [{ key: 'net', label: 'Net credits', className: 'bar-credits' }],
-      empty: 'No usage this month',
+      empty: 'No usage in the last 30 days',
     });
   };
   return { section, load };

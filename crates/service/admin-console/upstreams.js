@@ -1,7 +1,7 @@
 // The upstream accounts' health (#/upstreams): for each configured MiniMax account, its
 // create budget in the rate window, jobs in flight, whether it is in rotation (and until
 // when it is out, and why), and its errors in the last hour by code; an operator can take
-// one out of rotation for a while (bench) or put it back. From /admin/v1/upstreams,
+// one out of rotation for a while (a hold, obeyed by every node) or release the hold. From /admin/v1/upstreams,
 // read again every 15 s while shown.
 
 import { seg } from './api.js';
@@ -68,7 +68,13 @@ function card(ctx, u, json, reload) {
     ]),
     el('div', { class: 'meter', role: 'meter', 'aria-label': `Create budget used on ${u.name}`, 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(used) },
       el('span', { class: 'meter-fill', 'data-percent': used })),
-    u.inRotation ? benchForm(ctx, u, id, error, reload) : unbenchButton(ctx, u, error, reload),
+    // Out of rotation by an operator's hold (`held`): it can be released here. Benched by the
+    // engine after an account error: it comes back by itself when the cool-off ends.
+    u.inRotation
+      ? benchForm(ctx, u, id, error, reload)
+      : u.held === false
+        ? el('p', { class: 'muted small', text: 'Benched by the engine after an account error; it returns by itself.' })
+        : unbenchButton(ctx, u, error, reload),
     error,
   );
   // The meter's width is set through the CSSOM, which the CSP allows (a style attribute it does not).

@@ -4,12 +4,50 @@
 //! to another origin, every control named. Screenshots at 1280 and 375 px go to
 //! `target/console-screenshots/` (and to `docs/` with REELGATE_UPDATE_SCREENSHOTS=1).
 
+use std::time::Duration;
+
+use fantoccini::{Client, Locator};
 use serde_json::json;
+use store::AuditContext;
 
 use crate::helpers::browser::{
-    artefact, assert_clean, assert_named, js, screenshot, text, visible, wait_js, Browser, UI_WITHIN,
+    artefact, assert_clean, assert_named, attr, click, js, prop, screenshot, screenshot_from, text, visible, wait_js,
+    wait_text, Browser, UI_WITHIN,
 };
-use crate::helpers::TestApp;
+use crate::helpers::{video, TestApp, TestKey};
+
+/// How long a sandbox job may take to complete.
+const JOB_WITHIN: Duration = Duration::from_secs(40);
+
+/// An admin token made as `reelgate admin tokens create --name NAME` makes one.
+async fn admin_token(app: &TestApp, name: &str) -> String {
+    service::admin::create_token(app.store.as_ref(), name, AuditContext::cli(Some("test"))).await.expect("token").secret
+}
+
+/// Types `token` into the sign-in form and presses Enter; ticks "Remember me" if asked.
+async fn sign_in(c: &Client, token: &str, remember: bool) {
+    let input = c.find(Locator::Css("#admin-token")).await.unwrap();
+    input.clear().await.unwrap();
+    if js(c, "return document.querySelector('#remember').checked").await != json!(remember) {
+        click(c, "#remember").await;
+    }
+    input.send_keys(&format!("{token}\u{E007}")).await.unwrap();
+}
+
+/// Waits until the view `name` (e.g. `overview`, `jobs-detail`) has finished loading.
+async fn wait_view(c: &Client, name: &str) {
+    let script = format!(
+        "const v = document.querySelector('#view'); return !v.hidden && v.dataset.view === '{name}' && v.dataset.ready === 'true'"
+    );
+    wait_js(c, &script, UI_WITHIN).await;
+}
+
+/// Follows a link of the navigation, as a person clicks it.
+async fn open_section(c: &Client, section: &str) {
+    click(c, &format!("#nav a[data-section=\"{section}\"]")).await;
+    wait_view(c, section).await;
+    assert_eq!(attr(c, &format!("#nav a[data-section=\"{section}\"]"), "aria-current").await, "page");
+}
 
 /// GET /admin is the console's page with a strict CSP, revalidated on each load; its
 /// assets are versioned, immutable, gzipped, and every module it imports is served.
@@ -143,4 +181,234 @@ async fn console_sign_in_is_named_and_works_by_keyboard() {
     assert_clean(c).await;
     browser.close().await;
     app.stop().await.unwrap();
+}
+
+/// The operator's day: sign in with an admin token, create a customer, grant them credits
+/// (the balance and the ledger follow; an overdraft is refused in words), create a key
+/// (its secret shown once, then gone from the page), see a job made with that key in the
+/// overview's chart, find it in the explorer and open its timeline, see the changes in the
+/// audit log and the upstream accounts; sign out. Screenshots at 1280 and 375 px.
+#[tokio::test]
+async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
+    let Some(browser) = Browser::start("console_creates_a_customer_key_and_credits_and_finds_the_job").await else {
+        return;
+    };
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let token = admin_token(&app, "ops-alice").await;
+    // Another customer's job, so the explorer has more than one to search.
+    let other = app.create_key(20).await;
+    let other_job = app.submit(&other, &video("hailuo-2.3", "Someone else's job")).await;
+    let c = &browser.client;
+    c.set_window_size(1280, 1000).await.unwrap();
+    c.goto(&app.url("/admin")).await.unwrap();
+    wait_js(c, "return document.body.dataset.ready === 'true' && !document.querySelector('#signin').hidden", UI_WITHIN)
+        .await;
+
+    // A refused token, then the right one; the overview comes first.
+    sign_in(c, "rga_not_a_token", false).await;
+    wait_js(c, "return document.querySelector('#signin-error').textContent.includes('not valid')", UI_WITHIN).await;
+    sign_in(c, &token, false).await;
+    wait_view(c, "overview").await;
+    assert_eq!(js(c, "return location.hash").await, json!("#/overview"));
+    assert!(text(c, "#session-name").await.starts_with("ops-alice (rga_"), "who is signed in");
+    assert!(visible(c, "#sandbox-badge").await, "the sandbox is marked");
+    assert_eq!(js(c, "return sessionStorage.length").await, json!(1), "the token is kept for this tab");
+    assert_eq!(js(c, "return localStorage.length").await, json!(0), "and only there without Remember me");
+    assert_eq!(js(c, "return document.activeElement.id").await, json!("view-title"), "focus moves to the view");
+
+    // A new customer, from the Customers section.
+    open_section(c, "customers").await;
+    click(c, "#new-customer summary").await;
+    c.find(Locator::Css("#new-customer-name")).await.unwrap().send_keys("Acme Studios").await.unwrap();
+    c.find(Locator::Css("#new-customer-email")).await.unwrap().send_keys("ops@acme.example").await.unwrap();
+    click(c, "#new-customer-submit").await;
+    wait_view(c, "customers-detail").await;
+    wait_text(c, "#view-title", "Acme Studios").await;
+    wait_text(c, "#customer-credits", "0").await;
+    let account_id = js(c, "return decodeURIComponent(location.hash.split('/')[2])").await;
+    let account_id = account_id.as_str().unwrap().to_string();
+
+    // Grant credits: the balance and the ledger follow.
+    c.find(Locator::Css("#grant-amount")).await.unwrap().send_keys("50").await.unwrap();
+    c.find(Locator::Css("#grant-note")).await.unwrap().send_keys("Welcome credits").await.unwrap();
+    click(c, "#grant-submit").await;
+    wait_text(c, "#customer-credits", "50").await;
+    assert!(text(c, "#grant-result").await.contains("Granted 50 credits"), "{}", text(c, "#grant-result").await);
+    wait_js(c, "const r = document.querySelector('#ledger tbody tr'); return r?.dataset.kind === 'grant' && r.dataset.amount === '50' && r.textContent.includes('Welcome credits')", UI_WITHIN).await;
+    // A deduction past the balance is refused, in numbers.
+    c.find(Locator::Css("#grant-amount")).await.unwrap().send_keys("-80").await.unwrap();
+    assert_eq!(text(c, "#grant-submit").await, "Deduct credits");
+    click(c, "#grant-submit").await;
+    wait_js(c, "return document.querySelector('#grant-error').textContent.includes('balance is 50')", UI_WITHIN).await;
+    assert_eq!(text(c, "#customer-credits").await, "50");
+    let (balance, _) = app.balance_and_ledger(account_id.parse().unwrap()).await;
+    assert_eq!(balance, 50);
+
+    // Create a key: its secret is shown once, in a dialog, then nowhere.
+    c.find(Locator::Css("#key-name")).await.unwrap().send_keys("production").await.unwrap();
+    click(c, "#key-submit").await;
+    wait_js(c, "return document.querySelector('#secret-dialog').open && document.querySelector('#secret-value').value.startsWith('afk_')", UI_WITHIN).await;
+    let secret = prop(c, "#secret-value", "value").await;
+    assert_eq!(js(c, "return document.activeElement.id").await, json!("secret-value"), "focus on the secret");
+    assert_named(c).await;
+    artefact(c, "console-key-shown-once-1280.png").await;
+    let key_id = attr(c, "#key-list tbody tr", "data-key-id").await;
+    assert_eq!(attr(c, "#key-list tbody tr", "data-status").await, "active");
+    assert!(text(c, "#key-list tbody tr").await.contains(&secret[..12]), "the key's prefix is listed");
+    click(c, "#secret-close").await;
+    wait_js(c, "return !document.querySelector('#secret-dialog').open", UI_WITHIN).await;
+    let leaked = js(
+        c,
+        &format!(
+            "const s = {}; return document.documentElement.outerHTML.includes(s) || Array.from(document.querySelectorAll('input')).some(i => i.value.includes(s)) || JSON.stringify(sessionStorage).includes(s) || JSON.stringify(localStorage).includes(s)",
+            json!(secret)
+        ),
+    )
+    .await;
+    assert_eq!(leaked, json!(false), "the secret is gone from the page once the dialog is closed");
+    assert_eq!(js(c, "return document.activeElement.id").await, json!("key-name"), "focus back on the form");
+
+    // The key works: a job made with it completes and costs 5 credits.
+    let key = TestKey { key: secret, key_id: key_id.parse().unwrap(), account_id: account_id.parse().unwrap() };
+    let job_id = app.submit(&key, &video("hailuo-2.3", "A lighthouse at dusk")).await;
+    assert_eq!(app.wait_terminal(&key, &job_id, JOB_WITHIN).await["status"], "COMPLETED");
+    app.wait_terminal(&other, &other_job, JOB_WITHIN).await;
+    c.refresh().await.unwrap();
+    wait_view(c, "customers-detail").await;
+    wait_text(c, "#customer-credits", "45").await;
+    wait_js(c, "const r = document.querySelector('#ledger tbody tr'); return r?.dataset.kind === 'charge' && r.dataset.amount === '-5'", UI_WITHIN).await;
+    wait_js(c, "return document.querySelectorAll('#usage-chart rect.bar').length >= 1", UI_WITHIN).await;
+    assert_named(c).await;
+    screenshot(c, 1280, "console-customer-1280.png").await;
+    screenshot(c, 375, "console-customer-375.png").await;
+    c.set_window_size(1280, 1000).await.unwrap();
+
+    // The overview: the completions drawn in the chart, the credits charged today.
+    open_section(c, "overview").await;
+    wait_js(c, "return document.querySelectorAll('#throughput-chart rect.bar-completed').length >= 1", UI_WITHIN).await;
+    let drawn = js(
+        c,
+        "const svg = document.querySelector('#throughput-chart'); return { points: svg.dataset.points, bars: Array.from(svg.querySelectorAll('rect.bar-completed')).reduce((n, r) => n + Number(r.dataset.value), 0), height: svg.getBoundingClientRect().height, name: svg.getAttribute('role') }",
+    )
+    .await;
+    assert_eq!(drawn["points"], "60", "a bar place for each of the last 60 minutes: {drawn}");
+    assert_eq!(drawn["bars"], 2, "both completions are drawn: {drawn}");
+    assert_eq!(drawn["name"], "img");
+    assert!(drawn["height"].as_f64().unwrap() > 100.0, "{drawn}");
+    assert_eq!(text(c, ".tile-completed .tile-value").await, "2");
+    assert_eq!(text(c, "#credits-today .tile-value").await, "10");
+    assert_named(c).await;
+    screenshot(c, 1280, "console-1280.png").await;
+    screenshot(c, 375, "console-375.png").await;
+    // On a phone the chart is below the tiles: its own picture.
+    screenshot_from(c, 375, "console-chart-375.png", Some("#throughput-title")).await;
+    c.set_window_size(1280, 1000).await.unwrap();
+
+    // The explorer: the customer's jobs (from the customer's page), then the job by its id.
+    c.goto(&app.url(&format!("/admin#/customers/{account_id}"))).await.unwrap();
+    wait_view(c, "customers-detail").await;
+    click(c, "#customer-jobs-link").await;
+    wait_view(c, "jobs").await;
+    let rows =
+        js(c, "return Array.from(document.querySelectorAll('#job-list tbody tr')).map(r => r.dataset.jobId)").await;
+    assert_eq!(rows, json!([job_id]), "only this customer's job");
+    assert_eq!(prop(c, "#filter-account", "value").await, account_id);
+    click(c, "#filters-clear").await;
+    wait_js(
+        c,
+        "return document.querySelectorAll('#job-list tbody tr').length === 2 && location.hash === '#/jobs'",
+        UI_WITHIN,
+    )
+    .await;
+    c.find(Locator::Css("#job-id-input")).await.unwrap().send_keys(&format!("{job_id}\u{E007}")).await.unwrap();
+    wait_view(c, "jobs-detail").await;
+    assert_eq!(attr(c, "#job-detail", "data-status").await, "COMPLETED");
+    let stages =
+        js(c, "return Array.from(document.querySelectorAll('#timeline li')).map(li => li.dataset.stage)").await;
+    let stages: Vec<&str> = stages.as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(stages.first(), Some(&"queued"), "{stages:?}");
+    assert_eq!(stages.last(), Some(&"completed"), "{stages:?}");
+    assert!(stages.contains(&"running"), "{stages:?}");
+    assert!(text(c, "#job-detail").await.contains("A lighthouse at dusk"), "the request is shown");
+    assert_named(c).await;
+    screenshot(c, 1280, "console-job-1280.png").await;
+    screenshot(c, 375, "console-job-375.png").await;
+    c.set_window_size(1280, 1000).await.unwrap();
+    // Back returns to the list.
+    c.back().await.unwrap();
+    wait_view(c, "jobs").await;
+
+    // The upstream accounts (the sandbox's) and the audit log of what was done here.
+    open_section(c, "upstreams").await;
+    wait_js(c, "return document.querySelectorAll('#upstream-list article').length >= 1", UI_WITHIN).await;
+    assert_named(c).await;
+    artefact(c, "console-upstreams-1280.png").await;
+    open_section(c, "audit").await;
+    let audit = text(c, "#audit-list").await;
+    assert!(audit.contains("ops-alice") && audit.contains(&account_id), "{audit}");
+    let actions =
+        js(c, "return Array.from(document.querySelectorAll('#audit-list tbody tr')).map(r => r.dataset.action)").await;
+    assert!(actions.as_array().unwrap().len() >= 3, "account, credits and key: {actions}");
+    assert_named(c).await;
+    artefact(c, "console-audit-1280.png").await;
+
+    // Signing out forgets the token.
+    click(c, "#sign-out").await;
+    wait_js(c, "return !document.querySelector('#signin').hidden && sessionStorage.length === 0", UI_WITHIN).await;
+    assert!(!visible(c, "#nav").await);
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
+
+/// "Remember me" keeps the token across a reload; a token revoked meanwhile signs the
+/// console out at its next request, with the reason; a key can be revoked (after a
+/// confirmation) by keyboard.
+#[tokio::test]
+async fn console_remembers_the_token_until_it_is_revoked() {
+    let Some(browser) = Browser::start("console_remembers_the_token_until_it_is_revoked").await else { return };
+    let app = TestApp::spawn().await;
+    let token = admin_token(&app, "ops-bob").await;
+    let customer = app.create_key(10).await;
+    let c = &browser.client;
+    c.set_window_size(1280, 1000).await.unwrap();
+    c.goto(&app.url(&format!("/admin#/customers/{}", customer.account_id))).await.unwrap();
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+    sign_in(c, &token, true).await;
+    // The route asked for before signing in is the one shown after.
+    wait_view(c, "customers-detail").await;
+    assert_eq!(js(c, "return localStorage.length").await, json!(1));
+    c.refresh().await.unwrap();
+    wait_view(c, "customers-detail").await;
+    assert!(!visible(c, "#signin").await, "signed in again from storage");
+
+    // Revoke the customer's key by keyboard: Enter on Revoke, then on Confirm.
+    let revoke = format!("#key-list tr[data-key-id=\"{}\"] button.danger-link", customer.key_id);
+    js(c, &format!("document.querySelector('{revoke}').focus(); return true")).await;
+    c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
+    wait_js(
+        c,
+        "return document.querySelector('#confirm-dialog').open && document.activeElement.id === 'confirm-cancel'",
+        UI_WITHIN,
+    )
+    .await;
+    js(c, "document.querySelector('#confirm-ok').focus(); return true").await;
+    c.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
+    let row = format!("#key-list tr[data-key-id=\"{}\"]", customer.key_id);
+    wait_js(c, &format!("return document.querySelector('{row}')?.dataset.status === 'revoked'"), UI_WITHIN).await;
+    assert_eq!(app.me(&customer.key).await.status, 401, "the revoked key is refused");
+
+    // The token is revoked elsewhere: the next request signs the console out.
+    service::admin::revoke_token(app.store.as_ref(), &token[..12], AuditContext::cli(Some("test"))).await.unwrap();
+    open_section_unchecked(c, "audit").await;
+    wait_js(c, "return !document.querySelector('#signin').hidden && document.querySelector('#signin-error').textContent.includes('no longer accepted')", UI_WITHIN).await;
+    assert_eq!(js(c, "return localStorage.length + sessionStorage.length").await, json!(0), "the token is forgotten");
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
+
+/// Clicks a navigation link without waiting for its view (which may never come).
+async fn open_section_unchecked(c: &Client, section: &str) {
+    click(c, &format!("#nav a[data-section=\"{section}\"]")).await;
 }

@@ -85,11 +85,23 @@ pub async fn assert_clean(c: &Client) {
 /// Saves a screenshot at `width` px wide under target/<page>-screenshots/ (the page being
 /// the name up to its first `-`), and into docs/ when REELGATE_UPDATE_SCREENSHOTS=1.
 pub async fn screenshot(c: &Client, width: u32, name: &str) {
+    screenshot_from(c, width, name, None).await;
+}
+
+/// As [`screenshot`], with the window scrolled so that the element `selector` is at its
+/// top (when given), for what a phone shows further down.
+pub async fn screenshot_from(c: &Client, width: u32, name: &str, selector: Option<&str>) {
     c.set_window_size(width, if width < 600 { 812 } else { 1100 }).await.unwrap();
     let inner =
         wait_js(c, &format!("return window.innerWidth === {width} ? window.innerWidth : null"), UI_WITHIN).await;
     assert_eq!(inner, width);
-    js(c, "window.scrollTo(0, 0); return true").await;
+    match selector {
+        Some(s) => {
+            js(c, &format!("document.querySelector({}).scrollIntoView({{ block: 'start' }}); return true", json!(s)))
+                .await
+        }
+        None => js(c, "window.scrollTo(0, 0); return true").await,
+    };
     // Laid out for this width: nothing wider than the viewport.
     let overflow = js(c, "return document.documentElement.scrollWidth - window.innerWidth").await;
     assert_eq!(overflow, 0, "the page is wider than {width} px");
