@@ -21,8 +21,15 @@ function change(r) {
   return el('details', { class: 'change' },
     el('summary', { text: 'Before and after', 'aria-label': `Before and after of ${r.action} on ${r.target}` }),
     el('div', { class: 'change-body' },
-      el('div', {}, el('h3', { text: 'Before' }), el('pre', { class: 'json', text: JSON.stringify(r.before, null, 2) })),
-      el('div', {}, el('h3', { text: 'After' }), el('pre', { class: 'json', text: JSON.stringify(r.after, null, 2) }))));
+      side('Before', r.before, 'None before this change.'),
+      side('After', r.after, 'None after this change.')));
+}
+
+function side(title, value, none) {
+  return el('div', {}, el('h3', { text: title }),
+    value === null || value === undefined
+      ? el('p', { class: 'muted small', text: none })
+      : el('pre', { class: 'json', tabindex: '0', 'aria-label': `${title}, as JSON`, text: JSON.stringify(value, null, 2) }));
 }
 
 export async function render(ctx) {

@@ -50,7 +50,8 @@ async fn open_section(c: &Client, section: &str) {
 }
 
 /// GET /admin is the console's page with a strict CSP, revalidated on each load; its
-/// assets are versioned, immutable, gzipped, and every module it imports is served.
+/// assets are versioned, immutable, gzipped, and every module it imports is served; with
+/// `admin.listen` set, all of it moves to that address.
 #[tokio::test]
 async fn console_is_served_with_csp_and_caching() {
     let app = TestApp::spawn().await;
@@ -121,6 +122,24 @@ async fn console_is_served_with_csp_and_caching() {
     assert_eq!(old.headers()["cache-control"], "no-cache");
     let missing = app.http.get(app.url("/admin/assets/0/nope.js")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    app.stop().await.unwrap();
+
+    // With `admin.listen`, the console is served on that address only, like its API.
+    let admin_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let app = TestApp::spawn_with(|c| c.admin.listen = Some(admin_addr)).await;
+    let public = app.http.get(app.url("/admin")).send().await.unwrap();
+    assert_eq!(public.status(), 404, "not on the public address");
+    let asset = app.http.get(app.url(app_js)).send().await.unwrap();
+    assert_eq!(asset.status(), 404, "nor its files");
+    crate::helpers::eventually(Duration::from_secs(5), || async {
+        app.http.get(format!("http://{admin_addr}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let private = app.http.get(format!("http://{admin_addr}/admin")).send().await.unwrap();
+    assert_eq!(private.status(), 200);
+    assert_eq!(private.text().await.unwrap(), html, "the same page");
+    let asset = app.http.get(format!("http://{admin_addr}{app_js}")).send().await.unwrap();
+    assert_eq!(asset.status(), 200);
     app.stop().await.unwrap();
 }
 
@@ -273,7 +292,28 @@ async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
     let job_id = app.submit(&key, &video("hailuo-2.3", "A lighthouse at dusk")).await;
     assert_eq!(app.wait_terminal(&key, &job_id, JOB_WITHIN).await["status"], "COMPLETED");
     app.wait_terminal(&other, &other_job, JOB_WITHIN).await;
-    c.refresh().await.unwrap();
+
+    // Find the customer again by searching, then open them: the charge is in the ledger.
+    open_section(c, "customers").await;
+    let listed =
+        "return Array.from(document.querySelectorAll('#customer-list tbody tr')).map(r => r.dataset.accountId)";
+    wait_js(c, &format!("return (() => {{ {listed} }})().length === 2"), UI_WITHIN).await;
+    c.find(Locator::Css("#customer-search")).await.unwrap().send_keys("ACME\u{E007}").await.unwrap();
+    wait_js(
+        c,
+        &format!("const ids = (() => {{ {listed} }})(); return ids.length === 1 && ids[0] === '{account_id}'"),
+        UI_WITHIN,
+    )
+    .await;
+    assert_eq!(js(c, "return location.hash").await, json!("#/customers?search=ACME"), "the search is in the address");
+    let search = c.find(Locator::Css("#customer-search")).await.unwrap();
+    search.clear().await.unwrap();
+    search.send_keys("nobody-by-this-name\u{E007}").await.unwrap();
+    wait_js(c, "return !document.querySelector('#customers-empty').hidden && document.querySelectorAll('#customer-list tbody tr').length === 0", UI_WITHIN).await;
+    search.clear().await.unwrap();
+    search.send_keys("acme\u{E007}").await.unwrap();
+    wait_js(c, "return document.querySelectorAll('#customer-list tbody tr').length === 1", UI_WITHIN).await;
+    click(c, "#customer-list tbody tr a").await;
     wait_view(c, "customers-detail").await;
     wait_text(c, "#customer-credits", "45").await;
     wait_js(c, "const r = document.querySelector('#ledger tbody tr'); return r?.dataset.kind === 'charge' && r.dataset.amount === '-5'", UI_WITHIN).await;
@@ -342,13 +382,29 @@ async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
     open_section(c, "upstreams").await;
     wait_js(c, "return document.querySelectorAll('#upstream-list article').length >= 1", UI_WITHIN).await;
     assert_named(c).await;
+    // Held out of rotation for a while, with a reason; then released.
+    let card = "#upstream-list article[data-upstream=\"sandbox\"]";
+    click(c, &format!("{card} details summary")).await;
+    let minutes = c.find(Locator::Css(&format!("{card} input[type=number]"))).await.unwrap();
+    minutes.clear().await.unwrap();
+    minutes.send_keys("5").await.unwrap();
+    c.find(Locator::Css(&format!("{card} input[type=text]"))).await.unwrap().send_keys("maintenance").await.unwrap();
+    click(c, &format!("{card} form button[type=submit]")).await;
+    wait_js(c, &format!("const t = document.querySelector('{card}')?.textContent || ''; return t.includes('out of rotation') && t.includes('maintenance')"), UI_WITHIN).await;
     artefact(c, "console-upstreams-1280.png").await;
+    click(c, &format!("{card} .actions button")).await;
+    wait_js(c, &format!("return document.querySelector('{card}')?.textContent.includes('in rotation') && !document.querySelector('{card}').textContent.includes('maintenance')"), UI_WITHIN).await;
     open_section(c, "audit").await;
     let audit = text(c, "#audit-list").await;
     assert!(audit.contains("ops-alice") && audit.contains(&account_id), "{audit}");
     let actions =
         js(c, "return Array.from(document.querySelectorAll('#audit-list tbody tr')).map(r => r.dataset.action)").await;
     assert!(actions.as_array().unwrap().len() >= 3, "account, credits and key: {actions}");
+    // Every change's before and after, and no secret in any of them.
+    js(c, "document.querySelectorAll('#audit-list details').forEach((d) => { d.open = true; }); return true").await;
+    let audit = text(c, "#audit-list").await;
+    assert!(audit.contains("upstream.") && audit.contains("credits.adjust"), "{audit}");
+    assert!(!audit.contains(&key.key) && !audit.contains(&token), "no secret in the audit log");
     assert_named(c).await;
     artefact(c, "console-audit-1280.png").await;
 
