@@ -39,7 +39,7 @@ const ROUTES = {
 };
 
 /** `#/jobs/abc?status=FAILED` -> { section: 'jobs', id: 'abc', query }; null for a hash that is no route. */
-export function parseHash(hash) {
+function parseHash(hash) {
   if (!hash.startsWith('#/')) return null;
   const [path, qs = ''] = hash.slice(2).split('?');
   const [section = '', id = ''] = path.split('/').map((p) => decodeURIComponent(p));

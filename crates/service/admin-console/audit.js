@@ -41,7 +41,7 @@ export async function render(ctx) {
     { label: 'Action', cell: (r) => el('code', { text: r.action }) },
     { label: 'Target', cell: (r) => target(r.target) },
     { label: 'Change', cell: change },
-    { label: 'Request', cell: (r) => (r.requestId ? el('code', { text: r.requestId }) : '—'), className: 'wide-only' },
+    { label: 'Request', cell: (r) => (r.requestId ? el('code', { text: r.requestId }) : '—') },
   ], [], { id: 'audit-list', rowAttrs: (r) => ({ 'data-action': r.action }) });
   const empty = el('p', { class: 'muted', id: 'audit-empty', hidden: true, text: 'Nothing changed through the admin API or CLI yet.' });
   const pages = pager({

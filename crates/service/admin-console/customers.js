@@ -31,11 +31,11 @@ export async function renderList(ctx) {
 
   const list = table('Customers', [
     { label: 'Name', cell: (a) => el('a', { href: `#/customers/${seg(a.id)}`, text: a.name || a.id }) },
-    { label: 'E-mail', cell: (a) => a.email || '—', className: 'wide-only' },
+    { label: 'E-mail', cell: (a) => a.email || '—' },
     { label: 'Credits', cell: (a) => num(a.credits), className: 'num' },
-    { label: 'Plan', cell: (a) => a.plan || '—', className: 'wide-only' },
+    { label: 'Plan', cell: (a) => a.plan || '—' },
     { label: 'Status', cell: (a) => badge(a.disabled ? 'disabled' : 'active') },
-    { label: 'Created', cell: (a) => time(a.createdAt), className: 'wide-only' },
+    { label: 'Created', cell: (a) => time(a.createdAt) },
   ], [], { id: 'customer-list', rowAttrs: (a) => ({ 'data-account-id': a.id }) });
   const empty = el('p', { class: 'muted', id: 'customers-empty', hidden: true, text: 'No customer matches.' });
   const pages = pager({
@@ -258,7 +258,7 @@ function keysPanel(ctx, account) {
     { label: 'Name', cell: (k) => k.name || '—' },
     { label: 'Prefix', cell: (k) => el('code', { text: `${k.prefix}…` }) },
     { label: 'Status', cell: (k) => badge(k.status) },
-    { label: 'Created', cell: (k) => time(k.createdAt), className: 'wide-only' },
+    { label: 'Created', cell: (k) => time(k.createdAt) },
     { label: 'Actions', cell: (k) => keyActions(k) },
   ], [], { id: 'key-list', rowAttrs: (k) => ({ 'data-key-id': k.id, 'data-status': k.status }) });
   const empty = el('p', { class: 'muted', id: 'keys-empty', text: 'No keys yet.' });
@@ -399,7 +399,7 @@ function ledgerPanel(ctx, accountId) {
     { label: 'Kind', cell: (e) => badge(e.kind) },
     { label: 'Amount', cell: (e) => el('span', { class: e.amount < 0 ? 'neg' : 'pos', text: `${e.amount > 0 ? '+' : ''}${num(e.amount)}` }), className: 'num' },
     { label: 'Note', cell: (e) => e.note || '—' },
-    { label: 'Job', cell: (e) => (e.jobId ? el('a', { href: `#/jobs/${seg(e.jobId)}`, text: `${e.jobId.slice(0, 8)}…`, 'aria-label': `Job ${e.jobId}` }) : '—'), className: 'wide-only' },
+    { label: 'Job', cell: (e) => (e.jobId ? el('a', { href: `#/jobs/${seg(e.jobId)}`, text: `${e.jobId.slice(0, 8)}…`, 'aria-label': `Job ${e.jobId}` }) : '—') },
   ], [], { id: 'ledger', rowAttrs: (e) => ({ 'data-kind': e.kind, 'data-amount': e.amount }) });
   const empty = el('p', { class: 'muted', id: 'ledger-empty', hidden: true, text: 'No ledger entries.' });
   const pages = pager({

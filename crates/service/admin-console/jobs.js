@@ -82,10 +82,10 @@ export async function renderList(ctx) {
     { label: 'Job', cell: (j) => el('a', { href: `#/jobs/${seg(j.id)}`, 'aria-label': `Job ${j.id}`, text: shortId(j.id) }), className: 'mono' },
     { label: 'Status', cell: (j) => badge(j.status) },
     { label: 'Model', cell: (j) => j.model },
-    { label: 'Customer', cell: (j) => (j.accountId ? el('a', { href: `#/customers/${seg(j.accountId)}`, 'aria-label': `Customer ${j.accountId}`, text: shortId(j.accountId) }) : '—'), className: 'wide-only mono' },
+    { label: 'Customer', cell: (j) => (j.accountId ? el('a', { href: `#/customers/${seg(j.accountId)}`, 'aria-label': `Customer ${j.accountId}`, text: shortId(j.accountId) }) : '—'), className: 'mono' },
     { label: 'Credits', cell: (j) => num(j.creditCost), className: 'num' },
-    { label: 'Created', cell: (j) => time(j.createdAt), className: 'wide-only' },
-    { label: 'Took', cell: (j) => elapsed(j), className: 'wide-only num' },
+    { label: 'Created', cell: (j) => time(j.createdAt) },
+    { label: 'Took', cell: (j) => elapsed(j), className: 'num' },
   ], [], { id: 'job-list', rowAttrs: (j) => ({ 'data-job-id': j.id, 'data-status': j.status }) });
   const empty = el('p', { class: 'muted', id: 'jobs-empty', hidden: true, text: 'No job matches these filters.' });
   const query = Object.fromEntries(FILTERS.map((f) => [f, q.get(f) || '']));

@@ -31,7 +31,10 @@ export async function render(ctx) {
     if (!ctx.isCurrent()) return;
     error.textContent = '';
     chart?.stop();
+    // Redrawn every 15 s: keep "Show the numbers" open for whoever opened it.
+    const numbersOpen = body.querySelector('.chart-table')?.open === true;
     chart = show(body, data);
+    if (numbersOpen) body.querySelector('.chart-table').open = true;
     updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
   };
   refresh.addEventListener('click', load);

@@ -36,6 +36,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     console().router(&["/admin", "/admin/"], "/admin/assets/{version}/{file}")
 }
 
+/// The console's page and files, with the strict CSP and no other origin.
 fn console() -> Site {
     Site::new("console", ASSETS, |version| INDEX.replace("{{VERSION}}", version), embedded::strict_csp(&[]))
 }

@@ -32,6 +32,7 @@ pub(crate) const JS: &str = "text/javascript; charset=utf-8";
 /// One file as served: its bytes, gzipped too, and the ETag of each.
 pub(crate) struct File {
     content_type: &'static str,
+    /// The bytes as compiled in (for the page: as rendered).
     pub(crate) body: Vec<u8>,
     etag: HeaderValue,
     gzip: Vec<u8>,
@@ -56,8 +57,10 @@ pub(crate) struct Site {
     label: &'static str,
     /// The hash of every asset, the middle of their URLs.
     pub(crate) version: String,
+    /// The page, rendered with the version in its asset URLs.
     pub(crate) index: File,
     assets: Vec<(&'static str, File)>,
+    /// The Content-Security-Policy every answer carries.
     pub(crate) csp: HeaderValue,
 }
 

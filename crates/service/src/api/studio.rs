@@ -29,10 +29,12 @@ const ASSETS: &[Asset] = &[
     ("util.js", JS, include_bytes!("../../studio/util.js")),
 ];
 
+/// `/` and the Studio's assets under `/studio/<version>/`.
 pub(crate) fn router(config: &Config) -> Router<AppState> {
     studio(config).router(&["/"], "/studio/{version}/{file}")
 }
 
+/// The Studio's page and files, its CSP allowing the media origins `config` implies.
 fn studio(config: &Config) -> Site {
     let origins = media_origins(config);
     let render = |version: &str| INDEX.replace("{{VERSION}}", version).replace("{{MEDIA_ORIGINS}}", &origins.join(" "));
