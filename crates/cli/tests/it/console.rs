@@ -204,9 +204,10 @@ async fn console_sign_in_is_named_and_works_by_keyboard() {
 
 /// The operator's day: sign in with an admin token, create a customer, grant them credits
 /// (the balance and the ledger follow; an overdraft is refused in words), create a key
-/// (its secret shown once, then gone from the page), see a job made with that key in the
-/// overview's chart, find it in the explorer and open its timeline, see the changes in the
-/// audit log and the upstream accounts; sign out. Screenshots at 1280 and 375 px.
+/// (its secret shown once, then gone from the page), search for the customer, see a job
+/// made with that key and another's failed one in the overview's chart, find them in the
+/// explorer (by customer, by status, by id) and open the timeline, hold and release an
+/// upstream account, read the audit log; sign out. Screenshots at 1280 and 375 px.
 #[tokio::test]
 async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
     let Some(browser) = Browser::start("console_creates_a_customer_key_and_credits_and_finds_the_job").await else {
@@ -214,9 +215,10 @@ async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
     };
     let app = TestApp::spawn_engine(|_, _| {}).await;
     let token = admin_token(&app, "ops-alice").await;
-    // Another customer's job, so the explorer has more than one to search.
+    // Another customer's job, one that fails upstream (and is refunded): the explorer has
+    // more than one job to search, and the chart a failure to draw.
     let other = app.create_key(20).await;
-    let other_job = app.submit(&other, &video("hailuo-2.3", "Someone else's job")).await;
+    let other_job = app.submit(&other, &video("hailuo-2.3", "Someone else's job [sandbox:fail-1026]")).await;
     let c = &browser.client;
     c.set_window_size(1280, 1000).await.unwrap();
     c.goto(&app.url("/admin")).await.unwrap();
@@ -291,7 +293,7 @@ async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
     let key = TestKey { key: secret, key_id: key_id.parse().unwrap(), account_id: account_id.parse().unwrap() };
     let job_id = app.submit(&key, &video("hailuo-2.3", "A lighthouse at dusk")).await;
     assert_eq!(app.wait_terminal(&key, &job_id, JOB_WITHIN).await["status"], "COMPLETED");
-    app.wait_terminal(&other, &other_job, JOB_WITHIN).await;
+    assert_eq!(app.wait_terminal(&other, &other_job, JOB_WITHIN).await["status"], "FAILED");
 
     // Find the customer again by searching, then open them: the charge is in the ledger.
     open_section(c, "customers").await;
@@ -323,20 +325,28 @@ async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
     screenshot(c, 375, "console-customer-375.png").await;
     c.set_window_size(1280, 1000).await.unwrap();
 
-    // The overview: the completions drawn in the chart, the credits charged today.
+    // The overview: the completion and the failure drawn in the chart, the credits charged
+    // and refunded today.
     open_section(c, "overview").await;
-    wait_js(c, "return document.querySelectorAll('#throughput-chart rect.bar-completed').length >= 1", UI_WITHIN).await;
+    wait_js(c, "return document.querySelectorAll('#throughput-chart rect.bar').length >= 2", UI_WITHIN).await;
     let drawn = js(
         c,
-        "const svg = document.querySelector('#throughput-chart'); return { points: svg.dataset.points, bars: Array.from(svg.querySelectorAll('rect.bar-completed')).reduce((n, r) => n + Number(r.dataset.value), 0), height: svg.getBoundingClientRect().height, name: svg.getAttribute('role') }",
+        "const svg = document.querySelector('#throughput-chart');
+        const sum = (cls) => Array.from(svg.querySelectorAll(`rect.${cls}`)).reduce((n, r) => n + Number(r.dataset.value), 0);
+        return { points: svg.dataset.points, completed: sum('bar-completed'), failed: sum('bar-failed'),
+          height: svg.getBoundingClientRect().height, role: svg.getAttribute('role'), name: svg.querySelector('title').textContent }",
     )
     .await;
     assert_eq!(drawn["points"], "60", "a bar place for each of the last 60 minutes: {drawn}");
-    assert_eq!(drawn["bars"], 2, "both completions are drawn: {drawn}");
-    assert_eq!(drawn["name"], "img");
+    assert_eq!((drawn["completed"].as_i64(), drawn["failed"].as_i64()), (Some(1), Some(1)), "{drawn}");
+    assert_eq!(drawn["role"], "img");
+    assert!(drawn["name"].as_str().unwrap().contains("per minute"), "{drawn}");
     assert!(drawn["height"].as_f64().unwrap() > 100.0, "{drawn}");
-    assert_eq!(text(c, ".tile-completed .tile-value").await, "2");
+    assert_eq!(text(c, ".tile-completed .tile-value").await, "1");
+    assert_eq!(text(c, ".tile-failed .tile-value").await, "1");
     assert_eq!(text(c, "#credits-today .tile-value").await, "10");
+    assert_eq!(text(c, "#refunded-today .tile-value").await, "5");
+    assert_eq!(text(c, "#throughput-totals").await, "1 completed, 1 failed in the last hour.");
     assert_named(c).await;
     screenshot(c, 1280, "console-1280.png").await;
     screenshot(c, 375, "console-375.png").await;
@@ -360,6 +370,17 @@ async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
         UI_WITHIN,
     )
     .await;
+    // Filtered by status: the failed job alone, its error shown in its page.
+    c.find(Locator::Css("#filter-status")).await.unwrap().select_by_value("FAILED").await.unwrap();
+    click(c, "#filters-apply").await;
+    wait_js(c, &format!("const r = document.querySelectorAll('#job-list tbody tr'); return location.hash === '#/jobs?status=FAILED' && r.length === 1 && r[0].dataset.jobId === '{other_job}'"), UI_WITHIN).await;
+    click(c, "#job-list tbody tr a").await;
+    wait_view(c, "jobs-detail").await;
+    assert_eq!(attr(c, "#job-detail", "data-status").await, "FAILED");
+    assert!(text(c, "#job-detail").await.contains("1026"), "the error is shown: {}", text(c, "#job-detail").await);
+    c.back().await.unwrap();
+    wait_view(c, "jobs").await;
+    assert_eq!(prop(c, "#filter-status", "value").await, "FAILED", "the filter is kept going back");
     c.find(Locator::Css("#job-id-input")).await.unwrap().send_keys(&format!("{job_id}\u{E007}")).await.unwrap();
     wait_view(c, "jobs-detail").await;
     assert_eq!(attr(c, "#job-detail", "data-status").await, "COMPLETED");
@@ -374,9 +395,10 @@ async fn console_creates_a_customer_key_and_credits_and_finds_the_job() {
     screenshot(c, 1280, "console-job-1280.png").await;
     screenshot(c, 375, "console-job-375.png").await;
     c.set_window_size(1280, 1000).await.unwrap();
-    // Back returns to the list.
+    // Back returns to the list it came from.
     c.back().await.unwrap();
     wait_view(c, "jobs").await;
+    assert_eq!(js(c, "return location.hash").await, json!("#/jobs?status=FAILED"));
 
     // The upstream accounts (the sandbox's) and the audit log of what was done here.
     open_section(c, "upstreams").await;
