@@ -510,3 +510,26 @@ async fn admin_tokens_are_made_listed_and_revoked_from_the_command_line() {
     assert!(audit.iter().all(|r| r.actor.starts_with("cli") && r.token_id.is_none()));
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_webhook_replayed_from_the_admin_api_is_delivered_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = crate::webhooks::receiver_on(listener, vec![]).await;
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let admin = Admin::new(&app).await;
+    let key = app.create_key(100).await;
+    let body = json!({"model": "hailuo-2.3", "prompt": "a bell", "webhookUrl": hook.url});
+    let id = app.submit(&key, &body).await;
+    app.wait_terminal(&key, &id, JOB_WITHIN).await;
+    eventually(JOB_WITHIN, || async { hook.received().len() == 1 }).await;
+    let replayed = admin.post(&format!("/jobs/{id}/webhooks/replay"), &json!({})).await;
+    assert_eq!(replayed.status, 200, "{}", replayed.text);
+    assert_eq!(replayed.body, json!({"replayed": 1}));
+    eventually(JOB_WITHIN, || async { hook.received().len() == 2 }).await;
+    let received = hook.received();
+    assert_eq!(received[0].headers["webhook-id"], received[1].headers["webhook-id"], "the same event again");
+    let job = admin.get(&format!("/jobs/{id}")).await;
+    assert_eq!(job["webhooks"][0]["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(admin.audit().await[0]["action"], "job.webhooks.replay");
+    app.stop().await.unwrap();
+}

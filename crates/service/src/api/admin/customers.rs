@@ -31,18 +31,11 @@ pub(super) fn router() -> Router<AppState> {
         .route("/keys/{id}/{action}", post(set_key_status))
 }
 
-/// An account on the wire.
-pub(super) fn account_json(a: &Account) -> Value {
-    json!({
-        "id": a.id.to_string(),
-        "name": a.name,
-        "email": a.email,
-        "credits": a.credits,
-        "plan": a.plan,
-        "maxConcurrentJobs": a.max_concurrent_jobs,
-        "disabled": a.disabled,
-        "createdAt": timestamp(a.created_at_ms),
-    })
+/// An account on the wire: what the audit log records of it, and when it was made.
+fn account_json(a: &Account) -> Value {
+    let mut body = store::snapshot::account(a);
+    body["createdAt"] = json!(timestamp(a.created_at_ms));
+    body
 }
 
 fn key_json(k: &ApiKeyRecord) -> Value {
