@@ -199,6 +199,17 @@ pub async fn create_account(
     }
 }
 
+/// A credit adjustment: not zero, and within [`MAX_CREDITS`] either way.
+fn check_amount(amount: i64) -> Result<i64> {
+    if amount == 0 || !(-MAX_CREDITS..=MAX_CREDITS).contains(&amount) {
+        return Err(invalid(
+            "amount",
+            format!("must be a non-zero whole number between -{MAX_CREDITS} and {MAX_CREDITS}"),
+        ));
+    }
+    Ok(amount)
+}
+
 fn check_initial_credits(credits: i64) -> Result<i64> {
     if !(0..=MAX_CREDITS).contains(&credits) {
         return Err(invalid("credits", format!("must be between 0 and {MAX_CREDITS}")));
@@ -334,12 +345,7 @@ pub async fn adjust_credits(
     idempotency_key: Option<String>,
     audit: AuditContext,
 ) -> Result<CreditsAdjusted> {
-    if amount == 0 || amount.abs() > MAX_CREDITS {
-        return Err(invalid(
-            "amount",
-            format!("must be a non-zero whole number between -{MAX_CREDITS} and {MAX_CREDITS}"),
-        ));
-    }
+    let amount = check_amount(amount)?;
     let note = note.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
     if let Some(n) = &note {
         check_text("note", n)?;
@@ -473,5 +479,9 @@ mod tests {
         assert!(check_configured(&["a".into()], "b").is_err() && check_configured(&["a".into()], "a").is_ok());
         assert_eq!(slug("Acme Video, Inc."), "acme-video--inc");
         assert_eq!(slug("***"), "key");
+        for bad in [0, i64::MIN, i64::MAX, MAX_CREDITS + 1, -MAX_CREDITS - 1] {
+            assert!(check_amount(bad).is_err(), "{bad}");
+        }
+        assert!(check_amount(-MAX_CREDITS).is_ok() && check_amount(1).is_ok());
     }
 }

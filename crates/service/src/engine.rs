@@ -311,7 +311,7 @@ impl Engine {
     /// Whether `upstream` may take work now: neither benched by the engine nor held by
     /// an operator (as of the last read of the holds).
     fn in_rotation(&self, upstream: &Upstream) -> bool {
-        upstream.health.benched().is_none() && self.holds.on(&upstream.budget.name).is_none()
+        upstream.health.benched(&upstream.budget.name).is_none() && self.holds.on(&upstream.budget.name).is_none()
     }
 
     /// Makes the engine read the operator holds again before its next claim.
@@ -327,7 +327,7 @@ impl Engine {
             .map(|u| UpstreamState {
                 budget: u.budget.clone(),
                 creates_left: u.creates.lock().unwrap_or_else(|p| p.into_inner()).available(),
-                out_of_rotation: u.health.benched(),
+                out_of_rotation: u.health.benched(&u.budget.name),
                 errors_last_hour: u.health.errors_last_hour(),
             })
             .collect()

@@ -187,6 +187,8 @@ async fn apply(tx: &impl GenericClient, write: AdminWrite, now_ms: i64) -> Resul
                 concat!("delete from upstream_hold where upstream_account = $1 returning ", hold_columns!());
             let stmt = tx.prepare_cached(SQL).await.map_err(db_err)?;
             let released = tx.query_opt(&stmt, &[&name]).await.map_err(db_err)?.as_ref().map(rows::hold).transpose()?;
+            // A hold that ran out held nothing: its row goes, unaudited.
+            let released = released.filter(|h| h.until_ms > now_ms);
             let audited = released
                 .as_ref()
                 .map(|h| Audited::new("upstream.release", format!("upstream:{name}"), Some(snapshot::hold(h)), None));

@@ -176,6 +176,10 @@ pub(crate) fn write_in_tx(ctx: &WriteCtx<'_>, write: &AdminWrite, who: &AuditCon
                 .prepare_cached("delete from upstream_hold where upstream_account = ?1")
                 .and_then(|mut s| s.execute([name]))
                 .map_err(map_err)?;
+            // A hold that ran out held nothing: its row goes, unaudited.
+            if before.until_ms <= ctx.now_ms {
+                return Ok(AdminWritten::Upstream(None));
+            }
             audit("upstream.release", format!("upstream:{name}"), Some(snapshot::hold(&before)), None)?;
             Ok(AdminWritten::Upstream(Some(before)))
         }
@@ -438,7 +442,7 @@ pub(crate) fn list_accounts(conn: &Connection, q: &AccountQuery) -> rusqlite::Re
                 account_columns!(),
                 " from account
                  where (?1 is null or account_id = ?1)
-                   and (?2 is null or instr(lower(name), ?2) > 0 or instr(lower(coalesce(email, '')), ?2) > 0) ",
+                   and (?2 is null or instr(unicode_lower(name), ?2) > 0 or instr(unicode_lower(coalesce(email, '')), ?2) > 0) ",
                 $keyset,
                 " order by created_at desc, account_id desc limit ?5"
             )

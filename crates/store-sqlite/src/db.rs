@@ -31,7 +31,19 @@ pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection
     };
     conn.execute_batch(pragmas).map_err(map_err)?;
     conn.set_prepared_statement_cache_capacity(64);
+    register_unicode_lower(&conn).map_err(map_err)?;
     Ok(conn)
+}
+
+/// `unicode_lower(text)`: lowercase by Unicode's rules, as Rust and PostgreSQL fold case.
+/// SQLite's own `lower()` folds ASCII only, so an account search for "über" would miss
+/// "Über GmbH" here and find it on PostgreSQL.
+fn register_unicode_lower(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("unicode_lower", 1, flags, |ctx| {
+        Ok(ctx.get::<Option<String>>(0)?.map(|text| text.to_lowercase()))
+    })
 }
 
 /// Maps rusqlite errors onto what a caller can act on.

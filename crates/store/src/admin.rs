@@ -4,8 +4,10 @@
 //!
 //! Every change an operator makes goes through [`crate::Store::admin_write`], one method
 //! for all of them, so each backend has one place where an admin change and its audit row
-//! are written in the same transaction. A write that changes nothing (a refused
-//! deduction, a replayed grant, a job no longer cancellable) writes no audit row.
+//! are written in the same transaction. A write that is refused or replayed (a
+//! deduction beyond the balance, a retried grant, a job no longer cancellable, a release
+//! of an account not held) writes no audit row; an accepted one is recorded even when it
+//! sets a value to what it already was, as the operator's act.
 
 use domain::{AccountId, ApiKeyId, ApiKeyStatus, JobId, JobStatus, KeyDigest, Stage};
 use serde_json::{json, Value};

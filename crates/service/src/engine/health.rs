@@ -55,8 +55,9 @@ impl Health {
         *self.bench.lock().unwrap_or_else(|p| p.into_inner()) = Some(bench);
     }
 
-    /// The engine's bench, if it still runs; an expired one is forgotten here.
-    pub fn benched(&self) -> Option<OutOfRotation> {
+    /// The engine's bench of the account called `name`, if it still runs; an expired one
+    /// is forgotten here.
+    pub fn benched(&self, name: &str) -> Option<OutOfRotation> {
         let mut bench = self.bench.lock().unwrap_or_else(|p| p.into_inner());
         match &*bench {
             Some(b) if b.until > Instant::now() => {
@@ -64,6 +65,7 @@ impl Health {
             }
             Some(_) => {
                 *bench = None;
+                tracing::info!(upstream = %name, "MiniMax account back in rotation");
                 None
             }
             None => None,
@@ -145,13 +147,13 @@ mod tests {
     #[test]
     fn a_bench_tells_why_and_ends_by_itself() {
         let health = Health::default();
-        assert_eq!(health.benched(), None);
+        assert_eq!(health.benched("a"), None);
         health.bench(Duration::from_secs(60), "insufficient balance (1008)");
-        let out = health.benched().expect("benched");
+        let out = health.benched("a").expect("benched");
         assert_eq!(out.reason, "insufficient balance (1008)");
         assert!(out.until_ms > crate::now_ms() + 50_000);
         health.bench(Duration::ZERO, "gone at once");
-        assert_eq!(health.benched(), None);
+        assert_eq!(health.benched("a"), None);
     }
 
     #[test]
