@@ -198,6 +198,17 @@ async fn accounts_keys_and_credits_are_managed_with_an_audit_row_for_every_write
     admin.post(&format!("/keys/{key_id}/enable"), &json!({})).await;
     let listed = admin.get(&format!("/keys?account={id}")).await;
     assert_eq!(listed["data"][0]["status"], "active");
+    // Keys page too, oldest first, each once.
+    let second = admin.post(&format!("/accounts/{id}/keys"), &json!({"name": "backup"})).await;
+    let mut paged = Vec::new();
+    let mut path = format!("/keys?account={id}&limit=1");
+    loop {
+        let page = admin.get(&path).await;
+        paged.extend(page["data"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_owned()));
+        let Some(c) = page["nextCursor"].as_str() else { break };
+        path = format!("/keys?account={id}&limit=1&cursor={c}");
+    }
+    assert_eq!(paged, [key_id.clone(), second.body["key"]["id"].as_str().unwrap().to_owned()]);
 
     // A grant retried with the same Idempotency-Key grants once.
     let grant = json!({"amount": 50, "note": "invoice 7"});
@@ -244,6 +255,7 @@ async fn accounts_keys_and_credits_are_managed_with_an_audit_row_for_every_write
         [
             "credits.adjust",
             "credits.adjust",
+            "key.create",
             "key.enable",
             "key.disable",
             "account.update",

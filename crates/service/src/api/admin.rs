@@ -133,21 +133,27 @@ fn page_limit(raw: Option<&str>) -> Result<u32> {
     }
 }
 
-/// A page answer: the first `limit` items, and a cursor when the store found one more.
-fn page<T>(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String, show: impl Fn(&T) -> Value) -> Value {
+/// The first `limit` rows, and the cursor after them when the store found one more.
+fn split_page<T>(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let next = if more { rows.last().map(&cursor_of) } else { None };
+    let next = if more { rows.last().map(cursor_of) } else { None };
+    (rows, next)
+}
+
+/// A page answer: the first `limit` rows shown, and `nextCursor`.
+fn page<T>(rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String, show: impl Fn(&T) -> Value) -> Value {
+    let (rows, next) = split_page(rows, limit, cursor_of);
     json!({"data": rows.iter().map(show).collect::<Vec<_>>(), "nextCursor": next})
 }
 
 /// An opaque cursor from its parts (`kind` keeps one list's cursor out of another).
-fn encode_cursor(kind: &str, parts: &str) -> String {
+fn encode_page_cursor(kind: &str, parts: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{kind}:{parts}"))
 }
 
-/// The parts of a cursor made by [`encode_cursor`] with `kind`.
-fn decode_cursor(kind: &str, raw: &str) -> Result<String> {
+/// The parts of a cursor made by [`encode_page_cursor`] with `kind`.
+fn decode_page_cursor(kind: &str, raw: &str) -> Result<String> {
     let refused = || invalid("cursor", "pass nextCursor from a previous page unchanged");
     let text = URL_SAFE_NO_PAD.decode(raw).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(refused)?;
     text.strip_prefix(kind).and_then(|rest| rest.strip_prefix(':')).map(str::to_owned).ok_or_else(refused)
@@ -155,8 +161,10 @@ fn decode_cursor(kind: &str, raw: &str) -> Result<String> {
 
 /// A keyset cursor on a row id (ledger, audit log).
 fn id_cursor(kind: &str, raw: Option<&str>) -> Result<Option<i64>> {
-    raw.map(|raw| decode_cursor(kind, raw)?.parse::<i64>().map_err(|_| invalid("cursor", "pass nextCursor unchanged")))
-        .transpose()
+    raw.map(|raw| {
+        decode_page_cursor(kind, raw)?.parse::<i64>().map_err(|_| invalid("cursor", "pass nextCursor unchanged"))
+    })
+    .transpose()
 }
 
 /// A time given as RFC 3339 (`2026-12-01T00:00:00Z`) or a UTC date (`2026-12-01`).
@@ -216,7 +224,7 @@ mod tests {
 
     #[test]
     fn cursors_and_times_refuse_garbage() {
-        let c = encode_cursor("ledger", "42");
+        let c = encode_page_cursor("ledger", "42");
         assert_eq!(id_cursor("ledger", Some(&c)).unwrap(), Some(42));
         assert!(id_cursor("audit", Some(&c)).is_err());
         assert!(id_cursor("ledger", Some("!!")).is_err());

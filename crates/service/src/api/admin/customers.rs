@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use store::{Account, AccountPatch, AccountQuery, ApiKeyRecord, LedgerEntry, UsageBucket, UsageGroup, UsageQuery};
 
 use super::{
-    body_as, decode_cursor, encode_cursor, id_cursor, invalid, page, page_limit, parse_account_id, usage_totals,
-    Operator, Result,
+    body_as, decode_page_cursor, encode_page_cursor, id_cursor, invalid, page, page_limit, parse_account_id,
+    usage_totals, Operator, Result,
 };
 use crate::admin::{self, AccountInput, KeyInput};
 use crate::api::dto::timestamp;
@@ -74,7 +74,7 @@ async fn list_accounts(
     let limit = page_limit(query_param(&params, "limit"))?;
     let after = query_param(&params, "cursor")
         .map(|raw| {
-            let parts = decode_cursor("accounts", raw)?;
+            let parts = decode_page_cursor("accounts", raw)?;
             let (at, id) = parts.split_once(':').ok_or_else(|| invalid("cursor", "pass nextCursor unchanged"))?;
             match (at.parse::<i64>(), id.parse::<AccountId>()) {
                 (Ok(at), Ok(id)) => Ok((at, id)),
@@ -87,7 +87,12 @@ async fn list_accounts(
         return Err(invalid("search", "must be at most 200 characters"));
     }
     let rows = state.store.list_accounts(&AccountQuery { search, after, limit }).await?;
-    Ok(Json(page(rows, limit, |a| encode_cursor("accounts", &format!("{}:{}", a.created_at_ms, a.id)), account_json)))
+    Ok(Json(page(
+        rows,
+        limit,
+        |a| encode_page_cursor("accounts", &format!("{}:{}", a.created_at_ms, a.id)),
+        account_json,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -208,14 +213,35 @@ async fn create_key(
     Ok((StatusCode::CREATED, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }
 
+/// Keys, oldest first, paged; all of them or one account's.
 async fn list_keys(
     State(state): State<AppState>,
     _operator: Operator,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>> {
     let account = query_param(&params, "account").map(parse_account_id).transpose()?;
-    let keys = state.store.list_api_keys(account).await?;
-    Ok(Json(json!({"data": keys.iter().map(key_json).collect::<Vec<_>>(), "nextCursor": null})))
+    let limit = page_limit(query_param(&params, "limit"))?;
+    let after = query_param(&params, "cursor")
+        .map(|raw| {
+            let parts = decode_page_cursor("keys", raw)?;
+            let (at, id) = parts.split_once(':').ok_or_else(|| invalid("cursor", "pass nextCursor unchanged"))?;
+            match (at.parse::<i64>(), id.parse::<ApiKeyId>()) {
+                (Ok(at), Ok(id)) => Ok((at, id)),
+                _ => Err(invalid("cursor", "pass nextCursor unchanged")),
+            }
+        })
+        .transpose()?;
+    // Keys are few next to jobs (one or a few per customer), so the store hands over the
+    // list and the page is cut here.
+    let keys: Vec<ApiKeyRecord> = state
+        .store
+        .list_api_keys(account)
+        .await?
+        .into_iter()
+        .filter(|k| after.is_none_or(|after| (k.created_at_ms, k.id) > after))
+        .take(limit as usize + 1)
+        .collect();
+    Ok(Json(page(keys, limit, |k| encode_page_cursor("keys", &format!("{}:{}", k.created_at_ms, k.id)), key_json)))
 }
 
 async fn set_key_status(
@@ -272,7 +298,7 @@ async fn ledger(
     let before = id_cursor("ledger", query_param(&params, "cursor"))?;
     existing_account(&state, id).await?;
     let rows = state.store.ledger_page(id, before, limit).await?;
-    Ok(Json(page(rows, limit, |e| encode_cursor("ledger", &e.id.to_string()), ledger_json)))
+    Ok(Json(page(rows, limit, |e| encode_page_cursor("ledger", &e.id.to_string()), ledger_json)))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use domain::{ApiKeyId, JobStatus};
 use serde_json::{json, Value};
 use store::{AdminJobQuery, JobRecord};
 
-use super::{invalid, page_limit, parse_account_id, parse_time, Operator, Result};
+use super::{invalid, page_limit, parse_account_id, parse_time, split_page, Operator, Result};
 use crate::admin;
 use crate::api::dto::timestamp;
 use crate::api::extract::{query_param, Path, Query};
@@ -60,13 +60,11 @@ async fn list_jobs(
         limit,
     };
     let rows = state.store.admin_jobs(&query).await?;
-    let more = rows.len() > limit as usize;
-    let shown = &rows[..rows.len().min(limit as usize)];
-    let mut data = Vec::with_capacity(shown.len());
-    for job in shown {
+    let (rows, next) = split_page(rows, limit, |j| encode_cursor(j.created_at_ms, j.id));
+    let mut data = Vec::with_capacity(rows.len());
+    for job in &rows {
         data.push(job_json(&state, job, false).await);
     }
-    let next = if more { shown.last().map(|j| encode_cursor(j.created_at_ms, j.id)) } else { None };
     Ok(Json(json!({"data": data, "nextCursor": next})))
 }
 

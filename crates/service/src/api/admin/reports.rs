@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use store::{AuditRecord, UsageBucket, UsageGroup, UsageQuery, UsageRow};
 
 use super::{
-    body_as, encode_cursor, id_cursor, invalid, page, page_limit, parse_account_id, parse_time, Operator, Result,
+    body_as, encode_page_cursor, id_cursor, invalid, page, page_limit, parse_account_id, parse_time, Operator, Result,
 };
 use crate::admin;
 use crate::api::dto::timestamp;
@@ -20,8 +20,10 @@ use crate::api::error::ApiError;
 use crate::api::extract::{query_param, read_limited, Path, Query};
 use crate::state::AppState;
 
-/// The widest usage report, in buckets: a year of days or a month of hours.
+/// The widest usage report, in buckets: about two years of days or a month of hours.
 const MAX_BUCKETS: i64 = 24 * 31;
+/// The most rows one usage report answers with.
+const MAX_USAGE_ROWS: usize = 50_000;
 /// Largest body of a hold request.
 const HOLD_BODY_MAX: usize = 4096;
 /// The window MiniMax counts create calls in.
@@ -116,6 +118,12 @@ async fn usage(
     }
     let account_id = param("account").map(parse_account_id).transpose()?;
     let rows = state.store.usage(&UsageQuery { group_by, bucket, from_ms, to_ms, account_id }).await?;
+    if rows.len() > MAX_USAGE_ROWS {
+        return Err(invalid(
+            "to",
+            format!("the report has more than {MAX_USAGE_ROWS} rows; narrow the range, use days, or name an account"),
+        ));
+    }
     let wants_csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -290,5 +298,5 @@ async fn audit(
     let limit = page_limit(query_param(&params, "limit"))?;
     let before = id_cursor("audit", query_param(&params, "cursor"))?;
     let rows = state.store.audit_log(before, limit).await?;
-    Ok(Json(page(rows, limit, |r| encode_cursor("audit", &r.id.to_string()), audit_json)))
+    Ok(Json(page(rows, limit, |r| encode_page_cursor("audit", &r.id.to_string()), audit_json)))
 }
