@@ -195,7 +195,7 @@ function accountToggle(ctx, account, statusBadge) {
 
 function grantPanel(ctx, account, onApplied) {
   const amount = el('input', { id: 'grant-amount', type: 'number', step: '1', inputmode: 'numeric', required: true });
-  const note = el('input', { id: 'grant-note', type: 'text', autocomplete: 'off', maxlength: '500' });
+  const note = el('input', { id: 'grant-note', type: 'text', autocomplete: 'off', maxlength: '200' });
   const submit = el('button', { type: 'submit', id: 'grant-submit', class: 'primary', text: 'Grant credits' });
   const error = errorLine('grant-error');
   const result = el('p', { id: 'grant-result', class: 'ok', 'aria-live': 'polite' });
@@ -239,7 +239,11 @@ function grantPanel(ctx, account, onApplied) {
       submit.textContent = 'Grant credits';
       onApplied(after);
     } catch (e) {
-      if (e.status !== 0) idempotencyKey = newIdempotencyKey();
+      // A refusal (4xx but a timeout or rate limit) changed nothing: a new attempt is a
+      // new change. A network failure, a timeout or a 5xx (a proxy's 502 may follow a
+      // commit) keeps the key, so retrying cannot apply the change twice.
+      const mayHaveApplied = e.status === 0 || e.status === 408 || e.status === 429 || e.status >= 500;
+      if (!mayHaveApplied) idempotencyKey = newIdempotencyKey();
       error.textContent =
         e.status === 409 && e.body.creditsAvailable !== undefined
           ? `Not deducted: the balance is ${num(e.body.creditsAvailable)} credits, and it cannot go below zero.`
@@ -290,7 +294,7 @@ function keysPanel(ctx, account) {
       el('button', { type: 'button', class: 'danger-link small-button', 'aria-label': `Revoke key ${k.name}`, text: 'Revoke', onclick: () => act(k, 'revoke') }));
   };
 
-  const name = el('input', { id: 'key-name', type: 'text', autocomplete: 'off', required: true, maxlength: '100' });
+  const name = el('input', { id: 'key-name', type: 'text', autocomplete: 'off', required: true, maxlength: '200' });
   const email = el('input', { id: 'key-email', type: 'email', autocomplete: 'off' });
   const submit = el('button', { type: 'submit', id: 'key-submit', class: 'primary', text: 'Create key' });
   const formError = errorLine('key-form-error');

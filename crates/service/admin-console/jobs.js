@@ -170,7 +170,7 @@ function showJob(ctx, body, job) {
       ['Account', upstream.account || '—'],
       ['Task id', upstream.taskId ? el('code', { text: upstream.taskId }) : '—'],
       ['File id', upstream.fileId ? el('code', { text: upstream.fileId }) : '—'],
-      ['Video', job.result?.videoUrl ? el('a', { href: job.result.videoUrl, rel: 'noreferrer noopener', target: '_blank', text: 'Open the video' }) : '—'],
+      ['Video', /^https?:\/\//.test(job.result?.videoUrl || '') ? el('a', { href: job.result.videoUrl, rel: 'noreferrer noopener', target: '_blank', text: 'Open the video' }) : '—'],
     ]),
   );
   body.append(
@@ -203,18 +203,19 @@ function jobActions(ctx, job) {
   }
   if (hookEvents(job).length) {
     const replay = el('button', { type: 'button', id: 'job-replay', class: 'secondary', text: 'Replay webhooks' });
+    const replayed = el('span', { class: 'ok', role: 'status' });
     replay.addEventListener('click', async () => {
       error.textContent = '';
       try {
         const r = await ctx.api.post(`/jobs/${seg(job.id)}/webhooks/replay`);
         announce(`${r.replayed} webhook${r.replayed === 1 ? '' : 's'} queued again.`);
         error.textContent = '';
-        replay.after(el('span', { class: 'ok', role: 'status', text: `Queued ${r.replayed} again.` }));
+        replayed.textContent = `Queued ${r.replayed} again.`;
       } catch (e) {
         error.textContent = e.status === 409 ? 'Nothing to replay: no delivery is finished or given up.' : explain(e, 'Could not replay');
       }
     });
-    buttons.push(replay);
+    buttons.push(replay, replayed);
   }
   return buttons.length ? el('div', { class: 'actions' }, buttons, error) : error;
 }
@@ -242,7 +243,8 @@ function timelinePanel(job) {
       el('div', { class: 'step-when' }, el('time', { datetime: s.at, title: formatTime(s.at), text: clock(s.at) }), el('span', { class: 'muted small', text: offset(s.at, job.createdAt) })),
       el('div', { class: 'step-what' },
         s.from ? el('span', { class: 'stage', text: s.from }) : el('span', { class: 'muted', text: 'new' }),
-        el('span', { class: 'arrow', 'aria-label': 'to', text: ' → ' }),
+        el('span', { class: 'arrow', 'aria-hidden': 'true', text: ' → ' }),
+        el('span', { class: 'visually-hidden', text: ' to ' }),
         el('span', { class: 'stage stage-to', text: s.to }),
         s.note ? el('p', { class: 'step-note muted', text: s.note }) : null))));
   return el('section', { class: 'panel', 'aria-labelledby': 'timeline-title' },

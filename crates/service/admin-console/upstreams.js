@@ -83,7 +83,7 @@ function card(ctx, u, json, reload) {
 }
 
 function benchForm(ctx, u, id, error, reload) {
-  const minutes = el('input', { id: `${id}-minutes`, type: 'number', min: '1', max: '1440', step: '1', value: '60', inputmode: 'numeric' });
+  const minutes = el('input', { id: `${id}-minutes`, type: 'number', min: '1', max: '10080', step: '1', value: '60', inputmode: 'numeric' });
   const reason = el('input', { id: `${id}-reason`, type: 'text', autocomplete: 'off', placeholder: 'e.g. quota exhausted' });
   const form = el('form', { class: 'inline-form bench-form', novalidate: true },
     field('Minutes', minutes), field('Reason', reason),
