@@ -490,3 +490,37 @@ async fn console_remembers_the_token_until_it_is_revoked() {
 async fn open_section_unchecked(c: &Client, section: &str) {
     click(c, &format!("#nav a[data-section=\"{section}\"]")).await;
 }
+
+/// A queued job is cancelled from its page: confirmed in the dialog, refunded, and the
+/// timeline shows the cancel.
+#[tokio::test]
+async fn console_cancels_a_queued_job_from_its_page() {
+    let Some(browser) = Browser::start("console_cancels_a_queued_job_from_its_page").await else { return };
+    // No engine: the job stays QUEUED until someone cancels it.
+    let app = TestApp::spawn().await;
+    let token = admin_token(&app, "ops-carol").await;
+    let key = app.create_key(100).await;
+    let id = app.submit(&key, &video("hailuo-2.3", "waiting in line")).await;
+    assert!(app.balance_and_ledger(key.account_id).await.0 < 100);
+    let c = &browser.client;
+    c.set_window_size(1280, 1000).await.unwrap();
+    c.goto(&app.url(&format!("/admin#/jobs/{id}"))).await.unwrap();
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+    sign_in(c, &token, false).await;
+    wait_view(c, "jobs-detail").await;
+    click(c, "#job-cancel").await;
+    wait_js(c, "return document.querySelector('#confirm-dialog').open", UI_WITHIN).await;
+    click(c, "#confirm-ok").await;
+    wait_js(c, "return document.querySelector('#timeline')?.textContent.includes('cancelled')", UI_WITHIN).await;
+    assert_eq!(app.get_job(&key, &id).await.body["status"], "CANCELLED");
+    assert_eq!(app.balance_and_ledger(key.account_id).await, (100, 100), "refunded once");
+    assert_eq!(
+        js(c, "return document.querySelector('#job-cancel') === null").await,
+        json!(true),
+        "nothing left to cancel"
+    );
+    assert_named(c).await;
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
