@@ -524,3 +524,30 @@ async fn console_cancels_a_queued_job_from_its_page() {
     browser.close().await;
     app.stop().await.unwrap();
 }
+
+/// A finished job's webhook is sent again from its page, and the receiver gets it twice.
+#[tokio::test]
+async fn console_replays_a_finished_jobs_webhook() {
+    let Some(browser) = Browser::start("console_replays_a_finished_jobs_webhook").await else { return };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = crate::webhooks::receiver_on(listener, vec![]).await;
+    let app = TestApp::spawn_engine(|_, _| {}).await;
+    let token = admin_token(&app, "ops-dan").await;
+    let key = app.create_key(100).await;
+    let id = app.submit(&key, &json!({"model": "hailuo-2.3", "prompt": "a bell", "webhookUrl": hook.url})).await;
+    app.wait_terminal(&key, &id, JOB_WITHIN).await;
+    crate::helpers::eventually(JOB_WITHIN, || async { hook.received().len() == 1 }).await;
+    let c = &browser.client;
+    c.set_window_size(1280, 1000).await.unwrap();
+    c.goto(&app.url(&format!("/admin#/jobs/{id}"))).await.unwrap();
+    wait_js(c, "return !document.querySelector('#signin').hidden", UI_WITHIN).await;
+    sign_in(c, &token, false).await;
+    wait_view(c, "jobs-detail").await;
+    click(c, "#job-replay").await;
+    wait_text(c, "#job-replay + [role=status]", "Queued 1 again.").await;
+    crate::helpers::eventually(JOB_WITHIN, || async { hook.received().len() == 2 }).await;
+    assert_named(c).await;
+    assert_clean(c).await;
+    browser.close().await;
+    app.stop().await.unwrap();
+}
