@@ -3,16 +3,7 @@
 // carries `Authorization: Bearer <admin token>`; an answer of 401 means the token is no
 // longer good, and the console signs out (see app.js, onUnauthorized).
 
-import { sleep } from './util.js';
-
-/** An answer other than 2xx, with the server's JSON body (`error`, `details`, ...). */
-export class HttpError extends Error {
-  constructor(status, body) {
-    super((body && body.error) || `HTTP ${status}`);
-    this.status = status;
-    this.body = body || {};
-  }
-}
+import { fetchJson } from './util.js';
 
 /** Requests made with one admin token. */
 export class AdminApi {
@@ -29,34 +20,11 @@ export class AdminApi {
       headers['Content-Type'] = 'application/json';
       body = JSON.stringify(json);
     }
-    for (let attempt = 0; ; attempt += 1) {
-      let response;
-      try {
-        response = await fetch(`/admin/v1${path}`, { method, headers, body, cache: 'no-store', credentials: 'omit' });
-      } catch {
-        throw new HttpError(0, { error: 'The server could not be reached. Check the connection and try again.' });
-      }
-      // Reads are safe to repeat after a 429; changes are left to the operator.
-      if (response.status === 429 && method === 'GET' && attempt < 3) {
-        const wait = Number(response.headers.get('Retry-After')) || 1;
-        await sleep(Math.min(wait, 10) * 1000);
-        continue;
-      }
-      const text = await response.text();
-      let data = null;
-      if (text) {
-        try {
-          data = JSON.parse(text);
-        } catch {
-          data = { error: text.slice(0, 300) };
-        }
-      }
-      if (!response.ok) {
-        const error = new HttpError(response.status, data);
-        if (response.status === 401) this.onUnauthorized(error);
-        throw error;
-      }
-      return data;
+    try {
+      return await fetchJson(`/admin/v1${path}`, { method, headers, body, credentials: 'omit' });
+    } catch (error) {
+      if (error.status === 401) this.onUnauthorized(error);
+      throw error;
     }
   }
 

@@ -7,16 +7,9 @@
 // `event: reset` ("reload your list"). A bad or expired token is a 401 on connect.
 // A server without streams answers the token route 404/405: then we poll.
 
-import { TERMINAL, sleep } from './util.js';
+import { HttpError, TERMINAL, fetchJson, sleep } from './util.js';
 
-/** An answer other than 2xx, with the server's JSON body (`error`, `details`, ...). */
-export class HttpError extends Error {
-  constructor(status, body) {
-    super((body && body.error) || `HTTP ${status}`);
-    this.status = status;
-    this.body = body || {};
-  }
-}
+export { HttpError };
 
 /** Requests made on behalf of one API key. */
 export class Api {
@@ -37,31 +30,7 @@ export class Api {
     } else if (form) {
       body = form;
     }
-    for (let attempt = 0; ; attempt += 1) {
-      let response;
-      try {
-        response = await fetch(path, { method, headers, body, cache: 'no-store' });
-      } catch {
-        throw new HttpError(0, { error: 'The server could not be reached. Check your connection and try again.' });
-      }
-      // Reads are safe to repeat after a 429; submissions are left to the user.
-      if (response.status === 429 && method === 'GET' && attempt < 3) {
-        const wait = Number(response.headers.get('Retry-After')) || 1;
-        await sleep(Math.min(wait, 10) * 1000);
-        continue;
-      }
-      const text = await response.text();
-      let data = null;
-      if (text) {
-        try {
-          data = JSON.parse(text);
-        } catch {
-          data = { error: text.slice(0, 300) };
-        }
-      }
-      if (!response.ok) throw new HttpError(response.status, data);
-      return data;
-    }
+    return fetchJson(path, { method, headers, body });
   }
 
   get(path) {

@@ -1,4 +1,5 @@
-// Small DOM and formatting helpers shared by the Studio's modules. Text always goes in
+// Small DOM, formatting and HTTP helpers shared by the Studio's modules and the
+// operator console's (which is served this same file). Text always goes in
 // through textContent (never innerHTML), so API data cannot become markup.
 
 /** Creates an element: el('p', {class: 'x', text: 'hi'}, child, ...). */
@@ -21,6 +22,50 @@ export function el(tag, attrs = {}, ...children) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 export const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+/** An answer other than 2xx, with the server's JSON body (`error`, `details`, ...). */
+export class HttpError extends Error {
+  constructor(status, body) {
+    super((body && body.error) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+/**
+ * `fetch` for a JSON API, as both pages use it: never cached; a GET answered 429 is
+ * tried again up to three times after its Retry-After (at most 10 s), since reads are
+ * safe to repeat, while changes are left to the person. Resolves to the parsed body (null
+ * when empty; a body that is not JSON becomes `{error: <its start>}`); throws
+ * HttpError(0) when the server cannot be reached and HttpError(status, body) for any
+ * other answer than 2xx.
+ */
+export async function fetchJson(url, { method = 'GET', headers = {}, body, credentials } = {}) {
+  for (let attempt = 0; ; attempt += 1) {
+    let response;
+    try {
+      response = await fetch(url, { method, headers, body, credentials, cache: 'no-store' });
+    } catch {
+      throw new HttpError(0, { error: 'The server could not be reached. Check the connection and try again.' });
+    }
+    if (response.status === 429 && method === 'GET' && attempt < 3) {
+      const wait = Number(response.headers.get('Retry-After')) || 1;
+      await sleep(Math.min(wait, 10) * 1000);
+      continue;
+    }
+    const text = await response.text();
+    let data = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = { error: text.slice(0, 300) };
+      }
+    }
+    if (!response.ok) throw new HttpError(response.status, data);
+    return data;
+  }
+}
 
 export const TERMINAL = new Set(['COMPLETED', 'FAILED', 'CANCELLED']);
 
