@@ -104,8 +104,6 @@ impl Upstream {
 pub struct UpstreamState {
     /// Name, create budget and in-flight cap, as configured.
     pub budget: UpstreamBudget,
-    /// Create calls the pacer would allow right now.
-    pub creates_left: u32,
     /// Out of rotation by the engine's own bench (operator holds are in the store).
     pub out_of_rotation: Option<health::OutOfRotation>,
     /// Errors answered over the last hour, by code.
@@ -326,7 +324,6 @@ impl Engine {
             .iter()
             .map(|u| UpstreamState {
                 budget: u.budget.clone(),
-                creates_left: u.creates.lock().unwrap_or_else(|p| p.into_inner()).available(),
                 out_of_rotation: u.health.benched(&u.budget.name),
                 errors_last_hour: u.health.errors_last_hour(),
             })

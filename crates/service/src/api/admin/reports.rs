@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use store::{AuditRecord, UsageBucket, UsageGroup, UsageQuery, UsageRow};
+use store::{AuditRecord, UpstreamBudget, UsageBucket, UsageGroup, UsageQuery, UsageRow};
 
 use super::{
     body_as, encode_page_cursor, id_cursor, invalid, page, page_limit, parse_account_id, parse_time, Operator, Result,
@@ -18,6 +18,7 @@ use crate::admin;
 use crate::api::dto::timestamp;
 use crate::api::error::ApiError;
 use crate::api::extract::{query_param, read_limited, Path, Query};
+use crate::engine::UpstreamState;
 use crate::state::AppState;
 
 /// The widest usage report, in buckets: about two years of days or a month of hours.
@@ -180,25 +181,50 @@ fn csv_response(rows: &[UsageRow]) -> Result<Response> {
 /// flight, whether it is in rotation and why not, and its errors over the last hour as
 /// this node saw them.
 async fn upstreams(State(state): State<AppState>, _operator: Operator) -> Result<Json<Value>> {
-    let data = upstream_views(&state).await?;
+    let data = upstream_views(&state, &node_upstreams(&state)).await?;
     Ok(Json(json!({"data": data})))
 }
 
-async fn upstream_views(state: &AppState) -> Result<Vec<Value>> {
+/// Every MiniMax account this node would use, as its engine sees it; on a node with the
+/// engine off, the configured accounts with nothing seen.
+fn node_upstreams(state: &AppState) -> Vec<UpstreamState> {
+    match &state.engine {
+        Some(engine) => engine.upstream_states(),
+        None => state
+            .config
+            .minimax
+            .accounts
+            .iter()
+            .map(|a| UpstreamState {
+                budget: UpstreamBudget {
+                    name: a.name.clone(),
+                    create_rpm: a.create_rpm,
+                    max_in_flight: a.max_in_flight,
+                    claimable_now: 0,
+                },
+                out_of_rotation: None,
+                errors_last_hour: Default::default(),
+            })
+            .collect(),
+    }
+}
+
+/// The wire view of each of `upstreams`, with the store's figures and holds.
+async fn upstream_views(state: &AppState, upstreams: &[UpstreamState]) -> Result<Vec<Value>> {
     let now = crate::now_ms();
     let activity = state.store.upstream_activity(now, CREATE_WINDOW_MS).await?;
     let holds = state.store.upstream_holds(now).await?;
-    let engine_states = state.engine.as_ref().map(|e| e.upstream_states()).unwrap_or_default();
-    let views = configured_upstreams(state)
-        .into_iter()
-        .map(|(name, create_rpm, max_in_flight)| {
-            let used = activity.iter().find(|a| a.name == name);
+    let views = upstreams
+        .iter()
+        .map(|mine| {
+            let UpstreamBudget { name, create_rpm, max_in_flight, .. } = &mine.budget;
+            let used = activity.iter().find(|a| &a.name == name);
             let creates_in_window = used.map_or(0, |a| a.creates_in_window);
-            let mine = engine_states.iter().find(|s| s.budget.name == name);
-            let hold = holds.iter().find(|h| h.name == name);
+            let hold = holds.iter().find(|h| &h.name == name);
             // The engine's own bench first (it says what MiniMax answered), else a hold.
             let out = mine
-                .and_then(|s| s.out_of_rotation.clone())
+                .out_of_rotation
+                .clone()
                 .map(|o| (o.until_ms, o.reason))
                 .or_else(|| hold.map(|h| (h.until_ms, h.reason.clone())));
             json!({
@@ -212,24 +238,11 @@ async fn upstream_views(state: &AppState) -> Result<Vec<Value>> {
                 "outOfRotationUntil": out.as_ref().map(|(until, _)| timestamp(*until)),
                 "outOfRotationReason": out.as_ref().map(|(_, why)| why.clone()),
                 "held": hold.is_some(),
-                "errorsLastHour": mine.map(|s| json!(s.errors_last_hour)).unwrap_or_else(|| json!({})),
+                "errorsLastHour": mine.errors_last_hour,
             })
         })
         .collect();
     Ok(views)
-}
-
-/// `(name, create_rpm, max_in_flight)` of every MiniMax account this server would use:
-/// the configured ones, or the built-in sandbox's.
-fn configured_upstreams(state: &AppState) -> Vec<(String, u32, u32)> {
-    if let Some(engine) = &state.engine {
-        return engine
-            .upstream_states()
-            .into_iter()
-            .map(|s| (s.budget.name, s.budget.create_rpm, s.budget.max_in_flight))
-            .collect();
-    }
-    state.config.minimax.accounts.iter().map(|a| (a.name.clone(), a.create_rpm, a.max_in_flight)).collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -248,7 +261,8 @@ async fn hold_or_release(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>> {
-    let configured: Vec<String> = configured_upstreams(&state).into_iter().map(|(n, _, _)| n).collect();
+    let upstreams = node_upstreams(&state);
+    let configured: Vec<String> = upstreams.iter().map(|u| u.budget.name.clone()).collect();
     match action.as_str() {
         "bench" => {
             // The body is optional: a bare POST holds for an hour.
@@ -271,7 +285,7 @@ async fn hold_or_release(
     if let Some(engine) = &state.engine {
         engine.holds_changed();
     }
-    let views = upstream_views(&state).await?;
+    let views = upstream_views(&state, &upstreams).await?;
     let view = views.into_iter().find(|v| v["name"] == name.as_str()).unwrap_or(Value::Null);
     Ok(Json(view))
 }
