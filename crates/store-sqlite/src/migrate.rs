@@ -54,6 +54,16 @@ pub(crate) fn apply(conn: &mut Connection) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
+    /// Every ledger row as (id, kind, amount), by id.
+    fn ledger_rows(conn: &Connection) -> Vec<(i64, String, i64)> {
+        conn.prepare("select ledger_entry_id, kind, amount from ledger_entry order by 1")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     /// 0008 rebuilds `ledger_entry` (SQLite cannot change a check in place): rows keep
     /// their ids, new rows continue after them, and the table stays append-only.
     #[test]
@@ -75,13 +85,7 @@ mod tests {
 ",
         )
         .unwrap();
-        let before: Vec<(i64, String, i64)> = conn
-            .prepare("select ledger_entry_id, kind, amount from ledger_entry order by 1")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let before = ledger_rows(&conn);
         conn.execute_batch(
             "create table schema_migration (name text primary key, applied_at integer not null);
              insert into schema_migration (name, applied_at)
@@ -90,13 +94,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(apply(&mut conn).unwrap(), ["0008_operating"]);
-        let after: Vec<(i64, String, i64)> = conn
-            .prepare("select ledger_entry_id, kind, amount from ledger_entry order by 1")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let after = ledger_rows(&conn);
         assert_eq!(after, before);
         conn.execute(
             "insert into ledger_entry (account_id, kind, amount, created_at) values ('a', 'deduct', -3, 4)",
